@@ -1,0 +1,76 @@
+//! What the server runs on: the validated config turned into live upstreams (route,
+//! transport, token cell) and the route table over them.
+
+use std::sync::Arc;
+
+use crate::config::{Config, ServerConfig, UpstreamConfig};
+use crate::providers::{Provider, ProviderError};
+use crate::routes::RouteTable;
+use crate::tokens::TokenCell;
+use crate::transport::{Transport, TransportBuildError, Transports};
+
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    pub tokens: Arc<TokenCell>,
+    pub transport: Transport,
+}
+
+pub struct App {
+    pub server: ServerConfig,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub routes: RouteTable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("upstream {upstream}: {source}")]
+    Transport {
+        upstream: String,
+        #[source]
+        source: TransportBuildError,
+    },
+    #[error("upstream {upstream}: {source}")]
+    Provider {
+        upstream: String,
+        #[source]
+        source: ProviderError,
+    },
+}
+
+impl App {
+    pub fn build(config: &Config, transports: &Transports) -> Result<App, BuildError> {
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for upstream in &config.upstreams {
+            let transport = transports
+                .get(upstream.ca_file.as_deref(), upstream.connect_timeout)
+                .map_err(|source| BuildError::Transport {
+                    upstream: upstream.name.clone(),
+                    source,
+                })?;
+            let provider = Provider::new(&upstream.auth, transport.clone()).map_err(|source| {
+                BuildError::Provider {
+                    upstream: upstream.name.clone(),
+                    source,
+                }
+            })?;
+            let tokens = TokenCell::new(upstream.name.clone(), provider, upstream.auth.refresh_skew);
+            upstreams.push(Arc::new(Upstream {
+                config: upstream.clone(),
+                tokens: Arc::new(tokens),
+                transport,
+            }));
+        }
+        Ok(App {
+            server: config.server.clone(),
+            routes: RouteTable::new(&config.upstreams),
+            upstreams,
+        })
+    }
+
+    /// Every upstream has a valid token.
+    pub fn ready(&self) -> bool {
+        self.upstreams
+            .iter()
+            .all(|upstream| upstream.tokens.state() == crate::tokens::TokenState::Valid)
+    }
+}

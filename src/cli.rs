@@ -1,0 +1,158 @@
+//! The command line: parse, then hand off. Exit codes: 0 ok, 1 runtime failure, 2 bad
+//! config or usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigError};
+use crate::server::Server;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tokenproxy",
+    version,
+    about = "A local authenticating reverse proxy: point curl at http://127.0.0.1:8080/<upstream>/... \
+             and every request reaches the vendor with a live token.",
+    after_help = "Config is looked up in: --config FILE, $TOKENPROXY_CONFIG, ./tokenproxy.toml, \
+                  $XDG_CONFIG_HOME/tokenproxy/config.toml.\nLogs go to stderr; set TOKENPROXY_LOG \
+                  (e.g. debug, or tokenproxy=debug) to change how much."
+)]
+pub struct Cli {
+    /// Config file to use instead of the lookup order.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve (the default): forward requests with live tokens until SIGTERM or Ctrl-C.
+    Run,
+    /// Validate the config and exit: 0 if it is good, 2 with a one-line error if not.
+    Check,
+    /// Serve every vendor on built-in simulated endpoints: try it with no vendor account.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => match load(cli.config.as_deref()) {
+            Ok(config) => {
+                println!(
+                    "{}: ok, {} upstream{}",
+                    config.source,
+                    config.upstreams.len(),
+                    if config.upstreams.len() == 1 { "" } else { "s" }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run => match load(cli.config.as_deref()) {
+            Ok(config) => block_on(serve(config)),
+            Err(code) => code,
+        },
+        Command::Demo { listen } => block_on(crate::demo::run(listen)),
+    }
+}
+
+fn load(explicit: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    config::locate(explicit)
+        .and_then(|path| config::load(&path))
+        .map_err(|error: ConfigError| {
+            eprintln!("tokenproxy: config error: {error}");
+            ExitCode::from(2)
+        })
+}
+
+fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(future),
+        Err(error) => {
+            eprintln!("tokenproxy: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves `config` until SIGTERM or SIGINT, then drains.
+pub async fn serve(config: Config) -> ExitCode {
+    let server = match Server::start(&config).await {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("tokenproxy: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log_startup(&server);
+    wait_for_signal().await;
+    tracing::info!(drain = ?server.drain_timeout(), "shutting down");
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn log_startup(server: &Server) {
+    tracing::info!(listen = %server.local_addr(), "tokenproxy {} listening", env!("CARGO_PKG_VERSION"));
+    for upstream in &server.app().upstreams {
+        let config = &upstream.config;
+        let mut route = format!("http://{}{}/", server.local_addr(), config.prefix);
+        if let Some(host) = &config.host {
+            route.push_str(&format!(" and Host {host}"));
+        }
+        if let Some(addr) = server.upstream_addr(&config.name) {
+            route.push_str(&format!(" and http://{addr}/"));
+        }
+        tracing::info!(
+            upstream = %config.name,
+            route = %route,
+            target = %config.target.uri,
+            kind = %config.auth.kind,
+            token = ?upstream.tokens.state(),
+            "upstream"
+        );
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Logs to stderr. `TOKENPROXY_LOG` sets the filter; other crates stay at `warn` by
+/// default, since their debug output could include request details.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENPROXY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tokenproxy=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

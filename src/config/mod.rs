@@ -1,0 +1,519 @@
+//! Configuration: where it is found, how it is read, and the checks that turn the file
+//! into a `Config` the server can trust. Nothing here binds a port, so a bad config is
+//! reported before anything listens.
+
+mod interpolate;
+mod raw;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+
+pub use interpolate::{ProcessSources, Sources};
+pub use raw::{RawAuth, RawDuration, RawScope};
+
+use crate::providers::AuthSpec;
+use raw::{RawConfig, RawUpstream};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// A config that failed to load. Displays as one line: file, field, problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no config file found; looked for {looked}")]
+    NotFound { looked: String },
+    #[error("{file}: cannot read: {source}")]
+    Unreadable {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: line {line}: {problem}")]
+    Syntax {
+        file: String,
+        line: usize,
+        problem: String,
+    },
+    #[error("{file}: {field}: {problem}")]
+    Invalid {
+        file: String,
+        field: String,
+        problem: String,
+    },
+}
+
+/// A problem with one field, before the file name is known to the code that found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn in_file(self, file: &str) -> ConfigError {
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            field: self.field,
+            problem: self.problem,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from, for messages.
+    pub source: String,
+    pub server: ServerConfig,
+    pub store_path: Option<PathBuf>,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub target: Target,
+    /// Path prefix that routes here, without a trailing slash (`/bigeval`).
+    pub prefix: String,
+    /// Host name that routes here, lower-cased, without port or trailing dot.
+    pub host: Option<String>,
+    /// A listener of its own: every request on it goes to this upstream.
+    pub listen: Option<SocketAddr>,
+    /// Static extra headers, sent on every forwarded request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub auth: AuthSpec,
+}
+
+/// An upstream's base URL, split once so forwarding only concatenates.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub uri: Uri,
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// The base path without its trailing slash: `""` for `https://h/`, `/api` for `https://h/api/`.
+    pub base_path: String,
+}
+
+impl Target {
+    pub fn parse(text: &str) -> Result<Target, String> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|error| format!("{text:?} is not a URL: {error}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("{text:?} needs a scheme (https:// or http://)"))?;
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(format!("{text:?}: only http and https are supported"));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{text:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "{text:?}: credentials in the URL are not supported; use [auth]"
+            ));
+        }
+        if uri.query().is_some() {
+            return Err(format!("{text:?}: a target cannot have a query string"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Target {
+            uri,
+            scheme,
+            authority,
+            base_path,
+        })
+    }
+
+    /// The URL of a path on this target, for token endpoints that default to one.
+    pub fn join(&self, path: &str) -> String {
+        format!(
+            "{}://{}{}/{}",
+            self.scheme,
+            self.authority,
+            self.base_path,
+            path.trim_start_matches('/')
+        )
+    }
+}
+
+/// Finds the config file: `--config`, `$TOKENPROXY_CONFIG`, `./tokenproxy.toml`,
+/// `$XDG_CONFIG_HOME/tokenproxy/config.toml`.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(path) = explicit {
+        return Ok(path.to_owned());
+    }
+    if let Some(path) = std::env::var_os("TOKENPROXY_CONFIG").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let candidates = [Some(PathBuf::from("tokenproxy.toml")), xdg_config_file()];
+    let candidates: Vec<PathBuf> = candidates.into_iter().flatten().collect();
+    if let Some(found) = candidates.iter().find(|path| path.is_file()) {
+        return Ok(found.clone());
+    }
+    let looked = std::iter::once("--config, $TOKENPROXY_CONFIG".to_owned())
+        .chain(candidates.iter().map(|p| p.display().to_string()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(ConfigError::NotFound { looked })
+}
+
+fn xdg_config_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))?;
+    Some(base.join("tokenproxy").join("config.toml"))
+}
+
+/// Reads, interpolates and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+        file: file.clone(),
+        source,
+    })?;
+    parse(&text, &file, &ProcessSources)
+}
+
+/// Parses config text; `file` only names it in errors.
+pub fn parse(text: &str, file: &str, sources: &dyn Sources) -> Result<Config, ConfigError> {
+    let mut tree: toml::Value = text.parse::<toml::Table>().map(toml::Value::Table).map_err(
+        |error| ConfigError::Syntax {
+            file: file.to_owned(),
+            line: error
+                .span()
+                .map(|span| line_of(text, span.start))
+                .unwrap_or(1),
+            problem: one_line(error.message()),
+        },
+    )?;
+    interpolate::interpolate_tree(&mut tree, &mut Vec::new(), sources)
+        .map_err(|error| FieldError::new(error.field, error.problem).in_file(file))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|error| {
+        let field = error.path().to_string();
+        let field = if field == "." { "(top level)".into() } else { field };
+        FieldError::new(field, one_line(&error.into_inner().to_string())).in_file(file)
+    })?;
+    validate(raw, file).map_err(|error| error.in_file(file))
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
+    let server = &raw.server;
+    let listen = parse_listen(
+        "server.listen",
+        server.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+    )?;
+    let connect_timeout = duration_or(
+        "server.connect_timeout",
+        &server.connect_timeout,
+        Duration::from_secs(10),
+    )?;
+    let response_header_timeout = duration_or(
+        "server.response_header_timeout",
+        &server.response_header_timeout,
+        Duration::from_secs(60),
+    )?;
+    let drain_timeout = duration_or(
+        "server.drain_timeout",
+        &server.drain_timeout,
+        Duration::from_secs(10),
+    )?;
+    let server_config = ServerConfig {
+        listen,
+        allowed_hosts: server.allowed_hosts.clone().unwrap_or_default(),
+        allowed_origins: server.allowed_origins.clone().unwrap_or_default(),
+        connect_timeout,
+        response_header_timeout,
+        drain_timeout,
+    };
+
+    let store_path = match raw.store.path.as_deref() {
+        Some("memory") => None,
+        Some("") => return Err(FieldError::new("store.path", "must not be empty")),
+        Some(path) => Some(PathBuf::from(path)),
+        None => default_store_path(),
+    };
+
+    if raw.upstreams.is_empty() {
+        return Err(FieldError::new(
+            "upstreams",
+            "no upstream is configured; add an [upstreams.NAME] table",
+        ));
+    }
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    for (name, upstream) in &raw.upstreams {
+        upstreams.push(validate_upstream(name, upstream, &server_config)?);
+    }
+    check_routes_are_unique(&upstreams, listen)?;
+
+    Ok(Config {
+        source: file.to_owned(),
+        server: server_config,
+        store_path,
+        upstreams,
+    })
+}
+
+fn validate_upstream(
+    name: &str,
+    raw: &RawUpstream,
+    server: &ServerConfig,
+) -> Result<UpstreamConfig, FieldError> {
+    let field = |leaf: &str| format!("upstreams.{name}.{leaf}");
+    let valid_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid_name || name == "-" {
+        return Err(FieldError::new(
+            format!("upstreams.{name}"),
+            "an upstream name may use only a-z, 0-9, '-' and '_'",
+        ));
+    }
+    let target_text = raw
+        .target
+        .as_deref()
+        .ok_or_else(|| FieldError::new(field("target"), "missing; the vendor's base URL"))?;
+    let target = Target::parse(target_text).map_err(|problem| FieldError::new(field("target"), problem))?;
+
+    let prefix = match raw.prefix.as_deref() {
+        None => format!("/{name}"),
+        Some(prefix) => {
+            if !prefix.starts_with('/') {
+                return Err(FieldError::new(field("prefix"), "must start with '/'"));
+            }
+            let trimmed = prefix.trim_end_matches('/');
+            if trimmed == "/-" || trimmed.starts_with("/-/") {
+                return Err(FieldError::new(
+                    field("prefix"),
+                    "/-/ is reserved for tokenproxy's own endpoints",
+                ));
+            }
+            if trimmed.contains("//") || trimmed.split('/').any(|s| s == "." || s == "..") {
+                return Err(FieldError::new(field("prefix"), "must be a plain path"));
+            }
+            trimmed.to_owned()
+        }
+    };
+    let host = raw
+        .host
+        .as_deref()
+        .map(|host| {
+            let host = normalize_host(host);
+            if host.is_empty() || host.contains(['/', ' ', ':']) {
+                Err(FieldError::new(field("host"), "must be a bare host name"))
+            } else {
+                Ok(host)
+            }
+        })
+        .transpose()?;
+    let listen = raw
+        .listen
+        .as_deref()
+        .map(|addr| parse_listen(&field("listen"), addr))
+        .transpose()?;
+    let headers = raw
+        .headers
+        .as_ref()
+        .map(|headers| header_pairs(&field("headers"), headers))
+        .transpose()?
+        .unwrap_or_default();
+    let ca_file = raw.ca_file.as_deref().map(PathBuf::from);
+    if let Some(path) = &ca_file {
+        if !path.is_file() {
+            return Err(FieldError::new(
+                field("ca_file"),
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+    }
+    let auth_raw = raw.auth.as_ref().ok_or_else(|| {
+        FieldError::new(
+            field("auth"),
+            "missing; add [upstreams.NAME.auth] with a kind",
+        )
+    })?;
+    let auth = AuthSpec::from_raw(auth_raw, &target, &field("auth"))?;
+    Ok(UpstreamConfig {
+        name: name.to_owned(),
+        target,
+        prefix,
+        host,
+        listen,
+        headers,
+        ca_file,
+        connect_timeout: duration_or(&field("connect_timeout"), &raw.connect_timeout, server.connect_timeout)?,
+        response_header_timeout: duration_or(
+            &field("response_header_timeout"),
+            &raw.response_header_timeout,
+            server.response_header_timeout,
+        )?,
+        auth,
+    })
+}
+
+fn check_routes_are_unique(
+    upstreams: &[UpstreamConfig],
+    main_listen: SocketAddr,
+) -> Result<(), FieldError> {
+    let mut prefixes = HashSet::new();
+    let mut hosts = HashSet::new();
+    let mut ports = HashSet::from([main_listen]);
+    for upstream in upstreams {
+        let field = |leaf: &str| format!("upstreams.{}.{leaf}", upstream.name);
+        if !prefixes.insert(upstream.prefix.as_str()) {
+            return Err(FieldError::new(
+                field("prefix"),
+                format!("{:?} is already used by another upstream", upstream.prefix),
+            ));
+        }
+        if let Some(host) = &upstream.host {
+            if !hosts.insert(host.as_str()) {
+                return Err(FieldError::new(
+                    field("host"),
+                    format!("{host:?} is already used by another upstream"),
+                ));
+            }
+        }
+        if let Some(listen) = upstream.listen {
+            if !ports.insert(listen) {
+                return Err(FieldError::new(
+                    field("listen"),
+                    format!("{listen} is already used by server.listen or another upstream"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lower-cases a host and drops its port and trailing dot, the one form routing compares.
+pub fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    let without_port = if let Some(rest) = host.strip_prefix('[') {
+        // IPv6 literal: keep the brackets, drop what follows them.
+        rest.split_once(']')
+            .map(|(inside, _)| format!("[{inside}]"))
+            .unwrap_or_else(|| host.to_owned())
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(name, _)| name.to_owned())
+            .unwrap_or_else(|| host.to_owned())
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn parse_listen(field: &str, text: &str) -> Result<SocketAddr, FieldError> {
+    text.parse().map_err(|_| {
+        FieldError::new(
+            field,
+            format!("{text:?} is not an address:port such as {DEFAULT_LISTEN}"),
+        )
+    })
+}
+
+pub(crate) fn header_pairs(
+    field: &str,
+    headers: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, FieldError> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                FieldError::new(format!("{field}.{name}"), "is not a valid header name")
+            })?;
+            let header_value = HeaderValue::from_str(value).map_err(|_| {
+                FieldError::new(format!("{field}.{name}"), "is not a valid header value")
+            })?;
+            Ok((header_name, header_value))
+        })
+        .collect()
+}
+
+pub(crate) fn duration_or(
+    field: &str,
+    raw: &Option<RawDuration>,
+    default: Duration,
+) -> Result<Duration, FieldError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => parse_duration(raw).map_err(|problem| FieldError::new(field, problem)),
+    }
+}
+
+pub(crate) fn duration_or_none(field: &str, raw: &Option<RawDuration>) -> Result<Option<Duration>, FieldError> {
+    raw.as_ref()
+        .map(|raw| parse_duration(raw).map_err(|problem| FieldError::new(field, problem)))
+        .transpose()
+}
+
+/// `"250ms"`, `"90s"`, `"5m"`, `"2h"`, `"1d"`, or a number of seconds.
+pub fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
+    let text = match raw {
+        RawDuration::Seconds(seconds) => return Ok(Duration::from_secs(*seconds)),
+        RawDuration::Text(text) => text.trim(),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as \"30s\", \"5m\" or \"250ms\""))?;
+    let seconds_per_unit = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m, h or d")),
+    };
+    Duration::try_from_secs_f64(number * seconds_per_unit).map_err(|_| format!("{text:?} is out of range"))
+}
+
+fn default_store_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state"))
+        })?;
+    Some(base.join("tokenproxy").join("tokens.json"))
+}
+
+#[cfg(test)]
+mod tests;

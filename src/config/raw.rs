@@ -1,0 +1,89 @@
+//! The config file as written: every table rejects fields it does not know, so a typo
+//! is an error instead of a silently ignored setting. `validate` turns this into `Config`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub connect_timeout: Option<RawDuration>,
+    pub response_header_timeout: Option<RawDuration>,
+    pub drain_timeout: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub target: Option<String>,
+    pub prefix: Option<String>,
+    pub host: Option<String>,
+    pub listen: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub ca_file: Option<String>,
+    pub connect_timeout: Option<RawDuration>,
+    pub response_header_timeout: Option<RawDuration>,
+    pub auth: Option<RawAuth>,
+}
+
+/// Every auth option of every kind. Which ones a kind accepts is checked in
+/// `providers::AuthSpec::from_raw`, so a field that means nothing for the chosen kind is an
+/// error too.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub kind: Option<String>,
+    pub grant: Option<String>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_auth: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub scope: Option<RawScope>,
+    pub audience: Option<String>,
+    pub organization: Option<String>,
+    pub header: Option<String>,
+    pub scheme: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub refresh_skew: Option<RawDuration>,
+    pub default_ttl: Option<RawDuration>,
+}
+
+/// `scope = "a b"` or `scope = ["a", "b"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawScope {
+    Joined(String),
+    List(Vec<String>),
+}
+
+/// `"90s"`, `"5m"`, `"250ms"`, or a plain number of seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}

@@ -1,0 +1,34 @@
+//! tokenproxy: a local authenticating reverse proxy. A client sends
+//! `http://127.0.0.1:8080/<upstream>/path`; tokenproxy forwards it to the upstream's vendor
+//! with the vendor's current token injected, and streams the answer back.
+//!
+//! # Architecture
+//! Data flows one way: config -> routes -> proxy -> transport, with each upstream's token
+//! read from its `TokenCell` and written only by token requests.
+//!
+//! - [`config`]: finding, reading (`${ENV}`, `${file:}`) and validating the TOML config.
+//! - [`providers`]: where tokens come from, one file per kind and per vendor preset.
+//! - [`tokens`]: the live credential per upstream (`ArcSwap`), single-flight token
+//!   requests, and the background refresher.
+//! - [`routes`]: which upstream a request is for (listener, `Host`, path prefix).
+//! - [`proxy`]: the request path: route, credential, header rewrite, forward, answer;
+//!   and the `/-/` admin endpoints.
+//! - [`transport`]: the one pooled HTTP client (rustls), for forwarding and token requests.
+//! - [`problem`]: the proxy's own errors and their problem+json responses.
+//! - [`server`]: listeners, HTTP/1.1 + h2c, graceful shutdown.
+//! - [`app`]: the runtime state built from a config.
+//! - [`cli`], [`demo`]: the command line.
+//! - [`secret`]: the redacting type every secret and token is held in.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod problem;
+pub mod providers;
+pub mod proxy;
+pub mod routes;
+pub mod secret;
+pub mod server;
+pub mod tokens;
+pub mod transport;

@@ -1,0 +1,113 @@
+//! The proxy's own errors, and the one place they become responses: RFC 9457
+//! `application/problem+json` with `title`, `status`, `detail` and `upstream`, plus an
+//! RFC 9209 `Proxy-Status` header so a client can tell them from the vendor's answers.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::providers::ProviderError;
+use crate::transport::ProxyBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no upstream is configured for {path}")]
+    NoRoute { path: String },
+    #[error("{reason}")]
+    BadRequest { reason: String },
+    #[error("no valid token for upstream {upstream}: {cause}")]
+    NoToken { upstream: String, cause: ProviderError },
+    #[error("upstream {upstream} is unreachable: {reason}")]
+    UpstreamUnreachable { upstream: String, reason: String },
+    #[error("upstream {upstream} did not answer within {after:?}")]
+    UpstreamTimeout { upstream: String, after: Duration },
+    #[error("upstream {upstream} could not be connected to within {after:?}")]
+    ConnectTimeout { upstream: String, after: Duration },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::NoToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } | ProxyError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The RFC 9209 error type.
+    fn proxy_status(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "destination_not_found",
+            ProxyError::BadRequest { .. } => "http_request_error",
+            ProxyError::NoToken { .. } => "proxy_internal_response",
+            ProxyError::UpstreamUnreachable { .. } => "destination_unavailable",
+            ProxyError::UpstreamTimeout { .. } => "http_response_timeout",
+            ProxyError::ConnectTimeout { .. } => "connection_timeout",
+        }
+    }
+
+    fn upstream(&self) -> Option<&str> {
+        match self {
+            ProxyError::NoRoute { .. } | ProxyError::BadRequest { .. } => None,
+            ProxyError::NoToken { upstream, .. }
+            | ProxyError::UpstreamUnreachable { upstream, .. }
+            | ProxyError::UpstreamTimeout { upstream, .. }
+            | ProxyError::ConnectTimeout { upstream, .. } => Some(upstream),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProxyError::NoToken {
+                cause: ProviderError::Status { retry_after, .. },
+                ..
+            } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let mut problem = serde_json::json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+        });
+        if let Some(upstream) = self.upstream() {
+            problem["upstream"] = upstream.into();
+        }
+        let mut response = problem_response(status, &problem);
+        let headers = response.headers_mut();
+        headers.insert(
+            "proxy-status",
+            HeaderValue::from_str(&format!("tokenproxy; error={}", self.proxy_status()))
+                .expect("static text is a valid header"),
+        );
+        if let Some(after) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+        }
+        response
+    }
+}
+
+pub fn problem_response(status: StatusCode, problem: &serde_json::Value) -> Response<ProxyBody> {
+    json_response(status, "application/problem+json", problem)
+}
+
+pub fn json_response(status: StatusCode, content_type: &'static str, value: &serde_json::Value) -> Response<ProxyBody> {
+    let body = Bytes::from(serde_json::to_vec(value).expect("a JSON value serializes"));
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

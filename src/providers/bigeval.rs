@@ -1,0 +1,20 @@
+//! BiG EVAL: IdentityServer client credentials at `{server}/connect/token` with scope
+//! `bigeval-api-v1`. Tokens are opaque and long-lived; `expires_in` is trusted over the
+//! documentation's "90 days".
+
+use crate::config::{FieldError, Target};
+
+use super::fields::AuthFields;
+use super::oauth::{self, ClientAuth, GrantKind, PresetDefaults};
+use super::AuthSpec;
+
+pub(super) fn spec(fields: &AuthFields, target: &Target) -> Result<AuthSpec, FieldError> {
+    let defaults = PresetDefaults {
+        token_url: Some(target.join("connect/token")),
+        scope: vec!["bigeval-api-v1".to_owned()],
+        client_id: None,
+        client_auth: ClientAuth::Body,
+        extra_headers: Vec::new(),
+    };
+    oauth::spec(fields, GrantKind::ClientCredentials, Some(defaults))
+}

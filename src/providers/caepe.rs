@@ -1,0 +1,37 @@
+//! CAEPE: Keycloak. A user account uses the password grant with the public `cape-client`
+//! (5-minute tokens plus a refresh token); a service account uses client credentials.
+//! Every API call also needs `Organization: <org id>`. The token URL differs between
+//! deployments, so it has no default.
+
+use http::{HeaderName, HeaderValue};
+
+use crate::config::FieldError;
+
+use super::fields::AuthFields;
+use super::oauth::{self, ClientAuth, GrantKind, PresetDefaults};
+use super::AuthSpec;
+
+pub(super) fn spec(fields: &AuthFields) -> Result<AuthSpec, FieldError> {
+    let grant = match fields.text("grant").as_deref() {
+        None | Some("password") => GrantKind::Password,
+        Some("client_credentials") => GrantKind::ClientCredentials,
+        Some(other) => {
+            return Err(fields.error(
+                "grant",
+                format!("{other:?} is not a CAEPE grant; use \"password\" or \"client_credentials\""),
+            ))
+        }
+    };
+    let organization = fields.required_text("organization")?;
+    let organization = HeaderValue::from_str(&organization)
+        .map_err(|_| fields.error("organization", "is not a valid header value"))?;
+    let defaults = PresetDefaults {
+        token_url: None,
+        scope: Vec::new(),
+        // The public client of the password grant; a service account brings its own id.
+        client_id: matches!(grant, GrantKind::Password).then_some("cape-client"),
+        client_auth: ClientAuth::Body,
+        extra_headers: vec![(HeaderName::from_static("organization"), organization)],
+    };
+    oauth::spec(fields, grant, Some(defaults))
+}

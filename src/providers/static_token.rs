@@ -1,0 +1,35 @@
+//! `kind = "static"`: a fixed token or API key (BigAnimal access keys, personal tokens).
+
+use crate::config::FieldError;
+use crate::secret::Secret;
+use crate::tokens::Credential;
+
+use super::fields::AuthFields;
+use super::{injection, AuthSpec, Injection, ProviderError, TokenSourceSpec};
+
+pub(super) fn spec(fields: &AuthFields) -> Result<AuthSpec, FieldError> {
+    Ok(AuthSpec {
+        kind: fields.kind().to_owned(),
+        source: TokenSourceSpec::Static {
+            token: fields.required_secret("token")?,
+        },
+        injection: injection(fields, Vec::new())?,
+        refresh_skew: None,
+    })
+}
+
+pub struct StaticToken {
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl StaticToken {
+    pub fn new(token: &Secret, injection: &Injection) -> Result<Self, ProviderError> {
+        Ok(StaticToken {
+            headers: injection.headers_for(token)?,
+        })
+    }
+
+    pub fn credential(&self) -> Credential {
+        Credential::without_expiry(self.headers.clone())
+    }
+}

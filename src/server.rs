@@ -1,0 +1,158 @@
+//! Listening: the main listener plus one per upstream with its own `listen`, each serving
+//! HTTP/1.1 and cleartext HTTP/2 (prior knowledge) with upgrades, and a graceful drain on
+//! shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::{App, BuildError};
+use crate::config::Config;
+use crate::proxy::{self, Connection};
+use crate::tokens::spawn_refresher;
+use crate::transport::Transports;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running tokenproxy: listeners bound, refreshers started.
+pub struct Server {
+    app: Arc<App>,
+    main_addr: SocketAddr,
+    upstream_addrs: Vec<(String, SocketAddr)>,
+    shutdown: watch::Sender<bool>,
+    accept_loops: Vec<JoinHandle<()>>,
+    drain: Duration,
+}
+
+impl Server {
+    /// Builds the app, binds every listener (all or none), and starts serving.
+    pub async fn start(config: &Config) -> Result<Server, StartError> {
+        let app = Arc::new(App::build(config, &Transports::new())?);
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let main = bind(config.server.listen).await?;
+        let mut dedicated = Vec::new();
+        for (index, upstream) in config.upstreams.iter().enumerate() {
+            if let Some(addr) = upstream.listen {
+                dedicated.push((index, bind(addr).await?));
+            }
+        }
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        for upstream in &app.upstreams {
+            spawn_refresher(Arc::clone(&upstream.tokens), shutdown_rx.clone());
+        }
+        let main_addr = local_addr(&main);
+        let mut upstream_addrs = Vec::new();
+        let mut accept_loops = vec![tokio::spawn(accept_loop(Arc::clone(&app), main, None, shutdown_rx.clone()))];
+        for (index, listener) in dedicated {
+            upstream_addrs.push((app.upstreams[index].config.name.clone(), local_addr(&listener)));
+            accept_loops.push(tokio::spawn(accept_loop(
+                Arc::clone(&app),
+                listener,
+                Some(index),
+                shutdown_rx.clone(),
+            )));
+        }
+        Ok(Server {
+            app,
+            main_addr,
+            upstream_addrs,
+            shutdown,
+            accept_loops,
+            drain: config.server.drain_timeout,
+        })
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// The main listener's address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.main_addr
+    }
+
+    /// The address of an upstream's own listener.
+    pub fn upstream_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.upstream_addrs
+            .iter()
+            .find(|(upstream, _)| upstream == name)
+            .map(|(_, addr)| *addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the drain time, stops the
+    /// refreshers.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for accept_loop in self.accept_loops {
+            let _ = accept_loop.await;
+        }
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain
+    }
+}
+
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    listener.local_addr().expect("a bound TCP listener has an address")
+}
+
+async fn accept_loop(app: Arc<App>, listener: TcpListener, dedicated: Option<usize>, mut shutdown: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let connection_info = Connection { client, dedicated };
+        let service = service_fn(move |request| proxy::handle(Arc::clone(&app), connection_info, request));
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%client, error = %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let drain = app.server.drain_timeout;
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?drain, "drain time over; closing the remaining connections");
+    }
+}

@@ -1,0 +1,225 @@
+//! The live token of each upstream. `TokenCell` holds the current `Credential` in an
+//! `ArcSwapOption`: the request path reads it without a lock, and only token requests
+//! (from the refresher, or from requests that found no valid token) replace it. Token
+//! requests are single-flight: however many callers need a token at once, one request is
+//! made and all of them get its outcome.
+
+mod refresher;
+mod schedule;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use http::{HeaderName, HeaderValue};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::providers::{Provider, ProviderError};
+use crate::secret::Secret;
+
+pub use refresher::spawn_refresher;
+pub use schedule::refresh_at;
+
+/// A token ready to use: the full header set it is sent in, and its lifetime on the
+/// monotonic clock.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub obtained_at: Instant,
+    /// `None`: valid until the upstream says otherwise (static keys).
+    pub expires_at: Option<Instant>,
+    pub refresh_token: Option<Secret>,
+    pub refresh_expires_at: Option<Instant>,
+}
+
+impl Credential {
+    pub fn without_expiry(headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        Credential {
+            headers,
+            obtained_at: Instant::now(),
+            expires_at: None,
+            refresh_token: None,
+            refresh_expires_at: None,
+        }
+    }
+
+    pub fn is_valid_at(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|expires_at| now < expires_at)
+    }
+
+    pub fn live_refresh_token(&self, now: Instant) -> Option<&Secret> {
+        let alive = self.refresh_expires_at.is_none_or(|expires_at| now < expires_at);
+        self.refresh_token.as_ref().filter(|_| alive)
+    }
+}
+
+/// What a request sees when there is no valid token.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no valid token: {cause}")]
+pub struct TokenUnavailable {
+    pub cause: ProviderError,
+}
+
+/// What `/-/status` and the start-up log say about a token. Never the token itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    /// No token yet, the first request is under way.
+    Pending,
+    Valid,
+    /// The last token request failed and there is no valid token.
+    Failed,
+    Expired,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TokenReport {
+    pub last_refresh: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub refreshes: u64,
+    pub failures: u64,
+}
+
+pub struct TokenCell {
+    upstream: String,
+    provider: Provider,
+    refresh_skew: Option<Duration>,
+    current: ArcSwapOption<Credential>,
+    /// Held while a token request is in flight.
+    flight: tokio::sync::Mutex<()>,
+    /// Counts finished token requests, so a caller that waited on the flight lock can tell
+    /// that someone else's request finished meanwhile and share its outcome.
+    finished: AtomicU64,
+    last_failure: Mutex<Option<ProviderError>>,
+    report: Mutex<TokenReport>,
+    /// Wakes the refresher early (a new credential or a shutdown).
+    wake: Notify,
+}
+
+impl TokenCell {
+    pub fn new(upstream: impl Into<String>, provider: Provider, refresh_skew: Option<Duration>) -> Self {
+        // A static token is valid from the start; everything else starts empty.
+        let initial = provider.immediate_credential().map(Arc::new);
+        TokenCell {
+            upstream: upstream.into(),
+            provider,
+            refresh_skew,
+            current: ArcSwapOption::new(initial),
+            flight: tokio::sync::Mutex::new(()),
+            finished: AtomicU64::new(0),
+            last_failure: Mutex::new(None),
+            report: Mutex::new(TokenReport::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    /// The credential to send now: the current one if valid (no waiting), else the outcome
+    /// of one shared token request.
+    pub async fn credential(&self) -> Result<Arc<Credential>, TokenUnavailable> {
+        if let Some(credential) = self.valid_now() {
+            return Ok(credential);
+        }
+        self.obtain(false).await
+    }
+
+    /// Gets a new credential even if the current one is still valid (the refresher).
+    pub async fn refresh(&self) -> Result<Arc<Credential>, TokenUnavailable> {
+        self.obtain(true).await
+    }
+
+    pub fn current(&self) -> Option<Arc<Credential>> {
+        self.current.load_full()
+    }
+
+    fn valid_now(&self) -> Option<Arc<Credential>> {
+        let current = self.current.load();
+        match current.as_ref() {
+            Some(credential) if credential.is_valid_at(Instant::now()) => Some(Arc::clone(credential)),
+            _ => None,
+        }
+    }
+
+    async fn obtain(&self, force: bool) -> Result<Arc<Credential>, TokenUnavailable> {
+        let finished_before = self.finished.load(Ordering::Acquire);
+        let _flight = self.flight.lock().await;
+        if self.finished.load(Ordering::Acquire) != finished_before {
+            // A token request finished while we waited: its outcome is ours too.
+            if let Some(credential) = self.valid_now() {
+                return Ok(credential);
+            }
+            if let Some(cause) = self.last_failure.lock().expect("poisoned").clone() {
+                return Err(TokenUnavailable { cause });
+            }
+        } else if !force {
+            if let Some(credential) = self.valid_now() {
+                return Ok(credential);
+            }
+        }
+
+        let previous = self.current.load_full();
+        let outcome = self.provider.obtain(previous.as_deref()).await;
+        let result = match outcome {
+            Ok(credential) => {
+                let credential = Arc::new(credential);
+                self.current.store(Some(Arc::clone(&credential)));
+                *self.last_failure.lock().expect("poisoned") = None;
+                let mut report = self.report.lock().expect("poisoned");
+                report.last_refresh = Some(SystemTime::now());
+                report.refreshes += 1;
+                report.last_error = None;
+                Ok(credential)
+            }
+            Err(cause) => {
+                tracing::warn!(upstream = %self.upstream, error = %cause, "token request failed");
+                *self.last_failure.lock().expect("poisoned") = Some(cause.clone());
+                let mut report = self.report.lock().expect("poisoned");
+                report.failures += 1;
+                report.last_error = Some(cause.to_string());
+                Err(TokenUnavailable { cause })
+            }
+        };
+        self.finished.fetch_add(1, Ordering::Release);
+        self.wake.notify_one();
+        result
+    }
+
+    pub fn state(&self) -> TokenState {
+        let failed = self.last_failure.lock().expect("poisoned").is_some();
+        match self.current.load().as_ref() {
+            Some(credential) if credential.is_valid_at(Instant::now()) => TokenState::Valid,
+            _ if failed => TokenState::Failed,
+            Some(_) => TokenState::Expired,
+            None => TokenState::Pending,
+        }
+    }
+
+    pub fn report(&self) -> TokenReport {
+        self.report.lock().expect("poisoned").clone()
+    }
+
+    /// When the refresher should next get a token; `None` for tokens that never change.
+    pub fn next_refresh(&self) -> Option<Instant> {
+        if !self.provider.refreshes() {
+            return None;
+        }
+        match self.current.load().as_ref() {
+            None => Some(Instant::now()),
+            Some(credential) => Some(
+                credential
+                    .expires_at
+                    .map(|expires_at| refresh_at(credential.obtained_at, expires_at, self.refresh_skew))
+                    .unwrap_or_else(Instant::now),
+            ),
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The one HTTP client: a pooled keep-alive hyper-util client over rustls, used both to
+//! forward requests and to call token endpoints. Upstreams share one pool unless they need
+//! different TLS roots (`ca_file`) or connect timeouts.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request and response that passes through tokenproxy.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A token endpoint's answer is never larger than this.
+const MAX_TOKEN_RESPONSE: usize = 1024 * 1024;
+
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportBuildError {
+    #[error("cannot read CA file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+}
+
+/// A pooled client. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct Transport {
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+}
+
+impl Transport {
+    pub fn request(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        self.client.request(request)
+    }
+
+    /// Sends a small buffered request (a token request) and reads the whole answer. 5xx
+    /// and 429 answers are errors here, keeping their status and `Retry-After`, because a
+    /// token endpoint's outage page is not an OAuth error.
+    pub async fn send_buffered(
+        &self,
+        request: Request<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Response<Vec<u8>>, TokenHttpError> {
+        let (parts, body) = request.into_parts();
+        let body = Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync();
+        let exchange = async {
+            let response = self
+                .client
+                .request(Request::from_parts(parts, body))
+                .await
+                .map_err(|error| TokenHttpError::Unreachable(error_chain(&error)))?;
+            let status = response.status();
+            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                return Err(TokenHttpError::Status {
+                    status: status.as_u16(),
+                    retry_after: retry_after(response.headers()),
+                });
+            }
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_TOKEN_RESPONSE)
+                .collect()
+                .await
+                .map_err(|error| {
+                    if error.is::<http_body_util::LengthLimitError>() {
+                        TokenHttpError::TooLarge
+                    } else {
+                        TokenHttpError::Unreachable(format!("reading the answer: {error}"))
+                    }
+                })?
+                .to_bytes();
+            Ok(Response::from_parts(parts, body.to_vec()))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| TokenHttpError::Timeout(timeout))?
+    }
+}
+
+/// The longest a token request may take, connect to last byte.
+const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lets the `oauth2` crate send its requests through our pool. A named future type (not a
+/// closure) keeps the future `Send` for every lifetime, which spawned refreshers need.
+impl<'c> oauth2::AsyncHttpClient<'c> for Transport {
+    type Error = TokenHttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, TokenHttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(self.send_buffered(request, TOKEN_REQUEST_TIMEOUT))
+    }
+}
+
+/// Why a token request got no usable HTTP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenHttpError {
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("HTTP {status}")]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("answer too large")]
+    TooLarge,
+}
+
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let seconds = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    seconds.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// An error and its causes on one line: hyper's outer errors ("client error (Connect)")
+/// say little without them.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Builds and shares transports: one per distinct (CA file, connect timeout).
+pub struct Transports {
+    system_roots: Arc<RootCertStore>,
+    built: Mutex<HashMap<(Option<PathBuf>, Duration), Transport>>,
+}
+
+impl Transports {
+    pub fn new() -> Self {
+        Transports {
+            system_roots: Arc::new(system_roots()),
+            built: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(
+        &self,
+        ca_file: Option<&Path>,
+        connect_timeout: Duration,
+    ) -> Result<Transport, TransportBuildError> {
+        let key = (ca_file.map(Path::to_owned), connect_timeout);
+        let mut built = self.built.lock().expect("poisoned");
+        if let Some(transport) = built.get(&key) {
+            return Ok(transport.clone());
+        }
+        let mut roots = (*self.system_roots).clone();
+        if let Some(path) = ca_file {
+            add_ca_file(&mut roots, path)?;
+        }
+        let transport = build(roots, connect_timeout);
+        built.insert(key, transport.clone());
+        Ok(transport)
+    }
+}
+
+impl Default for Transports {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!("no system CA certificates found; https upstreams need ca_file");
+    }
+    roots
+}
+
+fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TransportBuildError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let failed = |reason: String| TransportBuildError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|error| failed(error.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| failed(error.to_string()))?;
+    if certs.is_empty() {
+        return Err(failed("no PEM certificate in it".into()));
+    }
+    for cert in certs {
+        roots.add(cert).map_err(|error| failed(error.to_string()))?;
+    }
+    Ok(())
+}
+
+fn build(roots: RootCertStore, connect_timeout: Duration) -> Transport {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(https);
+    Transport { client }
+}
