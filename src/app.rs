@@ -53,7 +53,8 @@ impl App {
                     source,
                 }
             })?;
-            let tokens = TokenCell::new(upstream.name.clone(), provider, upstream.auth.refresh_skew);
+            let tokens =
+                TokenCell::new(upstream.name.clone(), provider, upstream.auth.refresh_skew);
             upstreams.push(Arc::new(Upstream {
                 config: upstream.clone(),
                 tokens: Arc::new(tokens),

@@ -76,7 +76,10 @@ fn load(explicit: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 }
 
 fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime.block_on(future),
         Err(error) => {
             eprintln!("tokenproxy: cannot start the runtime: {error}");

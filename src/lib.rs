@@ -18,6 +18,7 @@
 //! - [`server`]: listeners, HTTP/1.1 + h2c, graceful shutdown.
 //! - [`app`]: the runtime state built from a config.
 //! - [`cli`], [`demo`]: the command line.
+//! - [`sim`]: simulated vendors (real HTTP servers) for tests and `tokenproxy demo`.
 //! - [`secret`]: the redacting type every secret and token is held in.
 
 pub mod app;
@@ -30,5 +31,6 @@ pub mod proxy;
 pub mod routes;
 pub mod secret;
 pub mod server;
+pub mod sim;
 pub mod tokens;
 pub mod transport;

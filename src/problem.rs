@@ -18,7 +18,10 @@ pub enum ProxyError {
     #[error("{reason}")]
     BadRequest { reason: String },
     #[error("no valid token for upstream {upstream}: {cause}")]
-    NoToken { upstream: String, cause: ProviderError },
+    NoToken {
+        upstream: String,
+        cause: ProviderError,
+    },
     #[error("upstream {upstream} is unreachable: {reason}")]
     UpstreamUnreachable { upstream: String, reason: String },
     #[error("upstream {upstream} did not answer within {after:?}")]
@@ -34,7 +37,9 @@ impl ProxyError {
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::NoToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout { .. } | ProxyError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout { .. } | ProxyError::ConnectTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
@@ -89,7 +94,10 @@ impl ProxyError {
                 .expect("static text is a valid header"),
         );
         if let Some(after) = self.retry_after() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
         }
         response
     }
@@ -99,9 +107,17 @@ pub fn problem_response(status: StatusCode, problem: &serde_json::Value) -> Resp
     json_response(status, "application/problem+json", problem)
 }
 
-pub fn json_response(status: StatusCode, content_type: &'static str, value: &serde_json::Value) -> Response<ProxyBody> {
+pub fn json_response(
+    status: StatusCode,
+    content_type: &'static str,
+    value: &serde_json::Value,
+) -> Response<ProxyBody> {
     let body = Bytes::from(serde_json::to_vec(value).expect("a JSON value serializes"));
-    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+    let mut response = Response::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -12,7 +12,10 @@ pub enum Route<'a> {
     /// An admin endpoint; the path after `/-/`.
     Admin(&'a str),
     /// Upstream number `index`; `path` is what to append to its target's base path.
-    Upstream { index: usize, path: &'a str },
+    Upstream {
+        index: usize,
+        path: &'a str,
+    },
     NotFound,
 }
 
@@ -30,7 +33,7 @@ impl RouteTable {
             .enumerate()
             .map(|(index, upstream)| (upstream.prefix.clone(), index))
             .collect();
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         let hosts = upstreams
             .iter()
             .enumerate()
@@ -40,7 +43,12 @@ impl RouteTable {
     }
 
     /// `dedicated` is the upstream that owns the listener the request came in on, if any.
-    pub fn route<'a>(&self, dedicated: Option<usize>, host: Option<&str>, path: &'a str) -> Route<'a> {
+    pub fn route<'a>(
+        &self,
+        dedicated: Option<usize>,
+        host: Option<&str>,
+        path: &'a str,
+    ) -> Route<'a> {
         if let Some(admin) = path.strip_prefix(ADMIN_PREFIX) {
             return Route::Admin(admin);
         }
@@ -58,7 +66,10 @@ impl RouteTable {
         for (prefix, index) in &self.prefixes {
             if let Some(rest) = path.strip_prefix(prefix.as_str()) {
                 if rest.is_empty() || rest.starts_with('/') {
-                    return Route::Upstream { index: *index, path: rest };
+                    return Route::Upstream {
+                        index: *index,
+                        path: rest,
+                    };
                 }
             }
         }
@@ -78,16 +89,31 @@ mod tests {
                 table.hosts.insert(host.to_string(), index);
             }
         }
-        table.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         table
     }
 
     #[test]
     fn longest_prefix_on_a_segment_boundary_wins() {
         let t = table(&[("/api", None), ("/api/v2", None), ("/amm", None)]);
-        assert_eq!(t.route(None, None, "/api/v2/x"), Route::Upstream { index: 1, path: "/x" });
-        assert_eq!(t.route(None, None, "/api/v1/x"), Route::Upstream { index: 0, path: "/v1/x" });
-        assert_eq!(t.route(None, None, "/amm"), Route::Upstream { index: 2, path: "" });
+        assert_eq!(
+            t.route(None, None, "/api/v2/x"),
+            Route::Upstream {
+                index: 1,
+                path: "/x"
+            }
+        );
+        assert_eq!(
+            t.route(None, None, "/api/v1/x"),
+            Route::Upstream {
+                index: 0,
+                path: "/v1/x"
+            }
+        );
+        assert_eq!(
+            t.route(None, None, "/amm"),
+            Route::Upstream { index: 2, path: "" }
+        );
         assert_eq!(t.route(None, None, "/ammx/y"), Route::NotFound);
         assert_eq!(t.route(None, None, "/"), Route::NotFound);
     }
@@ -97,9 +123,18 @@ mod tests {
         let t = table(&[("/a", Some("a.localhost")), ("/b", None)]);
         assert_eq!(
             t.route(None, Some("A.Localhost.:8080"), "/b/x"),
-            Route::Upstream { index: 0, path: "/b/x" }
+            Route::Upstream {
+                index: 0,
+                path: "/b/x"
+            }
         );
-        assert_eq!(t.route(Some(1), Some("a.localhost"), "/a/x"), Route::Upstream { index: 1, path: "/a/x" });
+        assert_eq!(
+            t.route(Some(1), Some("a.localhost"), "/a/x"),
+            Route::Upstream {
+                index: 1,
+                path: "/a/x"
+            }
+        );
     }
 
     #[test]

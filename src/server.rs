@@ -65,9 +65,17 @@ impl Server {
         }
         let main_addr = local_addr(&main);
         let mut upstream_addrs = Vec::new();
-        let mut accept_loops = vec![tokio::spawn(accept_loop(Arc::clone(&app), main, None, shutdown_rx.clone()))];
+        let mut accept_loops = vec![tokio::spawn(accept_loop(
+            Arc::clone(&app),
+            main,
+            None,
+            shutdown_rx.clone(),
+        ))];
         for (index, listener) in dedicated {
-            upstream_addrs.push((app.upstreams[index].config.name.clone(), local_addr(&listener)));
+            upstream_addrs.push((
+                app.upstreams[index].config.name.clone(),
+                local_addr(&listener),
+            ));
             accept_loops.push(tokio::spawn(accept_loop(
                 Arc::clone(&app),
                 listener,
@@ -117,10 +125,17 @@ impl Server {
 }
 
 fn local_addr(listener: &TcpListener) -> SocketAddr {
-    listener.local_addr().expect("a bound TCP listener has an address")
+    listener
+        .local_addr()
+        .expect("a bound TCP listener has an address")
 }
 
-async fn accept_loop(app: Arc<App>, listener: TcpListener, dedicated: Option<usize>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    app: Arc<App>,
+    listener: TcpListener,
+    dedicated: Option<usize>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
@@ -141,7 +156,8 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, dedicated: Option<usi
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         let connection_info = Connection { client, dedicated };
-        let service = service_fn(move |request| proxy::handle(Arc::clone(&app), connection_info, request));
+        let service =
+            service_fn(move |request| proxy::handle(Arc::clone(&app), connection_info, request));
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
@@ -152,7 +168,10 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, dedicated: Option<usi
     }
     drop(listener);
     let drain = app.server.drain_timeout;
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(?drain, "drain time over; closing the remaining connections");
     }
 }

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,7 +59,9 @@ impl Transport {
         timeout: Duration,
     ) -> Result<Response<Vec<u8>>, TokenHttpError> {
         let (parts, body) = request.into_parts();
-        let body = Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync();
+        let body = Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync();
         let exchange = async {
             let response = self
                 .client
@@ -100,7 +102,8 @@ const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// closure) keeps the future `Send` for every lifetime, which spawned refreshers need.
 impl<'c> oauth2::AsyncHttpClient<'c> for Transport {
     type Error = TokenHttpError;
-    type Future = Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, TokenHttpError>> + Send + 'c>>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, TokenHttpError>> + Send + 'c>>;
 
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
         Box::pin(self.send_buffered(request, TOKEN_REQUEST_TIMEOUT))

@@ -202,21 +202,26 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses config text; `file` only names it in errors.
 pub fn parse(text: &str, file: &str, sources: &dyn Sources) -> Result<Config, ConfigError> {
-    let mut tree: toml::Value = text.parse::<toml::Table>().map(toml::Value::Table).map_err(
-        |error| ConfigError::Syntax {
+    let mut tree: toml::Value = text
+        .parse::<toml::Table>()
+        .map(toml::Value::Table)
+        .map_err(|error| ConfigError::Syntax {
             file: file.to_owned(),
             line: error
                 .span()
                 .map(|span| line_of(text, span.start))
                 .unwrap_or(1),
             problem: one_line(error.message()),
-        },
-    )?;
+        })?;
     interpolate::interpolate_tree(&mut tree, &mut Vec::new(), sources)
         .map_err(|error| FieldError::new(error.field, error.problem).in_file(file))?;
     let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|error| {
         let field = error.path().to_string();
-        let field = if field == "." { "(top level)".into() } else { field };
+        let field = if field == "." {
+            "(top level)".into()
+        } else {
+            field
+        };
         FieldError::new(field, one_line(&error.into_inner().to_string())).in_file(file)
     })?;
     validate(raw, file).map_err(|error| error.in_file(file))
@@ -307,7 +312,8 @@ fn validate_upstream(
         .target
         .as_deref()
         .ok_or_else(|| FieldError::new(field("target"), "missing; the vendor's base URL"))?;
-    let target = Target::parse(target_text).map_err(|problem| FieldError::new(field("target"), problem))?;
+    let target =
+        Target::parse(target_text).map_err(|problem| FieldError::new(field("target"), problem))?;
 
     let prefix = match raw.prefix.as_deref() {
         None => format!("/{name}"),
@@ -375,7 +381,11 @@ fn validate_upstream(
         listen,
         headers,
         ca_file,
-        connect_timeout: duration_or(&field("connect_timeout"), &raw.connect_timeout, server.connect_timeout)?,
+        connect_timeout: duration_or(
+            &field("connect_timeout"),
+            &raw.connect_timeout,
+            server.connect_timeout,
+        )?,
         response_header_timeout: duration_or(
             &field("response_header_timeout"),
             &raw.response_header_timeout,
@@ -408,7 +418,8 @@ fn check_routes_are_unique(
                 ));
             }
         }
-        if let Some(listen) = upstream.listen {
+        // Port 0 asks the system for a free port, so it can never clash.
+        if let Some(listen) = upstream.listen.filter(|addr| addr.port() != 0) {
             if !ports.insert(listen) {
                 return Err(FieldError::new(
                     field("listen"),
@@ -475,7 +486,10 @@ pub(crate) fn duration_or(
     }
 }
 
-pub(crate) fn duration_or_none(field: &str, raw: &Option<RawDuration>) -> Result<Option<Duration>, FieldError> {
+pub(crate) fn duration_or_none(
+    field: &str,
+    raw: &Option<RawDuration>,
+) -> Result<Option<Duration>, FieldError> {
     raw.as_ref()
         .map(|raw| parse_duration(raw).map_err(|problem| FieldError::new(field, problem)))
         .transpose()
@@ -500,9 +514,14 @@ pub fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
         "m" => 60.0,
         "h" => 3600.0,
         "d" => 86400.0,
-        other => return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use ms, s, m, h or d"
+            ))
+        }
     };
-    Duration::try_from_secs_f64(number * seconds_per_unit).map_err(|_| format!("{text:?} is out of range"))
+    Duration::try_from_secs_f64(number * seconds_per_unit)
+        .map_err(|_| format!("{text:?} is out of range"))
 }
 
 fn default_store_path() -> Option<PathBuf> {

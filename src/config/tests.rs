@@ -1,0 +1,167 @@
+use std::collections::HashMap;
+
+use super::*;
+
+struct Env(HashMap<&'static str, &'static str>);
+
+impl Sources for Env {
+    fn env(&self, name: &str) -> Option<String> {
+        self.0.get(name).map(|v| v.to_string())
+    }
+    fn file(&self, _path: &str) -> std::io::Result<String> {
+        Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+}
+
+fn parse_with(text: &str) -> Result<Config, ConfigError> {
+    parse(
+        text,
+        "test.toml",
+        &Env(HashMap::from([("SECRET", "s3cret")])),
+    )
+}
+
+fn error_of(text: &str) -> String {
+    let message = parse_with(text)
+        .expect_err("config should be refused")
+        .to_string();
+    assert!(!message.contains('\n'), "error is not one line: {message}");
+    assert!(
+        message.starts_with("test.toml: "),
+        "error does not name the file: {message}"
+    );
+    message
+}
+
+const BIGEVAL: &str = r#"
+[upstreams.bigeval]
+target = "https://bigeval.example/"
+[upstreams.bigeval.auth]
+kind = "bigeval"
+client_id = "id"
+client_secret = "${SECRET}"
+"#;
+
+#[test]
+fn a_preset_fills_in_token_url_and_scope() {
+    let config = parse_with(BIGEVAL).unwrap();
+    assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
+    let upstream = &config.upstreams[0];
+    assert_eq!(upstream.prefix, "/bigeval");
+    match &upstream.auth.source {
+        crate::providers::TokenSourceSpec::OAuth(oauth) => {
+            assert_eq!(oauth.token_url, "https://bigeval.example/connect/token");
+            assert_eq!(oauth.scope, ["bigeval-api-v1"]);
+            assert_eq!(oauth.client_secret.as_ref().unwrap().expose(), "s3cret");
+        }
+        other => panic!("unexpected source {other:?}"),
+    }
+}
+
+#[test]
+fn each_bad_config_names_its_field() {
+    let cases: &[(&str, &str)] = &[
+        ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+        ("[server]\nlistn = \"127.0.0.1:1\"\n", "unknown field `listn`"),
+        ("", "upstreams: no upstream is configured"),
+        ("[upstreams.a]\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.target: missing"),
+        ("[upstreams.a]\ntarget = \"ftp://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.target"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\n", "upstreams.a.auth: missing"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"magic\"\n", "upstreams.a.auth.kind: unknown kind \"magic\""),
+        ("[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\n", "upstreams.a.auth.token: missing"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\nusername = \"u\"\n", "upstreams.a.auth.username: is not used by kind \"static\""),
+        ("[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"client_credentials\"\nclient_id = \"i\"\nclient_secret = \"s\"\n", "upstreams.a.auth.token_url: missing"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"bigeval\"\nclient_id = \"i\"\nclient_secret = \"${NOPE}\"\n", "upstreams.a.auth.client_secret: environment variable NOPE is not set"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"caepe\"\ntoken_url = \"https://k/t\"\nusername = \"u\"\npassword = \"p\"\n", "upstreams.a.auth.organization: missing"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"caepe\"\ngrant = \"implicit\"\ntoken_url = \"https://k/t\"\norganization = \"o\"\n", "upstreams.a.auth.grant"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\nprefix = \"/-/x\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.prefix: /-/ is reserved"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\nconnect_timeout = \"5 parsecs\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.connect_timeout"),
+        ("[upstreams.A]\ntarget = \"https://x/\"\n[upstreams.A.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.A: an upstream name"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\nprefix = \"/same\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n[upstreams.b]\ntarget = \"https://y/\"\nprefix = \"/same\"\n[upstreams.b.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.b.prefix: \"/same\" is already used"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\nheaders = { \"bad header\" = \"v\" }\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.headers.bad header"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\nca_file = \"/does/not/exist.pem\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.ca_file"),
+        ("[upstreams.a\ntarget = 1\n", "test.toml: line 1:"),
+        ("[upstreams.a]\ntarget = 42\n", "upstreams.a.target: invalid type"),
+    ];
+    for (text, expected) in cases {
+        let message = error_of(text);
+        assert!(
+            message.contains(expected),
+            "for {text:?}\nexpected {expected:?} in {message:?}"
+        );
+    }
+}
+
+#[test]
+fn errors_never_show_secret_values() {
+    let text = BIGEVAL.replace(
+        "client_id = \"id\"",
+        "client_id = \"id\"\nusername = \"${SECRET}\"",
+    );
+    let message = error_of(&text);
+    assert!(message.contains("username"), "{message}");
+    assert!(!message.contains("s3cret"), "{message}");
+}
+
+#[test]
+fn caepe_adds_the_organization_header_and_the_public_client() {
+    let config = parse_with(
+        r#"
+[upstreams.caepe]
+target = "https://api.acme.example/"
+[upstreams.caepe.auth]
+kind = "caepe"
+token_url = "https://keycloak.acme.example/realms/biqmind/protocol/openid-connect/token"
+username = "u"
+password = "${SECRET}"
+organization = "acme"
+"#,
+    )
+    .unwrap();
+    let auth = &config.upstreams[0].auth;
+    assert_eq!(auth.injection.extra[0].0, "organization");
+    assert_eq!(auth.injection.extra[0].1, "acme");
+    match &auth.source {
+        crate::providers::TokenSourceSpec::OAuth(oauth) => {
+            assert_eq!(oauth.client_id, "cape-client")
+        }
+        other => panic!("unexpected source {other:?}"),
+    }
+}
+
+#[test]
+fn durations_read_units() {
+    let d = |text: &str| parse_duration(&RawDuration::Text(text.into()));
+    assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(d("90s"), Ok(Duration::from_secs(90)));
+    assert_eq!(d("5m"), Ok(Duration::from_secs(300)));
+    assert_eq!(d("1.5h"), Ok(Duration::from_secs(5400)));
+    assert_eq!(
+        parse_duration(&RawDuration::Seconds(7)),
+        Ok(Duration::from_secs(7))
+    );
+    assert!(d("soon").is_err());
+    assert!(d("5 parsecs").is_err());
+}
+
+#[test]
+fn targets_keep_their_base_path() {
+    let target = Target::parse("https://h.example/api/").unwrap();
+    assert_eq!(target.base_path, "/api");
+    assert_eq!(
+        target.join("connect/token"),
+        "https://h.example/api/connect/token"
+    );
+    assert_eq!(Target::parse("https://h.example").unwrap().base_path, "");
+    assert!(Target::parse("https://user:pw@h.example/").is_err());
+}
+
+#[test]
+fn hosts_compare_without_case_port_or_trailing_dot() {
+    assert_eq!(
+        normalize_host("BigEval.Localhost.:8080"),
+        "bigeval.localhost"
+    );
+    assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+    assert_eq!(normalize_host("example.com"), "example.com");
+}

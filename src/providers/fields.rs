@@ -131,8 +131,13 @@ impl<'a> AuthFields<'a> {
             ("refresh_skew", raw.refresh_skew.is_some()),
             ("default_ttl", raw.default_ttl.is_some()),
         ];
-        match present.iter().find(|(name, set)| *set && !used.contains(name)) {
-            Some((name, _)) => Err(self.error(name, format!("is not used by kind {:?}", self.kind))),
+        match present
+            .iter()
+            .find(|(name, set)| *set && !used.contains(name))
+        {
+            Some((name, _)) => {
+                Err(self.error(name, format!("is not used by kind {:?}", self.kind)))
+            }
             None => Ok(()),
         }
     }

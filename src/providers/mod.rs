@@ -51,7 +51,10 @@ pub struct Injection {
 impl Injection {
     /// The full header set for one token. Values are marked sensitive so HTTP/2 never
     /// puts them in a compression table.
-    pub fn headers_for(&self, token: &Secret) -> Result<Vec<(HeaderName, HeaderValue)>, ProviderError> {
+    pub fn headers_for(
+        &self,
+        token: &Secret,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, ProviderError> {
         let value = if self.scheme.is_empty() {
             token.expose().to_owned()
         } else {
@@ -71,14 +74,18 @@ impl Injection {
 impl AuthSpec {
     /// Validates an auth table. `field` is its dotted path, for messages.
     pub fn from_raw(raw: &RawAuth, target: &Target, field: &str) -> Result<AuthSpec, FieldError> {
-        let kind = raw
-            .kind
-            .as_deref()
-            .ok_or_else(|| FieldError::new(format!("{field}.kind"), format!("missing; one of {}", KINDS.join(", "))))?;
+        let kind = raw.kind.as_deref().ok_or_else(|| {
+            FieldError::new(
+                format!("{field}.kind"),
+                format!("missing; one of {}", KINDS.join(", ")),
+            )
+        })?;
         let fields = fields::AuthFields::new(raw, field, kind);
         let mut spec = match kind {
             "static" => static_token::spec(&fields)?,
-            "client_credentials" => oauth::spec(&fields, oauth::GrantKind::ClientCredentials, None)?,
+            "client_credentials" => {
+                oauth::spec(&fields, oauth::GrantKind::ClientCredentials, None)?
+            }
             "password" => oauth::spec(&fields, oauth::GrantKind::Password, None)?,
             "bigeval" => bigeval::spec(&fields, target)?,
             "caepe" => caepe::spec(&fields)?,
@@ -95,7 +102,13 @@ impl AuthSpec {
     }
 }
 
-const KINDS: &[&str] = &["static", "client_credentials", "password", "bigeval", "caepe"];
+const KINDS: &[&str] = &[
+    "static",
+    "client_credentials",
+    "password",
+    "bigeval",
+    "caepe",
+];
 
 /// Obtains credentials for one upstream.
 pub enum Provider {
@@ -174,10 +187,16 @@ fn injection(
     };
     let scheme = fields.text("scheme").unwrap_or_else(|| "Bearer".to_owned());
     if scheme.contains(char::is_whitespace) {
-        return Err(fields.error("scheme", "must be one word such as \"Bearer\", or \"\" for a raw token"));
+        return Err(fields.error(
+            "scheme",
+            "must be one word such as \"Bearer\", or \"\" for a raw token",
+        ));
     }
     if let Some(headers) = fields.headers() {
-        extra.extend(crate::config::header_pairs(&fields.path("headers"), headers)?);
+        extra.extend(crate::config::header_pairs(
+            &fields.path("headers"),
+            headers,
+        )?);
     }
     Ok(Injection {
         header,

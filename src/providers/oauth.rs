@@ -11,9 +11,9 @@ use oauth2::basic::{
     BasicTokenType,
 };
 use oauth2::{
-    AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, ExtraTokenFields,
-    RefreshToken, RequestTokenError, ResourceOwnerPassword, ResourceOwnerUsername, Scope,
-    StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+    AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, ExtraTokenFields, RefreshToken,
+    RequestTokenError, ResourceOwnerPassword, ResourceOwnerUsername, Scope, StandardRevocableToken,
+    StandardTokenResponse, TokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -85,16 +85,28 @@ pub(super) fn spec(
     });
     let token_url = match fields.text("token_url").or(defaults.token_url) {
         Some(url) => url,
-        None => return Err(fields.error("token_url", format!("missing; required by kind {:?}", fields.kind()))),
+        None => {
+            return Err(fields.error(
+                "token_url",
+                format!("missing; required by kind {:?}", fields.kind()),
+            ))
+        }
     };
-    if TokenUrl::new(token_url.clone()).is_err() || !(token_url.starts_with("https://") || token_url.starts_with("http://")) {
+    if TokenUrl::new(token_url.clone()).is_err()
+        || !(token_url.starts_with("https://") || token_url.starts_with("http://"))
+    {
         return Err(fields.error("token_url", format!("{token_url:?} is not an http(s) URL")));
     }
     let client_id = match (fields.text("client_id"), defaults.client_id) {
         (Some(id), _) if !id.is_empty() => id,
         (Some(_), _) => return Err(fields.error("client_id", "must not be empty")),
         (None, Some(default)) => default.to_owned(),
-        (None, None) => return Err(fields.error("client_id", format!("missing; required by kind {:?}", fields.kind()))),
+        (None, None) => {
+            return Err(fields.error(
+                "client_id",
+                format!("missing; required by kind {:?}", fields.kind()),
+            ))
+        }
     };
     let client_secret = match grant_kind {
         // A confidential client is the point of client credentials.
@@ -106,7 +118,12 @@ pub(super) fn spec(
         None => defaults.client_auth,
         Some("body") => ClientAuth::Body,
         Some("basic") => ClientAuth::Basic,
-        Some(other) => return Err(fields.error("client_auth", format!("{other:?} is not \"body\" or \"basic\""))),
+        Some(other) => {
+            return Err(fields.error(
+                "client_auth",
+                format!("{other:?} is not \"body\" or \"basic\""),
+            ))
+        }
     };
     let grant = match grant_kind {
         GrantKind::ClientCredentials => Grant::ClientCredentials,
@@ -172,7 +189,11 @@ pub struct OAuthGrant {
 }
 
 impl OAuthGrant {
-    pub fn new(spec: &OAuthSpec, injection: Injection, transport: Transport) -> Result<Self, ProviderError> {
+    pub fn new(
+        spec: &OAuthSpec,
+        injection: Injection,
+        transport: Transport,
+    ) -> Result<Self, ProviderError> {
         let token_url = TokenUrl::new(spec.token_url.clone())
             .map_err(|_| ProviderError::Malformed("token_url is not a URL".into()))?;
         let mut client = oauth2::Client::new(ClientId::new(spec.client_id.clone()))
@@ -246,7 +267,11 @@ impl OAuthGrant {
         let http = &self.transport;
         let sent_at = Instant::now();
         let token = RefreshToken::new(refresh_token.expose().to_owned());
-        let answer = self.client.exchange_refresh_token(&token).request_async(http).await;
+        let answer = self
+            .client
+            .exchange_refresh_token(&token)
+            .request_async(http)
+            .await;
         self.credential_from(answer, sent_at, Some(refresh_token))
     }
 
@@ -291,11 +316,17 @@ fn provider_error(error: GrantError) -> ProviderError {
             error: response.error().as_ref().to_owned(),
             description: response.error_description().cloned(),
         },
-        RequestTokenError::Request(TokenHttpError::Unreachable(reason)) => ProviderError::Unreachable(reason),
-        RequestTokenError::Request(TokenHttpError::Timeout(after)) => ProviderError::Timeout(after),
-        RequestTokenError::Request(TokenHttpError::Status { status, retry_after }) => {
-            ProviderError::Status { status, retry_after }
+        RequestTokenError::Request(TokenHttpError::Unreachable(reason)) => {
+            ProviderError::Unreachable(reason)
         }
+        RequestTokenError::Request(TokenHttpError::Timeout(after)) => ProviderError::Timeout(after),
+        RequestTokenError::Request(TokenHttpError::Status {
+            status,
+            retry_after,
+        }) => ProviderError::Status {
+            status,
+            retry_after,
+        },
         RequestTokenError::Request(TokenHttpError::TooLarge) => {
             ProviderError::Malformed("the answer is larger than a token response can be".into())
         }

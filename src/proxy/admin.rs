@@ -15,11 +15,23 @@ pub fn handle<B>(app: &App, path: &str, request: &Request<B>) -> http::Response<
         .into_response();
     }
     match path {
-        "health" => json_response(StatusCode::OK, "application/json", &serde_json::json!({"status": "ok"})),
+        "health" => json_response(
+            StatusCode::OK,
+            "application/json",
+            &serde_json::json!({"status": "ok"}),
+        ),
         "ready" => {
             let ready = app.ready();
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            json_response(status, "application/json", &serde_json::json!({"ready": ready}))
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(
+                status,
+                "application/json",
+                &serde_json::json!({"ready": ready}),
+            )
         }
         "status" => json_response(StatusCode::OK, "application/json", &status(app)),
         _ => ProxyError::NoRoute {

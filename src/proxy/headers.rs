@@ -86,7 +86,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
-            headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
         }
         headers
     }
@@ -115,14 +118,24 @@ mod tests {
 
     #[test]
     fn recognises_upgrades_only_with_connection_upgrade() {
-        assert!(upgrade_protocol(&map(&[("connection", "Upgrade"), ("upgrade", "websocket")])).is_some());
+        assert!(
+            upgrade_protocol(&map(&[("connection", "Upgrade"), ("upgrade", "websocket")]))
+                .is_some()
+        );
         assert!(upgrade_protocol(&map(&[("upgrade", "websocket")])).is_none());
     }
 
     #[test]
     fn appends_to_forwarded_for() {
-        let mut headers = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-host", "spoofed")]);
-        add_forwarded(&mut headers, "127.0.0.1".parse().unwrap(), Some(HeaderValue::from_static("localhost:8080")));
+        let mut headers = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-host", "spoofed"),
+        ]);
+        add_forwarded(
+            &mut headers,
+            "127.0.0.1".parse().unwrap(),
+            Some(HeaderValue::from_static("localhost:8080")),
+        );
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "localhost:8080");

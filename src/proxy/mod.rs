@@ -41,7 +41,9 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let host = request_host(&request);
-    let route = app.routes.route(connection.dedicated, host.as_deref(), request.uri().path());
+    let route = app
+        .routes
+        .route(connection.dedicated, host.as_deref(), request.uri().path());
     let response = match route {
         Route::Admin(path) => admin::handle(&app, path, &request),
         Route::NotFound => ProxyError::NoRoute {
@@ -75,8 +77,9 @@ fn request_host<B>(request: &Request<B>) -> Option<String> {
 /// The target's base path plus the routed path, with the query exactly as received.
 fn target_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
     let target = &upstream.config.target;
-    let mut path_and_query =
-        String::with_capacity(target.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1) + 1);
+    let mut path_and_query = String::with_capacity(
+        target.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1) + 1,
+    );
     path_and_query.push_str(&target.base_path);
     if !path.starts_with('/') {
         path_and_query.push('/');
@@ -104,14 +107,15 @@ async fn forward(
     original_host: Option<String>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let name = &upstream.config.name;
-    let credential = upstream
-        .tokens
-        .credential()
-        .await
-        .map_err(|unavailable| ProxyError::NoToken {
-            upstream: name.clone(),
-            cause: unavailable.cause,
-        })?;
+    let credential =
+        upstream
+            .tokens
+            .credential()
+            .await
+            .map_err(|unavailable| ProxyError::NoToken {
+                upstream: name.clone(),
+                cause: unavailable.cause,
+            })?;
 
     let upgrade = if request.version() == Version::HTTP_11 {
         headers::upgrade_protocol(request.headers())
@@ -145,16 +149,17 @@ async fn forward(
     let outgoing = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
 
     let timeout = upstream.config.response_header_timeout;
-    let mut response = match tokio::time::timeout(timeout, upstream.transport.request(outgoing)).await {
-        Err(_elapsed) => {
-            return Err(ProxyError::UpstreamTimeout {
-                upstream: name.clone(),
-                after: timeout,
-            })
-        }
-        Ok(Err(error)) => return Err(send_error(name, upstream, &error)),
-        Ok(Ok(response)) => response,
-    };
+    let mut response =
+        match tokio::time::timeout(timeout, upstream.transport.request(outgoing)).await {
+            Err(_elapsed) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    upstream: name.clone(),
+                    after: timeout,
+                })
+            }
+            Ok(Err(error)) => return Err(send_error(name, upstream, &error)),
+            Ok(Ok(response)) => response,
+        };
 
     match (client_upgrade, response.status()) {
         (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) => {
@@ -172,7 +177,11 @@ async fn forward(
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection.
-async fn tunnel(upstream: String, client: hyper::upgrade::OnUpgrade, vendor: hyper::upgrade::OnUpgrade) {
+async fn tunnel(
+    upstream: String,
+    client: hyper::upgrade::OnUpgrade,
+    vendor: hyper::upgrade::OnUpgrade,
+) {
     let (client, vendor) = match tokio::try_join!(client, vendor) {
         Ok(both) => both,
         Err(error) => {
@@ -189,7 +198,11 @@ async fn tunnel(upstream: String, client: hyper::upgrade::OnUpgrade, vendor: hyp
 
 /// A connect timeout is the vendor not answering (504); anything else before a response
 /// is the vendor being unreachable (502).
-fn send_error(name: &str, upstream: &Upstream, error: &hyper_util::client::legacy::Error) -> ProxyError {
+fn send_error(
+    name: &str,
+    upstream: &Upstream,
+    error: &hyper_util::client::legacy::Error,
+) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut timed_out = false;
     while let Some(cause) = source {

@@ -50,7 +50,9 @@ impl Credential {
     }
 
     pub fn live_refresh_token(&self, now: Instant) -> Option<&Secret> {
-        let alive = self.refresh_expires_at.is_none_or(|expires_at| now < expires_at);
+        let alive = self
+            .refresh_expires_at
+            .is_none_or(|expires_at| now < expires_at);
         self.refresh_token.as_ref().filter(|_| alive)
     }
 }
@@ -99,7 +101,11 @@ pub struct TokenCell {
 }
 
 impl TokenCell {
-    pub fn new(upstream: impl Into<String>, provider: Provider, refresh_skew: Option<Duration>) -> Self {
+    pub fn new(
+        upstream: impl Into<String>,
+        provider: Provider,
+        refresh_skew: Option<Duration>,
+    ) -> Self {
         // A static token is valid from the start; everything else starts empty.
         let initial = provider.immediate_credential().map(Arc::new);
         TokenCell {
@@ -144,7 +150,9 @@ impl TokenCell {
     fn valid_now(&self) -> Option<Arc<Credential>> {
         let current = self.current.load();
         match current.as_ref() {
-            Some(credential) if credential.is_valid_at(Instant::now()) => Some(Arc::clone(credential)),
+            Some(credential) if credential.is_valid_at(Instant::now()) => {
+                Some(Arc::clone(credential))
+            }
             _ => None,
         }
     }
@@ -217,7 +225,9 @@ impl TokenCell {
             Some(credential) => Some(
                 credential
                     .expires_at
-                    .map(|expires_at| refresh_at(credential.obtained_at, expires_at, self.refresh_skew))
+                    .map(|expires_at| {
+                        refresh_at(credential.obtained_at, expires_at, self.refresh_skew)
+                    })
                     .unwrap_or_else(Instant::now),
             ),
         }

@@ -22,14 +22,19 @@ pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>
     tokio::spawn(async move {
         let mut retry_in = FIRST_RETRY;
         loop {
-            let Some(when) = cell.next_refresh() else { return };
+            let Some(when) = cell.next_refresh() else {
+                return;
+            };
             tokio::select! {
                 _ = sleep_until(when) => {}
                 // A request got a new token meanwhile: recompute the refresh time.
                 _ = cell.wake.notified() => continue,
                 _ = shutdown.changed() => return,
             }
-            if cell.next_refresh().is_some_and(|when| when > Instant::now()) {
+            if cell
+                .next_refresh()
+                .is_some_and(|when| when > Instant::now())
+            {
                 continue;
             }
             match cell.refresh().await {

@@ -16,7 +16,10 @@ pub fn refresh_at(obtained_at: Instant, expires_at: Instant, skew: Option<Durati
     let lifetime = expires_at.saturating_duration_since(obtained_at);
     let skew = skew.unwrap_or_else(|| (lifetime / 4).min(MAX_AUTO_SKEW));
     let earliest = obtained_at + lifetime / 2;
-    expires_at.checked_sub(skew).unwrap_or(earliest).max(earliest)
+    expires_at
+        .checked_sub(skew)
+        .unwrap_or(earliest)
+        .max(earliest)
 }
 
 #[cfg(test)]
@@ -38,7 +41,13 @@ mod tests {
     #[test]
     fn configured_skew_is_used_but_never_before_half_the_lifetime() {
         let t0 = Instant::now();
-        assert_eq!(refresh_at(t0, at(t0, 300.0), Some(Duration::from_secs(30))), at(t0, 270.0));
-        assert_eq!(refresh_at(t0, at(t0, 10.0), Some(Duration::from_secs(60))), at(t0, 5.0));
+        assert_eq!(
+            refresh_at(t0, at(t0, 300.0), Some(Duration::from_secs(30))),
+            at(t0, 270.0)
+        );
+        assert_eq!(
+            refresh_at(t0, at(t0, 10.0), Some(Duration::from_secs(60))),
+            at(t0, 5.0)
+        );
     }
 }

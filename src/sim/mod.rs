@@ -1,0 +1,331 @@
+//! Vendor simulators: real HTTP servers on `127.0.0.1:0` used by the integration tests and by
+//! `tokenproxy demo`.
+//!
+//! Layout:
+//! - this file: [`SimServer`] (accept loop, optional TLS), body/response helpers, [`Fnv1a`] and
+//!   [`unsigned_jwt`];
+//! - [`echo`]: an upstream that reports exactly what it received;
+//! - [`oauth`]: a scripted RFC 6749 authorization server plus a protected API, the base of every
+//!   vendor simulator;
+//! - [`bigeval`], [`caepe`]: vendor presets over [`oauth`].
+//!
+//! Nothing here depends on the rest of the crate, so the simulators can be reused unchanged.
+
+pub mod bigeval;
+pub mod caepe;
+pub mod echo;
+pub mod oauth;
+
+use std::collections::hash_map::RandomState;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+/// Response body of every simulator: boxed so streamed and buffered bodies share one type.
+pub type SimBody = BoxBody<Bytes, Infallible>;
+
+/// A TLS handshake that stalls longer than this is a broken client, not a slow one.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running simulator. Dropping it stops accepting and closes every open connection, so a
+/// test can make an upstream "go away" even behind a pooled client.
+pub struct SimServer {
+    addr: SocketAddr,
+    tls: bool,
+    accept_loop: JoinHandle<()>,
+}
+
+impl SimServer {
+    /// Serves plain HTTP/1.1 and h2c (prior knowledge) on `127.0.0.1:0`.
+    ///
+    /// Panics if no loopback port can be bound: the simulators are test and demo fixtures and
+    /// cannot do anything useful without one.
+    pub async fn start<H, Fut>(handler: H) -> SimServer
+    where
+        H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<SimBody>> + Send + 'static,
+    {
+        Self::spawn(None, handler).await
+    }
+
+    /// Serves HTTPS on `127.0.0.1:0` with ALPN `h2` and `http/1.1`.
+    pub async fn start_tls<H, Fut>(acceptor: TlsAcceptor, handler: H) -> SimServer
+    where
+        H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<SimBody>> + Send + 'static,
+    {
+        Self::spawn(Some(acceptor), handler).await
+    }
+
+    async fn spawn<H, Fut>(acceptor: Option<TlsAcceptor>, handler: H) -> SimServer
+    where
+        H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<SimBody>> + Send + 'static,
+    {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("simulator: bind 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("simulator: local address of a bound listener");
+        let tls = acceptor.is_some();
+        let handler = Arc::new(handler);
+        let accept_loop = tokio::spawn(accept_loop(listener, acceptor, handler));
+        SimServer {
+            addr,
+            tls,
+            accept_loop,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        // The connection tasks live in a JoinSet owned by the accept loop, so they go with it.
+        self.accept_loop.abort();
+    }
+}
+
+async fn accept_loop<H, Fut>(listener: TcpListener, acceptor: Option<TlsAcceptor>, handler: Arc<H>)
+where
+    H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<SimBody>> + Send + 'static,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        // Reap finished connections so a long demo run does not accumulate handles.
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Usually EMFILE; back off instead of spinning.
+                tracing::warn!(%error, "simulator: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let acceptor = acceptor.clone();
+        connections.spawn(async move {
+            match acceptor {
+                None => serve_connection(stream, handler).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, handler).await,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "simulator: TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "simulator: TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection<IO, H, Fut>(io: IO, handler: Arc<H>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<SimBody>> + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let response = handler(request);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    if let Err(error) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await
+    {
+        // Clients hanging up mid-request is routine in proxy tests.
+        tracing::debug!(%error, "simulator: connection ended with an error");
+    }
+}
+
+/// A TLS acceptor offering `h2` and `http/1.1`, using the ring provider explicitly so it does
+/// not depend on a process-wide default provider being installed.
+pub fn tls_acceptor(
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<TlsAcceptor, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(cert_chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// An empty body.
+pub fn empty_body() -> SimBody {
+    Empty::new().boxed()
+}
+
+/// A buffered body.
+pub fn full_body(data: impl Into<Bytes>) -> SimBody {
+    Full::new(data.into()).boxed()
+}
+
+/// A response with the given status, content type and body.
+pub fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<SimBody> {
+    let mut response = Response::new(full_body(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A JSON response; `serde_json::Value` serialisation cannot fail.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<SimBody> {
+    response(status, "application/json", body.to_string())
+}
+
+/// Sets a header whose value was built at run time; values that are not valid header text are
+/// dropped rather than failing the response.
+pub(crate) fn set_header(response: &mut Response<SimBody>, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(name), value);
+    }
+}
+
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a 64-bit of `data`: cheap, streaming and dependency-free, enough to prove a body
+/// arrived byte for byte (not a cryptographic check).
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    let mut hasher = Fnv1a::new();
+    hasher.update(data);
+    hasher.finish()
+}
+
+/// Incremental FNV-1a 64-bit, for bodies that are never held in memory whole.
+#[derive(Clone, Debug)]
+pub struct Fnv1a {
+    state: u64,
+}
+
+impl Fnv1a {
+    pub fn new() -> Self {
+        Fnv1a {
+            state: FNV_OFFSET_BASIS,
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        let mut state = self.state;
+        for &byte in data {
+            state ^= u64::from(byte);
+            state = state.wrapping_mul(FNV_PRIME);
+        }
+        self.state = state;
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.state
+    }
+}
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An unsigned JWT (`alg: none`) carrying `claims`, shaped like Keycloak's tokens so a client
+/// can read `exp` without verifying anything.
+pub fn unsigned_jwt(claims: &serde_json::Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    // Some parsers reject an empty third segment, so carry a dummy signature.
+    let signature = URL_SAFE_NO_PAD.encode(random_bytes::<16>());
+    format!("{header}.{payload}.{signature}")
+}
+
+/// The claims of a JWT, without any verification; `None` if it is not a JWT.
+pub fn jwt_claims(token: &str) -> Option<serde_json::Value> {
+    let payload = token.split('.').nth(1)?;
+    let decoded = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&decoded).ok()
+}
+
+/// Unpredictable-enough bytes for token values without a `rand` dependency: every
+/// `RandomState` is freshly keyed, and the counter keeps values unique even if keys repeat.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(8) {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        hasher.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos())
+                .unwrap_or_default(),
+        );
+        let word = hasher.finish().to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+    out
+}
+
+/// Lower-case hex of `N` random bytes.
+pub(crate) fn random_hex<const N: usize>() -> String {
+    random_bytes::<N>()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Seconds since the Unix epoch, for JWT `iat`/`exp`.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or_default()
+}

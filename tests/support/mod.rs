@@ -1,0 +1,124 @@
+//! Shared test helpers: the real tokenproxy server started in-process on port 0, an HTTP
+//! client, and request bodies. Upstreams and token servers are `tokenproxy::sim`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokenproxy::config::{self, ProcessSources};
+use tokenproxy::server::Server;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type TestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The real server, started in-process from a TOML config.
+pub struct TestProxy {
+    pub server: Server,
+}
+
+impl TestProxy {
+    /// `toml` must not set `server.listen`; the proxy listens on a free loopback port.
+    pub async fn start(toml: &str) -> TestProxy {
+        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{toml}");
+        let config =
+            config::parse(&text, "test.toml", &ProcessSources).expect("test config is valid");
+        let server = Server::start(&config).await.expect("server starts");
+        TestProxy { server }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+}
+
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// `len` bytes of the echo server's download pattern, sent in 64 KiB chunks with no
+/// declared length, so they go out chunked: a streamed upload.
+pub fn pattern(len: u64) -> TestBody {
+    PatternBody { sent: 0, len }.boxed_unsync()
+}
+
+struct PatternBody {
+    sent: u64,
+    len: u64,
+}
+
+impl Body for PatternBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.sent >= self.len {
+            return Poll::Ready(None);
+        }
+        let chunk = (self.len - self.sent).min(64 * 1024);
+        let data: Vec<u8> = (self.sent..self.sent + chunk)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        self.sent += chunk;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+pub async fn get(url: &str) -> Response<Bytes> {
+    send(Request::get(url).body(empty()).unwrap()).await
+}
+
+pub async fn send(request: Request<TestBody>) -> Response<Bytes> {
+    let response = client()
+        .request(request)
+        .await
+        .expect("request reaches the proxy");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body arrives").to_bytes();
+    Response::from_parts(parts, body)
+}
+
+pub fn json(response: &Response<Bytes>) -> serde_json::Value {
+    serde_json::from_slice(response.body())
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(response.body())))
+}
+
+/// The values of header `name` in an echo report, in order.
+pub fn echoed(report: &serde_json::Value, name: &str) -> Vec<String> {
+    report["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .filter(|pair| pair[0] == name)
+        .map(|pair| pair[1].as_str().unwrap().to_owned())
+        .collect()
+}
