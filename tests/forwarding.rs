@@ -401,3 +401,24 @@ async fn static_headers_are_added_and_cannot_be_overridden_by_the_client() {
     .await;
     assert_eq!(echoed(&json(&response), "x-team"), ["data"]);
 }
+
+#[tokio::test]
+async fn an_access_key_upstream_still_drops_the_clients_authorization() {
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&format!(
+        "[upstreams.biganimal]\ntarget = \"{}/\"\n[upstreams.biganimal.auth]\nkind = \"static\"\nheader = \"x-access-key\"\nscheme = \"\"\ntoken = \"{TOKEN}\"\n",
+        upstream.url()
+    ))
+    .await;
+    let response = send(
+        Request::get(proxy.url("/biganimal/api/v3/clusters"))
+            .header("authorization", "Bearer leaked-elsewhere")
+            .header("x-access-key", "the-clients-own")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let report = json(&response);
+    assert_eq!(echoed(&report, "x-access-key"), [TOKEN]);
+    assert!(echoed(&report, "authorization").is_empty());
+}

@@ -119,6 +119,7 @@ async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
 async fn two_second_tokens_are_refreshed_before_expiry_with_no_failed_request() {
     let sim = cc_server(Duration::from_secs(2)).await;
     let proxy = Arc::new(TestProxy::start(&cc_config(&sim)).await);
+    wait_until_ready(&proxy).await;
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..4 {
@@ -140,12 +141,23 @@ async fn two_second_tokens_are_refreshed_before_expiry_with_no_failed_request() 
         assert!(failed.is_empty(), "failed requests: {failed:?}");
     }
     assert!(total > 200, "only {total} requests were made");
+    // The refresher stayed ahead: no request ever waited for a token request.
+    let status = json(&get(&proxy.url("/-/status")).await);
+    assert_eq!(status["upstreams"][0]["token"]["requests_waited"], 0, "{status}");
     // 10 s of 2-second tokens refreshed at 1.5 s: about 7 token requests.
     let token_requests = sim.token_requests();
     assert!(
         (5..=12).contains(&token_requests),
         "{token_requests} token requests"
     );
+}
+
+async fn wait_until_ready(proxy: &TestProxy) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&proxy.url("/-/ready")).await.status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "not ready after 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

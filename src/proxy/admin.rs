@@ -69,6 +69,7 @@ pub fn status(app: &App) -> serde_json::Value {
                     "last_error": report.last_error,
                     "refreshes": report.refreshes,
                     "failures": report.failures,
+                    "requests_waited": report.requests_waited,
                 },
             })
         })

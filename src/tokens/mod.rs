@@ -82,6 +82,9 @@ pub struct TokenReport {
     pub last_error: Option<String>,
     pub refreshes: u64,
     pub failures: u64,
+    /// Requests that found no valid token and had to wait for a token request. Stays at
+    /// zero while the refresher keeps ahead of expiry.
+    pub requests_waited: u64,
 }
 
 pub struct TokenCell {
@@ -135,6 +138,7 @@ impl TokenCell {
         if let Some(credential) = self.valid_now() {
             return Ok(credential);
         }
+        self.report.lock().expect("poisoned").requests_waited += 1;
         self.obtain(false).await
     }
 

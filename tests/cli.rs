@@ -1,0 +1,220 @@
+//! The real binary: config errors and exit codes, `check`, and a whole run whose output is
+//! searched for every secret and token it handled.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+use tokenproxy::sim::echo;
+use tokenproxy::sim::oauth::{self, OAuthSimConfig, SimClient};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_tokenproxy");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tokenproxy-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn tokenproxy(dir: &Path) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .current_dir(dir)
+        .env_remove("TOKENPROXY_CONFIG")
+        .env("XDG_CONFIG_HOME", dir.join("xdg-config"))
+        .env("XDG_STATE_HOME", dir.join("xdg-state"))
+        .env("HOME", dir);
+    command
+}
+
+#[test]
+fn each_bad_config_is_one_line_naming_file_and_field_with_exit_2() {
+    let dir = temp_dir("bad");
+    let cases = [
+        ("unknown-field.toml", "[server]\nlisen = \"127.0.0.1:1\"\n", "unknown field `lisen`"),
+        (
+            "missing-secret.toml",
+            "[upstreams.b]\ntarget = \"https://b.example/\"\n[upstreams.b.auth]\nkind = \"bigeval\"\nclient_id = \"i\"\n",
+            "upstreams.b.auth.client_secret: missing",
+        ),
+        (
+            "unset-env.toml",
+            "[upstreams.b]\ntarget = \"https://b.example/\"\n[upstreams.b.auth]\nkind = \"static\"\ntoken = \"${TOKENPROXY_TEST_UNSET}\"\n",
+            "upstreams.b.auth.token: environment variable TOKENPROXY_TEST_UNSET is not set",
+        ),
+        ("syntax.toml", "[upstreams\n", "line 1"),
+    ];
+    for (file, text, expected) in cases {
+        std::fs::write(dir.join(file), text).unwrap();
+        for subcommand in ["check", "run"] {
+            let output = tokenproxy(&dir)
+                .args(["--config", file, subcommand])
+                .env_remove("TOKENPROXY_TEST_UNSET")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8(output.stderr).unwrap();
+            assert_eq!(output.status.code(), Some(2), "{file} {subcommand}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{file} {subcommand}: not one line: {stderr}");
+            assert!(stderr.contains(file), "{file}: does not name the file: {stderr}");
+            assert!(stderr.contains(expected), "{file}: expected {expected:?} in {stderr}");
+        }
+    }
+}
+
+#[test]
+fn no_config_anywhere_says_where_it_looked() {
+    let dir = temp_dir("none");
+    let output = tokenproxy(&dir).arg("check").output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("tokenproxy.toml"), "{stderr}");
+    assert!(stderr.contains("xdg-config/tokenproxy/config.toml"), "{stderr}");
+}
+
+#[test]
+fn config_is_found_through_the_lookup_order() {
+    let dir = temp_dir("lookup");
+    let good = "[upstreams.a]\ntarget = \"https://a.example/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n";
+    std::fs::create_dir_all(dir.join("xdg-config/tokenproxy")).unwrap();
+    std::fs::write(dir.join("xdg-config/tokenproxy/config.toml"), good).unwrap();
+    let output = tokenproxy(&dir).arg("check").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("xdg-config/tokenproxy/config.toml: ok, 1 upstream"));
+
+    // ./tokenproxy.toml comes before XDG, $TOKENPROXY_CONFIG before both.
+    std::fs::write(dir.join("tokenproxy.toml"), good).unwrap();
+    let output = tokenproxy(&dir).arg("check").output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("tokenproxy.toml: ok"));
+    std::fs::write(dir.join("env.toml"), "broken = ").unwrap();
+    let output = tokenproxy(&dir).arg("check").env("TOKENPROXY_CONFIG", "env.toml").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("env.toml"));
+}
+
+/// Collects a child's stderr lines as they come.
+fn capture(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+#[tokio::test]
+async fn a_whole_run_at_debug_level_prints_no_secret_and_exits_0_on_sigterm() {
+    const CLIENT_SECRET: &str = "client-secret-7f3a9c";
+    const PASSWORD: &str = "user-password-51d2e8";
+    const WRONG_SECRET: &str = "wrong-secret-c0ffee";
+    let upstream = echo::start().await;
+    let sim = oauth::start(OAuthSimConfig {
+        token_path: "/token".into(),
+        clients: vec![SimClient {
+            id: "svc".into(),
+            secret: Some(CLIENT_SECRET.into()),
+        }],
+        users: vec![("alice".into(), PASSWORD.into())],
+        allow_client_credentials: true,
+        allow_password: true,
+        access_ttl: Duration::from_secs(300),
+        refresh_ttl: Some(Duration::from_secs(600)),
+        ..OAuthSimConfig::default()
+    })
+    .await;
+    let dir = temp_dir("secrets");
+    std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[upstreams.cc]
+target = "{echo}/"
+[upstreams.cc.auth]
+kind = "client_credentials"
+token_url = "{token}"
+client_id = "svc"
+client_secret = "${{TEST_CLIENT_SECRET}}"
+[upstreams.pw]
+target = "{echo}/"
+[upstreams.pw.auth]
+kind = "password"
+token_url = "{token}"
+client_id = "svc"
+client_secret = "${{TEST_CLIENT_SECRET}}"
+username = "alice"
+password = "${{file:{dir}/password}}"
+[upstreams.wrong]
+target = "{echo}/"
+[upstreams.wrong.auth]
+kind = "client_credentials"
+token_url = "{token}"
+client_id = "svc"
+client_secret = "{WRONG_SECRET}"
+"#,
+        echo = upstream.url(),
+        token = sim.token_url(),
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("tokenproxy.toml"), config).unwrap();
+    let mut child = tokenproxy(&dir)
+        .env("TOKENPROXY_LOG", "debug")
+        .env("TEST_CLIENT_SECRET", CLIENT_SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = capture(child.stderr.take().unwrap());
+    let stdout = capture(child.stdout.take().unwrap());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        let found = stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|line| line.split("listen=").nth(1).map(|rest| rest.split_whitespace().next().unwrap().to_owned()));
+        if let Some(addr) = found {
+            break addr;
+        }
+        assert!(Instant::now() < deadline, "no listening line: {:?}", stderr.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let mut tokens = Vec::new();
+    for name in ["cc", "pw"] {
+        let response = get(&format!("http://{addr}/{name}/x")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let authorization = echoed(&json(&response), "authorization").remove(0);
+        tokens.push(authorization.trim_start_matches("Bearer ").to_owned());
+    }
+    let refused = get(&format!("http://{addr}/wrong/x")).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!String::from_utf8_lossy(refused.body()).contains(WRONG_SECRET));
+    let status = get(&format!("http://{addr}/-/status")).await;
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(exit.code(), Some(0), "graceful exit on SIGTERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let output = format!(
+        "{}\n{}\n{}",
+        stderr.lock().unwrap().join("\n"),
+        stdout.lock().unwrap().join("\n"),
+        String::from_utf8_lossy(status.body())
+    );
+    assert!(output.contains("token request failed"), "the failure was logged: {output}");
+    for secret in [CLIENT_SECRET, PASSWORD, WRONG_SECRET, &tokens[0], &tokens[1]] {
+        assert!(!output.contains(secret), "{secret} appears in the output:\n{output}");
+    }
+}
