@@ -89,7 +89,9 @@ mod tests {
                 table.hosts.insert(host.to_string(), index);
             }
         }
-        table.prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        table
+            .prefixes
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         table
     }
 

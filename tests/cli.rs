@@ -60,10 +60,24 @@ fn each_bad_config_is_one_line_naming_file_and_field_with_exit_2() {
                 .output()
                 .unwrap();
             let stderr = String::from_utf8(output.stderr).unwrap();
-            assert_eq!(output.status.code(), Some(2), "{file} {subcommand}: {stderr}");
-            assert_eq!(stderr.lines().count(), 1, "{file} {subcommand}: not one line: {stderr}");
-            assert!(stderr.contains(file), "{file}: does not name the file: {stderr}");
-            assert!(stderr.contains(expected), "{file}: expected {expected:?} in {stderr}");
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{file} {subcommand}: {stderr}"
+            );
+            assert_eq!(
+                stderr.lines().count(),
+                1,
+                "{file} {subcommand}: not one line: {stderr}"
+            );
+            assert!(
+                stderr.contains(file),
+                "{file}: does not name the file: {stderr}"
+            );
+            assert!(
+                stderr.contains(expected),
+                "{file}: expected {expected:?} in {stderr}"
+            );
         }
     }
 }
@@ -75,7 +89,10 @@ fn no_config_anywhere_says_where_it_looked() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("tokenproxy.toml"), "{stderr}");
-    assert!(stderr.contains("xdg-config/tokenproxy/config.toml"), "{stderr}");
+    assert!(
+        stderr.contains("xdg-config/tokenproxy/config.toml"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -86,14 +103,19 @@ fn config_is_found_through_the_lookup_order() {
     std::fs::write(dir.join("xdg-config/tokenproxy/config.toml"), good).unwrap();
     let output = tokenproxy(&dir).arg("check").output().unwrap();
     assert_eq!(output.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("xdg-config/tokenproxy/config.toml: ok, 1 upstream"));
+    assert!(String::from_utf8_lossy(&output.stdout)
+        .contains("xdg-config/tokenproxy/config.toml: ok, 1 upstream"));
 
     // ./tokenproxy.toml comes before XDG, $TOKENPROXY_CONFIG before both.
     std::fs::write(dir.join("tokenproxy.toml"), good).unwrap();
     let output = tokenproxy(&dir).arg("check").output().unwrap();
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("tokenproxy.toml: ok"));
     std::fs::write(dir.join("env.toml"), "broken = ").unwrap();
-    let output = tokenproxy(&dir).arg("check").env("TOKENPROXY_CONFIG", "env.toml").output().unwrap();
+    let output = tokenproxy(&dir)
+        .arg("check")
+        .env("TOKENPROXY_CONFIG", "env.toml")
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("env.toml"));
 }
@@ -177,15 +199,19 @@ client_secret = "{WRONG_SECRET}"
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let addr = loop {
-        let found = stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .find_map(|line| line.split("listen=").nth(1).map(|rest| rest.split_whitespace().next().unwrap().to_owned()));
+        let found = stderr.lock().unwrap().iter().find_map(|line| {
+            line.split("listen=")
+                .nth(1)
+                .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+        });
         if let Some(addr) = found {
             break addr;
         }
-        assert!(Instant::now() < deadline, "no listening line: {:?}", stderr.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "no listening line: {:?}",
+            stderr.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
@@ -202,8 +228,14 @@ client_secret = "{WRONG_SECRET}"
     let status = get(&format!("http://{addr}/-/status")).await;
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert_eq!(exit.code(), Some(0), "graceful exit on SIGTERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -213,8 +245,20 @@ client_secret = "{WRONG_SECRET}"
         stdout.lock().unwrap().join("\n"),
         String::from_utf8_lossy(status.body())
     );
-    assert!(output.contains("token request failed"), "the failure was logged: {output}");
-    for secret in [CLIENT_SECRET, PASSWORD, WRONG_SECRET, &tokens[0], &tokens[1]] {
-        assert!(!output.contains(secret), "{secret} appears in the output:\n{output}");
+    assert!(
+        output.contains("token request failed"),
+        "the failure was logged: {output}"
+    );
+    for secret in [
+        CLIENT_SECRET,
+        PASSWORD,
+        WRONG_SECRET,
+        &tokens[0],
+        &tokens[1],
+    ] {
+        assert!(
+            !output.contains(secret),
+            "{secret} appears in the output:\n{output}"
+        );
     }
 }

@@ -26,7 +26,10 @@ fn private_ca(name: &str) -> PrivateCa {
         .unwrap()
         .signed_by(&leaf_key, &ca)
         .unwrap();
-    let pem_path = std::env::temp_dir().join(format!("tokenproxy-test-ca-{name}-{}.pem", std::process::id()));
+    let pem_path = std::env::temp_dir().join(format!(
+        "tokenproxy-test-ca-{name}-{}.pem",
+        std::process::id()
+    ));
     std::fs::write(&pem_path, ca.pem()).unwrap();
     PrivateCa {
         pem_path,

@@ -143,7 +143,10 @@ async fn two_second_tokens_are_refreshed_before_expiry_with_no_failed_request() 
     assert!(total > 200, "only {total} requests were made");
     // The refresher stayed ahead: no request ever waited for a token request.
     let status = json(&get(&proxy.url("/-/status")).await);
-    assert_eq!(status["upstreams"][0]["token"]["requests_waited"], 0, "{status}");
+    assert_eq!(
+        status["upstreams"][0]["token"]["requests_waited"], 0,
+        "{status}"
+    );
     // 10 s of 2-second tokens refreshed at 1.5 s: about 7 token requests.
     let token_requests = sim.token_requests();
     assert!(

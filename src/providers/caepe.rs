@@ -12,17 +12,18 @@ use super::oauth::{self, ClientAuth, GrantKind, PresetDefaults};
 use super::AuthSpec;
 
 pub(super) fn spec(fields: &AuthFields) -> Result<AuthSpec, FieldError> {
-    let grant =
-        match fields.text("grant").as_deref() {
-            None | Some("password") => GrantKind::Password,
-            Some("client_credentials") => GrantKind::ClientCredentials,
-            Some(other) => return Err(fields.error(
+    let grant = match fields.text("grant").as_deref() {
+        None | Some("password") => GrantKind::Password,
+        Some("client_credentials") => GrantKind::ClientCredentials,
+        Some(other) => {
+            return Err(fields.error(
                 "grant",
                 format!(
                     "{other:?} is not a CAEPE grant; use \"password\" or \"client_credentials\""
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let organization = fields.required_text("organization")?;
     let organization = HeaderValue::from_str(&organization)
         .map_err(|_| fields.error("organization", "is not a valid header value"))?;

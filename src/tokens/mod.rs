@@ -182,6 +182,17 @@ impl TokenCell {
         let outcome = self.provider.obtain(previous.as_deref()).await;
         let result = match outcome {
             Ok(credential) => {
+                let lifetime = credential.expires_at.map(|expires_at| {
+                    expires_at
+                        .saturating_duration_since(Instant::now())
+                        .as_secs()
+                });
+                tracing::info!(
+                    upstream = %self.upstream,
+                    expires_in_seconds = ?lifetime,
+                    refresh_token = credential.refresh_token.is_some(),
+                    "token obtained"
+                );
                 let credential = Arc::new(credential);
                 self.current.store(Some(Arc::clone(&credential)));
                 *self.last_failure.lock().expect("poisoned") = None;

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every check and test of tokenproxy, on a fresh machine with only a Rust toolchain.
+# Everything the tests need is installed or started from here; the tests themselves start
+# their own servers on 127.0.0.1 and stop them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Two cores: keep cargo and the test harness from oversubscribing them.
+export CARGO_TERM_COLOR=never
+export RUST_BACKTRACE=1
+
+echo "== format"
+cargo fmt --all -- --check
+
+echo "== clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+echo "== tests"
+cargo test --locked --all-targets
+cargo test --locked --doc
