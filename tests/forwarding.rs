@@ -291,20 +291,6 @@ async fn upgrade_requests_pass_through_as_a_tunnel() {
     assert_eq!(&echoed_back, b"ping through the tunnel");
 }
 
-async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
-            .await
-            .expect("response head arrives")
-            .unwrap();
-        assert_eq!(read, 1, "connection closed before the response head ended");
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
-}
-
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_502_problem() {
     // Bind then drop, so the port is closed.
@@ -421,4 +407,20 @@ async fn an_access_key_upstream_still_drops_the_clients_authorization() {
     let report = json(&response);
     assert_eq!(echoed(&report, "x-access-key"), [TOKEN]);
     assert!(echoed(&report, "authorization").is_empty());
+}
+
+#[tokio::test]
+async fn connect_is_refused_and_nothing_is_forwarded() {
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&static_upstream("echo", &upstream.url(), "prefix = \"/\"")).await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    let target = upstream.addr();
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(head.contains("application/problem+json"), "{head}");
+    assert_eq!(upstream.request_count(), 0);
 }

@@ -1,7 +1,10 @@
 //! The simulators over real HTTP on 127.0.0.1: what the proxy's own tests rely on.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::read_head;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -277,20 +280,6 @@ async fn echo_upgrade_switches_protocols_and_echoes_bytes() {
     assert_eq!(recorded.len(), 1);
     assert_eq!(recorded[0].uri, "/ws?room=1");
     assert_eq!(recorded[0].header("upgrade"), Some("websocket"));
-}
-
-async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
-            .await
-            .expect("response head in time")
-            .expect("read");
-        assert_eq!(read, 1, "connection closed inside the response head");
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).expect("ASCII head")
 }
 
 #[tokio::test]

@@ -40,6 +40,14 @@ pub async fn handle(
     connection: Connection,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if request.method() == http::Method::CONNECT {
+        // A reverse proxy has no business opening tunnels to arbitrary hosts.
+        return Ok(ProxyError::BadRequest {
+            reason: "CONNECT is not supported: tokenproxy is a reverse proxy, not a forward proxy"
+                .into(),
+        }
+        .into_response());
+    }
     let host = request_host(&request);
     let route = app
         .routes

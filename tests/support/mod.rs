@@ -16,6 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokenproxy::config::{self, ProcessSources};
 use tokenproxy::server::Server;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -121,4 +123,19 @@ pub fn echoed(report: &serde_json::Value, name: &str) -> Vec<String> {
         .filter(|pair| pair[0] == name)
         .map(|pair| pair[1].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Reads an HTTP/1 response head byte by byte from a raw connection.
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("response head arrives")
+            .unwrap();
+        assert_eq!(read, 1, "connection closed before the response head ended");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
 }
