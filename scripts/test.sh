@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 export RUST_BACKTRACE=1
 
+echo "== npm packages for the interop tests (oidc-provider)"
+npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+
 echo "== format"
 cargo fmt --all -- --check
 

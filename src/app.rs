@@ -1,9 +1,10 @@
 //! What the server runs on: the validated config turned into live upstreams (route,
 //! transport, token cell) and the route table over them.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::config::{Config, ServerConfig, UpstreamConfig};
+use crate::login::Logins;
 use crate::providers::{Provider, ProviderError};
 use crate::routes::RouteTable;
 use crate::tokens::TokenCell;
@@ -19,6 +20,9 @@ pub struct App {
     pub server: ServerConfig,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: RouteTable,
+    pub logins: Arc<Logins>,
+    /// `http://host:port` of the main listener once bound, for login callbacks.
+    pub public_base: OnceLock<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +69,25 @@ impl App {
             server: config.server.clone(),
             routes: RouteTable::new(&config.upstreams),
             upstreams,
+            logins: Arc::new(Logins::default()),
+            public_base: OnceLock::new(),
         })
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams
+            .iter()
+            .find(|upstream| upstream.config.name == name)
+    }
+
+    /// Where the vendor sends the browser back after a login for `upstream`.
+    pub fn callback_url(&self, upstream: &str) -> String {
+        let base = self
+            .public_base
+            .get()
+            .map(String::as_str)
+            .unwrap_or("http://127.0.0.1:8080");
+        format!("{base}/-/callback/{upstream}")
     }
 
     /// Every upstream has a valid token.

@@ -10,6 +10,7 @@
 //! - [`providers`]: where tokens come from, one file per kind and per vendor preset.
 //! - [`tokens`]: the live credential per upstream (`ArcSwap`), single-flight token
 //!   requests, and the background refresher.
+//! - [`login`]: logins that need a user (device code, browser callback).
 //! - [`routes`]: which upstream a request is for (listener, `Host`, path prefix).
 //! - [`proxy`]: the request path: route, credential, header rewrite, forward, answer;
 //!   and the `/-/` admin endpoints.
@@ -25,6 +26,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod login;
 pub mod problem;
 pub mod providers;
 pub mod proxy;

@@ -17,7 +17,12 @@ pub enum ProxyError {
     NoRoute { path: String },
     #[error("{reason}")]
     BadRequest { reason: String },
-    #[error("no valid token for upstream {upstream}: {cause}")]
+    #[error("{method} is not allowed here")]
+    MethodNotAllowed { method: String },
+    #[error(
+        "no valid token for upstream {upstream}: {cause}{}",
+        login_hint(upstream, cause)
+    )]
     NoToken {
         upstream: String,
         cause: ProviderError,
@@ -35,6 +40,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } | ProxyError::ConnectTimeout { .. } => {
@@ -47,7 +53,9 @@ impl ProxyError {
     fn proxy_status(&self) -> &'static str {
         match self {
             ProxyError::NoRoute { .. } => "destination_not_found",
-            ProxyError::BadRequest { .. } => "http_request_error",
+            ProxyError::BadRequest { .. } | ProxyError::MethodNotAllowed { .. } => {
+                "http_request_error"
+            }
             ProxyError::NoToken { .. } => "proxy_internal_response",
             ProxyError::UpstreamUnreachable { .. } => "destination_unavailable",
             ProxyError::UpstreamTimeout { .. } => "http_response_timeout",
@@ -57,7 +65,9 @@ impl ProxyError {
 
     fn upstream(&self) -> Option<&str> {
         match self {
-            ProxyError::NoRoute { .. } | ProxyError::BadRequest { .. } => None,
+            ProxyError::NoRoute { .. }
+            | ProxyError::BadRequest { .. }
+            | ProxyError::MethodNotAllowed { .. } => None,
             ProxyError::NoToken { upstream, .. }
             | ProxyError::UpstreamUnreachable { upstream, .. }
             | ProxyError::UpstreamTimeout { upstream, .. }
@@ -67,10 +77,7 @@ impl ProxyError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            ProxyError::NoToken {
-                cause: ProviderError::Status { retry_after, .. },
-                ..
-            } => *retry_after,
+            ProxyError::NoToken { cause, .. } => cause.retry_after(),
             _ => None,
         }
     }
@@ -100,6 +107,15 @@ impl ProxyError {
             );
         }
         response
+    }
+}
+
+fn login_hint(upstream: &str, cause: &ProviderError) -> String {
+    match cause {
+        ProviderError::NeedsLogin => format!(
+            "; log in with `tokenproxy login {upstream}`, or POST /-/upstreams/{upstream}/login"
+        ),
+        _ => String::new(),
     }
 }
 

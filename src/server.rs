@@ -64,6 +64,7 @@ impl Server {
             spawn_refresher(Arc::clone(&upstream.tokens), shutdown_rx.clone());
         }
         let main_addr = local_addr(&main);
+        let _ = app.public_base.set(public_base(main_addr));
         let mut upstream_addrs = Vec::new();
         let mut accept_loops = vec![tokio::spawn(accept_loop(
             Arc::clone(&app),
@@ -122,6 +123,21 @@ impl Server {
     pub fn drain_timeout(&self) -> Duration {
         self.drain
     }
+}
+
+/// The address a browser on this machine uses to reach a listener: a wildcard bind is
+/// reached through loopback.
+fn public_base(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 fn local_addr(listener: &TcpListener) -> SocketAddr {

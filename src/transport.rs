@@ -50,9 +50,8 @@ impl Transport {
         self.client.request(request)
     }
 
-    /// Sends a small buffered request (a token request) and reads the whole answer. 5xx
-    /// and 429 answers are errors here, keeping their status and `Retry-After`, because a
-    /// token endpoint's outage page is not an OAuth error.
+    /// Sends a small buffered request (token endpoints, discovery, exchanges) and reads the
+    /// whole answer, whatever its status.
     pub async fn send_buffered(
         &self,
         request: Request<Vec<u8>>,
@@ -68,13 +67,6 @@ impl Transport {
                 .request(Request::from_parts(parts, body))
                 .await
                 .map_err(|error| TokenHttpError::Unreachable(error_chain(&error)))?;
-            let status = response.status();
-            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                return Err(TokenHttpError::Status {
-                    status: status.as_u16(),
-                    retry_after: retry_after(response.headers()),
-                });
-            }
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_TOKEN_RESPONSE)
                 .collect()
@@ -93,20 +85,82 @@ impl Transport {
             .await
             .map_err(|_| TokenHttpError::Timeout(timeout))?
     }
+
+    /// A token request as the `oauth2` crate wants it: 5xx and 429 answers become errors
+    /// that keep their status and `Retry-After`, because an outage page or a rate limit is
+    /// not an OAuth error to parse.
+    pub async fn send_token_request(
+        &self,
+        request: Request<Vec<u8>>,
+    ) -> Result<Response<Vec<u8>>, TokenHttpError> {
+        let response = self.send_buffered(request, TOKEN_REQUEST_TIMEOUT).await?;
+        let status = response.status();
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(TokenHttpError::Status {
+                status: status.as_u16(),
+                retry_after: retry_after(response.headers()),
+                error: oauth_error_code(response.body()),
+            });
+        }
+        Ok(response)
+    }
+}
+
+/// The `error` of an OAuth-style JSON error body, if the body is one.
+pub fn oauth_error_code(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = value.get("error")?.as_str()?;
+    // Only a short token-like code is safe and useful to repeat.
+    let token_like = code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    token_like.then(|| code.to_owned())
 }
 
 /// The longest a token request may take, connect to last byte.
-const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+type TokenFuture<'c> =
+    Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, TokenHttpError>> + Send + 'c>>;
 
 /// Lets the `oauth2` crate send its requests through our pool. A named future type (not a
 /// closure) keeps the future `Send` for every lifetime, which spawned refreshers need.
 impl<'c> oauth2::AsyncHttpClient<'c> for Transport {
     type Error = TokenHttpError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, TokenHttpError>> + Send + 'c>>;
+    type Future = TokenFuture<'c>;
 
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
-        Box::pin(self.send_buffered(request, TOKEN_REQUEST_TIMEOUT))
+        Box::pin(self.send_token_request(request))
+    }
+}
+
+/// Sends the `oauth2` crate's token requests with their parameters in the query string
+/// instead of the form body, for servers documented that way (AMM's examples).
+pub struct QueryParams<'a>(pub &'a Transport);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for QueryParams<'_> {
+    type Error = TokenHttpError;
+    type Future = TokenFuture<'c>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        let (mut parts, body) = request.into_parts();
+        let form = String::from_utf8_lossy(&body).into_owned();
+        let path = parts.uri.path().to_owned();
+        let path_and_query = match parts.uri.query() {
+            Some(query) if !query.is_empty() => format!("{path}?{query}&{form}"),
+            _ => format!("{path}?{form}"),
+        };
+        let mut uri = parts.uri.clone().into_parts();
+        uri.path_and_query = path_and_query.parse().ok();
+        if let Ok(with_query) = http::Uri::from_parts(uri) {
+            parts.uri = with_query;
+        }
+        parts.headers.remove(http::header::CONTENT_TYPE);
+        Box::pin(
+            self.0
+                .send_token_request(Request::from_parts(parts, Vec::new())),
+        )
     }
 }
 
@@ -121,12 +175,13 @@ pub enum TokenHttpError {
     Status {
         status: u16,
         retry_after: Option<Duration>,
+        error: Option<String>,
     },
     #[error("answer too large")]
     TooLarge,
 }
 
-fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let seconds = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
     seconds.trim().parse().ok().map(Duration::from_secs)
 }

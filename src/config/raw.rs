@@ -70,6 +70,17 @@ pub struct RawAuth {
     pub headers: Option<BTreeMap<String, String>>,
     pub refresh_skew: Option<RawDuration>,
     pub default_ttl: Option<RawDuration>,
+    pub refresh_token: Option<String>,
+    pub device_authorization_url: Option<String>,
+    pub authorize_url: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub pkce: Option<bool>,
+    pub params_in: Option<String>,
+    pub expire_url: Option<String>,
+    pub provider_url: Option<String>,
+    pub exchange_url: Option<String>,
+    pub user_token: Option<String>,
+    pub method: Option<String>,
 }
 
 /// `scope = "a b"` or `scope = ["a", "b"]`.

@@ -50,9 +50,15 @@ fn a_preset_fills_in_token_url_and_scope() {
     assert_eq!(upstream.prefix, "/bigeval");
     match &upstream.auth.source {
         crate::providers::TokenSourceSpec::OAuth(oauth) => {
-            assert_eq!(oauth.token_url, "https://bigeval.example/connect/token");
-            assert_eq!(oauth.scope, ["bigeval-api-v1"]);
-            assert_eq!(oauth.client_secret.as_ref().unwrap().expose(), "s3cret");
+            assert_eq!(
+                oauth.endpoint.token_url,
+                "https://bigeval.example/connect/token"
+            );
+            assert_eq!(oauth.endpoint.scope, ["bigeval-api-v1"]);
+            assert_eq!(
+                oauth.endpoint.client_secret.as_ref().unwrap().expose(),
+                "s3cret"
+            );
         }
         other => panic!("unexpected source {other:?}"),
     }
@@ -123,7 +129,7 @@ organization = "acme"
     assert_eq!(auth.injection.extra[0].1, "acme");
     match &auth.source {
         crate::providers::TokenSourceSpec::OAuth(oauth) => {
-            assert_eq!(oauth.client_id, "cape-client")
+            assert_eq!(oauth.endpoint.client_id, "cape-client")
         }
         other => panic!("unexpected source {other:?}"),
     }

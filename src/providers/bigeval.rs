@@ -5,16 +5,15 @@
 use crate::config::{FieldError, Target};
 
 use super::fields::AuthFields;
-use super::oauth::{self, ClientAuth, GrantKind, PresetDefaults};
+use super::oauth::{self, ClientAuth, FlowKind, PresetDefaults};
 use super::AuthSpec;
 
 pub(super) fn spec(fields: &AuthFields, target: &Target) -> Result<AuthSpec, FieldError> {
     let defaults = PresetDefaults {
         token_url: Some(target.join("connect/token")),
         scope: vec!["bigeval-api-v1".to_owned()],
-        client_id: None,
-        client_auth: ClientAuth::Body,
-        extra_headers: Vec::new(),
+        client_auth: Some(ClientAuth::Body),
+        ..PresetDefaults::default()
     };
-    oauth::spec(fields, GrantKind::ClientCredentials, Some(defaults))
+    oauth::spec(fields, FlowKind::ClientCredentials, defaults)
 }

@@ -8,13 +8,13 @@ use http::{HeaderName, HeaderValue};
 use crate::config::FieldError;
 
 use super::fields::AuthFields;
-use super::oauth::{self, ClientAuth, GrantKind, PresetDefaults};
+use super::oauth::{self, ClientAuth, FlowKind, PresetDefaults};
 use super::AuthSpec;
 
 pub(super) fn spec(fields: &AuthFields) -> Result<AuthSpec, FieldError> {
     let grant = match fields.text("grant").as_deref() {
-        None | Some("password") => GrantKind::Password,
-        Some("client_credentials") => GrantKind::ClientCredentials,
+        None | Some("password") => FlowKind::Password,
+        Some("client_credentials") => FlowKind::ClientCredentials,
         Some(other) => {
             return Err(fields.error(
                 "grant",
@@ -28,12 +28,11 @@ pub(super) fn spec(fields: &AuthFields) -> Result<AuthSpec, FieldError> {
     let organization = HeaderValue::from_str(&organization)
         .map_err(|_| fields.error("organization", "is not a valid header value"))?;
     let defaults = PresetDefaults {
-        token_url: None,
-        scope: Vec::new(),
         // The public client of the password grant; a service account brings its own id.
-        client_id: matches!(grant, GrantKind::Password).then_some("cape-client"),
-        client_auth: ClientAuth::Body,
+        client_id: matches!(grant, FlowKind::Password).then_some("cape-client"),
+        client_auth: Some(ClientAuth::Body),
         extra_headers: vec![(HeaderName::from_static("organization"), organization)],
+        ..PresetDefaults::default()
     };
-    oauth::spec(fields, grant, Some(defaults))
+    oauth::spec(fields, grant, defaults)
 }

@@ -54,6 +54,14 @@ impl<'a> AuthFields<'a> {
             "organization" => &self.raw.organization,
             "header" => &self.raw.header,
             "scheme" => &self.raw.scheme,
+            "device_authorization_url" => &self.raw.device_authorization_url,
+            "authorize_url" => &self.raw.authorize_url,
+            "redirect_uri" => &self.raw.redirect_uri,
+            "params_in" => &self.raw.params_in,
+            "expire_url" => &self.raw.expire_url,
+            "provider_url" => &self.raw.provider_url,
+            "exchange_url" => &self.raw.exchange_url,
+            "method" => &self.raw.method,
             _ => unreachable!("{name} is not a text field of [auth]"),
         };
         value.clone()
@@ -73,6 +81,8 @@ impl<'a> AuthFields<'a> {
             "client_secret" => &self.raw.client_secret,
             "password" => &self.raw.password,
             "token" => &self.raw.token,
+            "refresh_token" => &self.raw.refresh_token,
+            "user_token" => &self.raw.user_token,
             _ => unreachable!("{name} is not a secret field of [auth]"),
         };
         value.clone().map(Secret::new)
@@ -83,6 +93,27 @@ impl<'a> AuthFields<'a> {
             Some(value) if !value.is_empty() => Ok(value),
             Some(_) => Err(self.error(name, "must not be empty")),
             None => Err(self.error(name, format!("missing; required by kind {:?}", self.kind))),
+        }
+    }
+
+    pub fn flag(&self, name: &'static str) -> Option<bool> {
+        self.mark(name);
+        match name {
+            "pkce" => self.raw.pkce,
+            _ => unreachable!("{name} is not a boolean field of [auth]"),
+        }
+    }
+
+    /// An http(s) URL field, checked.
+    pub fn url(&self, name: &'static str) -> Result<Option<String>, FieldError> {
+        match self.text(name) {
+            None => Ok(None),
+            Some(url) => match url::Url::parse(&url) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {
+                    Ok(Some(url))
+                }
+                _ => Err(self.error(name, format!("{url:?} is not an http(s) URL"))),
+            },
         }
     }
 
@@ -130,6 +161,20 @@ impl<'a> AuthFields<'a> {
             ("headers", raw.headers.is_some()),
             ("refresh_skew", raw.refresh_skew.is_some()),
             ("default_ttl", raw.default_ttl.is_some()),
+            ("refresh_token", raw.refresh_token.is_some()),
+            (
+                "device_authorization_url",
+                raw.device_authorization_url.is_some(),
+            ),
+            ("authorize_url", raw.authorize_url.is_some()),
+            ("redirect_uri", raw.redirect_uri.is_some()),
+            ("pkce", raw.pkce.is_some()),
+            ("params_in", raw.params_in.is_some()),
+            ("expire_url", raw.expire_url.is_some()),
+            ("provider_url", raw.provider_url.is_some()),
+            ("exchange_url", raw.exchange_url.is_some()),
+            ("user_token", raw.user_token.is_some()),
+            ("method", raw.method.is_some()),
         ];
         match present
             .iter()

@@ -4,22 +4,33 @@
 //! `AuthSpec` is the validated `[upstreams.NAME.auth]` table; `Provider` is what obtains a
 //! `Credential` from it at run time.
 
+mod amm;
+pub mod biganimal;
 mod bigeval;
+mod bigid;
+pub mod browser;
 mod caepe;
+pub mod device;
 mod fields;
+mod jwt;
 mod oauth;
 mod static_token;
 
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
+use tokio::time::Instant;
 
 use crate::config::{FieldError, RawAuth, Target};
 use crate::secret::Secret;
 use crate::tokens::Credential;
 use crate::transport::Transport;
 
-pub use oauth::{ClientAuth, Grant, OAuthSpec};
+pub use biganimal::BigAnimalSpec;
+pub use bigid::BigIdSpec;
+pub use browser::{BrowserLogin, CallbackParams};
+pub use device::DeviceAuthorization;
+pub use oauth::{ClientAuth, EndpointSpec, Flow, OAuthSpec, ParamsIn};
 
 /// How an upstream authenticates, validated.
 #[derive(Debug, Clone)]
@@ -36,6 +47,8 @@ pub struct AuthSpec {
 pub enum TokenSourceSpec {
     Static { token: Secret },
     OAuth(Box<OAuthSpec>),
+    BigAnimal(Box<BigAnimalSpec>),
+    BigId(Box<BigIdSpec>),
 }
 
 /// The headers a token is sent in: `header: scheme token`, plus fixed extra headers
@@ -71,6 +84,20 @@ impl Injection {
     }
 }
 
+const KINDS: &[&str] = &[
+    "static",
+    "client_credentials",
+    "password",
+    "refresh_token",
+    "device_code",
+    "authorization_code",
+    "bigeval",
+    "caepe",
+    "bigid",
+    "amm",
+    "biganimal",
+];
+
 impl AuthSpec {
     /// Validates an auth table. `field` is its dotted path, for messages.
     pub fn from_raw(raw: &RawAuth, target: &Target, field: &str) -> Result<AuthSpec, FieldError> {
@@ -81,14 +108,19 @@ impl AuthSpec {
             )
         })?;
         let fields = fields::AuthFields::new(raw, field, kind);
+        let generic = |flow| oauth::spec(&fields, flow, oauth::PresetDefaults::default());
         let mut spec = match kind {
             "static" => static_token::spec(&fields)?,
-            "client_credentials" => {
-                oauth::spec(&fields, oauth::GrantKind::ClientCredentials, None)?
-            }
-            "password" => oauth::spec(&fields, oauth::GrantKind::Password, None)?,
+            "client_credentials" => generic(oauth::FlowKind::ClientCredentials)?,
+            "password" => generic(oauth::FlowKind::Password)?,
+            "refresh_token" => generic(oauth::FlowKind::RefreshToken)?,
+            "device_code" => generic(oauth::FlowKind::DeviceCode)?,
+            "authorization_code" => generic(oauth::FlowKind::AuthorizationCode)?,
             "bigeval" => bigeval::spec(&fields, target)?,
             "caepe" => caepe::spec(&fields)?,
+            "bigid" => bigid::spec(&fields, target)?,
+            "amm" => amm::spec(&fields, target)?,
+            "biganimal" => biganimal::spec(&fields)?,
             other => {
                 return Err(FieldError::new(
                     format!("{field}.kind"),
@@ -102,90 +134,20 @@ impl AuthSpec {
     }
 }
 
-const KINDS: &[&str] = &[
-    "static",
-    "client_credentials",
-    "password",
-    "bigeval",
-    "caepe",
-];
-
-/// Obtains credentials for one upstream.
-pub enum Provider {
-    Static(static_token::StaticToken),
-    OAuth(Box<oauth::OAuthGrant>),
-}
-
-impl Provider {
-    pub fn new(spec: &AuthSpec, transport: Transport) -> Result<Provider, ProviderError> {
-        Ok(match &spec.source {
-            TokenSourceSpec::Static { token } => {
-                Provider::Static(static_token::StaticToken::new(token, &spec.injection)?)
-            }
-            TokenSourceSpec::OAuth(oauth) => Provider::OAuth(Box::new(oauth::OAuthGrant::new(
-                oauth,
-                spec.injection.clone(),
-                transport,
-            )?)),
-        })
-    }
-
-    /// A fresh credential. `previous` lets a grant use its refresh token.
-    pub async fn obtain(&self, previous: Option<&Credential>) -> Result<Credential, ProviderError> {
-        match self {
-            Provider::Static(token) => Ok(token.credential()),
-            Provider::OAuth(grant) => grant.obtain(previous).await,
-        }
-    }
-
-    /// A credential available without any request: static tokens.
-    pub fn immediate_credential(&self) -> Option<Credential> {
-        match self {
-            Provider::Static(token) => Some(token.credential()),
-            Provider::OAuth(_) => None,
-        }
-    }
-
-    /// Static tokens never change, so they need no refresher.
-    pub fn refreshes(&self) -> bool {
-        !matches!(self, Provider::Static(_))
-    }
-}
-
-/// Why a token could not be obtained. Carries no secret and no response body, so it can be
-/// logged and shown to clients as is. `Clone` so every request waiting on one token request
-/// can be told the same outcome.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProviderError {
-    #[error("token endpoint unreachable: {0}")]
-    Unreachable(String),
-    #[error("token endpoint did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("token endpoint answered HTTP {status}")]
-    Status {
-        status: u16,
-        retry_after: Option<Duration>,
-    },
-    #[error("token endpoint refused: {error}{}", description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    OAuth {
-        error: String,
-        description: Option<String>,
-    },
-    #[error("token endpoint answer is not a token response: {0}")]
-    Malformed(String),
-}
-
 /// Reads `header`, `scheme` and `headers`, the injection options every kind has.
 fn injection(
     fields: &fields::AuthFields,
     mut extra: Vec<(HeaderName, HeaderValue)>,
+    default_scheme: &str,
 ) -> Result<Injection, FieldError> {
     let header = match fields.text("header") {
         None => http::header::AUTHORIZATION,
         Some(name) => HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| fields.error("header", format!("{name:?} is not a valid header name")))?,
     };
-    let scheme = fields.text("scheme").unwrap_or_else(|| "Bearer".to_owned());
+    let scheme = fields
+        .text("scheme")
+        .unwrap_or_else(|| default_scheme.to_owned());
     if scheme.contains(char::is_whitespace) {
         return Err(fields.error(
             "scheme",
@@ -202,5 +164,228 @@ fn injection(
         header,
         scheme,
         extra,
+    })
+}
+
+/// How a token is first obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginMethod {
+    /// No user needed: a request to the token endpoint does it.
+    Direct,
+    /// The user approves a code on another device or tab (RFC 8628).
+    DeviceCode,
+    /// The user goes through the vendor's page in a browser and comes back to the callback.
+    Browser,
+}
+
+/// Obtains credentials for one upstream.
+pub enum Provider {
+    Static(static_token::StaticToken),
+    OAuth(Box<oauth::OAuthGrant>),
+    BigAnimal(Box<biganimal::BigAnimal>),
+    BigId(Box<bigid::BigId>),
+}
+
+impl Provider {
+    pub fn new(spec: &AuthSpec, transport: Transport) -> Result<Provider, ProviderError> {
+        let injection = spec.injection.clone();
+        Ok(match &spec.source {
+            TokenSourceSpec::Static { token } => {
+                Provider::Static(static_token::StaticToken::new(token, &injection)?)
+            }
+            TokenSourceSpec::OAuth(oauth) => Provider::OAuth(Box::new(oauth::OAuthGrant::new(
+                oauth, injection, transport,
+            )?)),
+            TokenSourceSpec::BigAnimal(spec) => Provider::BigAnimal(Box::new(
+                biganimal::BigAnimal::new(spec, injection, transport),
+            )),
+            TokenSourceSpec::BigId(spec) => {
+                Provider::BigId(Box::new(bigid::BigId::new(spec, injection, transport)))
+            }
+        })
+    }
+
+    /// A fresh credential without a user: a grant, or the refresh token of `previous`.
+    /// Kinds that need a user and have no usable refresh token answer `NeedsLogin`.
+    pub async fn obtain(&self, previous: Option<&Credential>) -> Result<Credential, ProviderError> {
+        match self {
+            Provider::Static(token) => Ok(token.credential()),
+            Provider::OAuth(grant) => grant.obtain(previous).await,
+            Provider::BigAnimal(biganimal) => biganimal.obtain(previous).await,
+            Provider::BigId(bigid) => bigid.obtain().await,
+        }
+    }
+
+    /// A credential available without any request: static tokens.
+    pub fn immediate_credential(&self) -> Option<Credential> {
+        match self {
+            Provider::Static(token) => Some(token.credential()),
+            _ => None,
+        }
+    }
+
+    /// Static tokens never change, so they need no refresher.
+    pub fn refreshes(&self) -> bool {
+        !matches!(self, Provider::Static(_))
+    }
+
+    pub fn login_method(&self) -> LoginMethod {
+        match self {
+            Provider::Static(_) | Provider::BigId(_) => LoginMethod::Direct,
+            Provider::OAuth(grant) => grant.login_method(),
+            Provider::BigAnimal(_) => LoginMethod::DeviceCode,
+        }
+    }
+
+    pub async fn start_device_login(&self) -> Result<DeviceAuthorization, ProviderError> {
+        match self {
+            Provider::OAuth(grant) => grant.start_device_login().await,
+            Provider::BigAnimal(biganimal) => biganimal.start_device_login().await,
+            _ => Err(ProviderError::Malformed(
+                "this upstream does not log in with a device code".into(),
+            )),
+        }
+    }
+
+    pub async fn finish_device_login(
+        &self,
+        authorization: &DeviceAuthorization,
+    ) -> Result<Credential, ProviderError> {
+        match self {
+            Provider::OAuth(grant) => grant.finish_device_login(authorization).await,
+            Provider::BigAnimal(biganimal) => biganimal.finish_device_login(authorization).await,
+            _ => Err(ProviderError::Malformed(
+                "this upstream does not log in with a device code".into(),
+            )),
+        }
+    }
+
+    pub fn start_browser_login(
+        &self,
+        default_redirect_uri: &str,
+    ) -> Result<BrowserLogin, ProviderError> {
+        match self {
+            Provider::OAuth(grant) => grant.start_browser_login(default_redirect_uri),
+            _ => Err(ProviderError::Malformed(
+                "this upstream does not log in through a browser".into(),
+            )),
+        }
+    }
+
+    pub async fn finish_browser_login(
+        &self,
+        login: &BrowserLogin,
+        callback: &CallbackParams,
+    ) -> Result<Credential, ProviderError> {
+        match self {
+            Provider::OAuth(grant) => grant.finish_browser_login(login, callback).await,
+            _ => Err(ProviderError::Malformed(
+                "this upstream does not log in through a browser".into(),
+            )),
+        }
+    }
+
+    /// Revokes a credential at the vendor where it offers that (AMM).
+    pub async fn revoke(&self, credential: &Credential) -> Result<(), ProviderError> {
+        match self {
+            Provider::OAuth(grant) => grant.revoke(credential).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a token could not be obtained. Carries no secret and no response body, so it can be
+/// logged and shown to clients as is. `Clone` so every request waiting on one token request
+/// can be told the same outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("token endpoint unreachable: {0}")]
+    Unreachable(String),
+    #[error("token endpoint did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("token endpoint answered HTTP {status}{}", error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+        error: Option<String>,
+    },
+    #[error("token endpoint refused: {error}{}", description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    OAuth {
+        error: String,
+        description: Option<String>,
+    },
+    #[error("{0}")]
+    Rejected(String),
+    #[error("token endpoint answer is not a token response: {0}")]
+    Malformed(String),
+    #[error("no token yet: this upstream needs a login")]
+    NeedsLogin,
+}
+
+impl ProviderError {
+    /// How long the server asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// An error answer from an endpoint outside the `oauth2` crate: the OAuth `error` and
+/// `error_description` when the body has them, else the status.
+pub(crate) fn error_answer(response: &http::Response<Vec<u8>>) -> ProviderError {
+    let status = response.status();
+    let retry_after = crate::transport::retry_after(response.headers());
+    if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
+        return ProviderError::Status {
+            status: status.as_u16(),
+            retry_after,
+            error: crate::transport::oauth_error_code(response.body()),
+        };
+    }
+    let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
+    match (&body["error"], &body["error"]["message"]) {
+        (serde_json::Value::String(error), _) => ProviderError::OAuth {
+            error: error.clone(),
+            description: body["error_description"].as_str().map(str::to_owned),
+        },
+        // BigAnimal's API style: {"error": {"status": 401, "message": "..."}}.
+        (_, serde_json::Value::String(message)) => {
+            ProviderError::Rejected(format!("HTTP {}: {message}", status.as_u16()))
+        }
+        _ => ProviderError::Status {
+            status: status.as_u16(),
+            retry_after,
+            error: None,
+        },
+    }
+}
+
+/// A successful token answer outside the `oauth2` crate (device polls): RFC 6749 5.1.
+pub(crate) fn parse_token_json(
+    body: &[u8],
+    sent_at: Instant,
+) -> Result<oauth::TokenSet, ProviderError> {
+    #[derive(serde::Deserialize)]
+    struct TokenJson {
+        access_token: String,
+        expires_in: Option<u64>,
+        refresh_token: Option<String>,
+        refresh_expires_in: Option<u64>,
+    }
+    let answer: TokenJson = serde_json::from_slice(body).map_err(|error| {
+        ProviderError::Malformed(format!("{:?} error in the token answer", error.classify()))
+    })?;
+    Ok(oauth::TokenSet {
+        access_token: Secret::new(answer.access_token),
+        refresh_token: answer.refresh_token.map(Secret::new),
+        lifetime: answer.expires_in.map(Duration::from_secs),
+        refresh_lifetime: answer
+            .refresh_expires_in
+            .filter(|&s| s > 0)
+            .map(Duration::from_secs),
+        sent_at,
     })
 }

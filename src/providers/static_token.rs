@@ -13,23 +13,25 @@ pub(super) fn spec(fields: &AuthFields) -> Result<AuthSpec, FieldError> {
         source: TokenSourceSpec::Static {
             token: fields.required_secret("token")?,
         },
-        injection: injection(fields, Vec::new())?,
+        injection: injection(fields, Vec::new(), "Bearer")?,
         refresh_skew: None,
     })
 }
 
 pub struct StaticToken {
+    token: Secret,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl StaticToken {
     pub fn new(token: &Secret, injection: &Injection) -> Result<Self, ProviderError> {
         Ok(StaticToken {
+            token: token.clone(),
             headers: injection.headers_for(token)?,
         })
     }
 
     pub fn credential(&self) -> Credential {
-        Credential::without_expiry(self.headers.clone())
+        Credential::without_expiry(self.token.clone(), self.headers.clone())
     }
 }

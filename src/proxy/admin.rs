@@ -1,78 +1,323 @@
-//! tokenproxy's own endpoints under `/-/`: health, readiness and status. Never forwarded.
+//! tokenproxy's own endpoints under `/-/`, never forwarded: health, readiness, status,
+//! the per-upstream actions (`POST /-/upstreams/NAME/{login,logout,refresh}`) and the login
+//! callback (`/-/callback/NAME`).
 
-use http::{Method, Request, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::app::App;
+use crate::app::{App, Upstream};
+use crate::login::LoginStarted;
 use crate::problem::{json_response, ProxyError};
+use crate::providers::CallbackParams;
 use crate::transport::ProxyBody;
 
-pub fn handle<B>(app: &App, path: &str, request: &Request<B>) -> http::Response<ProxyBody> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return ProxyError::BadRequest {
-            reason: format!("/-/{path} answers GET only"),
+/// The largest body an admin endpoint reads (an implicit-grant fragment).
+const MAX_ADMIN_BODY: usize = 16 * 1024;
+
+pub async fn handle(app: &App, path: &str, request: Request<Incoming>) -> Response<ProxyBody> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let method = request.method().clone();
+    let result = match (&method, segments.as_slice()) {
+        (&Method::GET | &Method::HEAD, ["health"]) => {
+            Ok(json(StatusCode::OK, serde_json::json!({"status": "ok"})))
         }
-        .into_response();
-    }
-    match path {
-        "health" => json_response(
-            StatusCode::OK,
-            "application/json",
-            &serde_json::json!({"status": "ok"}),
-        ),
-        "ready" => {
+        (&Method::GET | &Method::HEAD, ["ready"]) => {
             let ready = app.ready();
             let status = if ready {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            json_response(
-                status,
-                "application/json",
-                &serde_json::json!({"ready": ready}),
+            Ok(json(status, serde_json::json!({ "ready": ready })))
+        }
+        (&Method::GET | &Method::HEAD, ["status"]) => Ok(json(StatusCode::OK, status(app))),
+        (&Method::POST, ["upstreams", name, action]) => upstream_action(app, name, action).await,
+        (&Method::GET, ["upstreams", name, "login"]) => browser_login_redirect(app, name).await,
+        (&Method::GET, ["callback", name]) => callback_get(app, name, request.uri().query()).await,
+        (&Method::POST, ["callback", name]) => callback_post(app, name, request).await,
+        (_, ["health" | "ready" | "status"]) | (_, ["upstreams", _, _]) | (_, ["callback", _]) => {
+            Err(ProxyError::MethodNotAllowed {
+                method: method.to_string(),
+            })
+        }
+        _ => Err(ProxyError::NoRoute {
+            path: format!("/-/{path}"),
+        }),
+    };
+    result.unwrap_or_else(ProxyError::into_response)
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+    json_response(status, "application/json", &value)
+}
+
+fn find<'a>(app: &'a App, name: &str) -> Result<&'a std::sync::Arc<Upstream>, ProxyError> {
+    app.upstream(name).ok_or_else(|| ProxyError::NoRoute {
+        path: format!("/-/upstreams/{name}"),
+    })
+}
+
+fn no_token(name: &str, cause: crate::providers::ProviderError) -> ProxyError {
+    ProxyError::NoToken {
+        upstream: name.to_owned(),
+        cause,
+    }
+}
+
+async fn upstream_action(
+    app: &App,
+    name: &str,
+    action: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let upstream = find(app, name)?;
+    let tokens = &upstream.tokens;
+    match action {
+        "login" => {
+            let started = app
+                .logins
+                .start(tokens, &app.callback_url(name))
+                .await
+                .map_err(|cause| no_token(name, cause))?;
+            let mut body = serde_json::to_value(&started).unwrap_or_default();
+            body["upstream"] = name.into();
+            Ok(json(StatusCode::OK, body))
+        }
+        "refresh" => {
+            tokens
+                .refresh()
+                .await
+                .map_err(|unavailable| no_token(name, unavailable.cause))?;
+            Ok(json(StatusCode::OK, upstream_status(app, upstream)))
+        }
+        "logout" => {
+            app.logins.cancel(name);
+            let revoked = match tokens.forget().await {
+                Some(credential) => match tokens.provider().revoke(&credential).await {
+                    Ok(()) => true,
+                    Err(error) => {
+                        tracing::warn!(upstream = %name, error = %error, "revocation failed; the token is forgotten anyway");
+                        false
+                    }
+                },
+                None => false,
+            };
+            let mut body = upstream_status(app, upstream);
+            body["revoked"] = revoked.into();
+            Ok(json(StatusCode::OK, body))
+        }
+        _ => Err(ProxyError::NoRoute {
+            path: format!("/-/upstreams/{name}/{action}"),
+        }),
+    }
+}
+
+/// `GET /-/upstreams/NAME/login`: a link a user can open in a browser. Browser flows
+/// redirect to the vendor; device flows show the code to approve.
+async fn browser_login_redirect(app: &App, name: &str) -> Result<Response<ProxyBody>, ProxyError> {
+    let upstream = find(app, name)?;
+    let started = app
+        .logins
+        .start(&upstream.tokens, &app.callback_url(name))
+        .await
+        .map_err(|cause| no_token(name, cause))?;
+    Ok(match started {
+        LoginStarted::Browser { authorize_url } => {
+            let mut response = html(
+                StatusCode::FOUND,
+                &page("Redirecting", "<p>Redirecting to the login page…</p>"),
+            );
+            if let Ok(location) = HeaderValue::from_str(&authorize_url) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        LoginStarted::DeviceCode(view) => {
+            let link = view
+                .verification_uri_complete
+                .as_deref()
+                .unwrap_or(&view.verification_uri);
+            html(
+                StatusCode::OK,
+                &page(
+                    &format!("Log in to {name}"),
+                    &format!(
+                        "<p>Enter this code:</p><p class=code>{code}</p><p>at <a href=\"{link}\" target=_blank rel=noopener>{uri}</a> within {minutes} minutes. tokenproxy notices by itself when you approve.</p>",
+                        code = escape(&view.user_code),
+                        link = escape(link),
+                        uri = escape(&view.verification_uri),
+                        minutes = view.expires_in.div_ceil(60),
+                    ),
+                ),
             )
         }
-        "status" => json_response(StatusCode::OK, "application/json", &status(app)),
-        _ => ProxyError::NoRoute {
-            path: format!("/-/{path}"),
-        }
-        .into_response(),
+        LoginStarted::Direct => html(
+            StatusCode::OK,
+            &page(
+                &format!("{name}: token obtained"),
+                "<p>No login needed: tokenproxy obtained a token.</p>",
+            ),
+        ),
+    })
+}
+
+/// The vendor's redirect back. Authorization codes arrive in the query. Implicit-grant
+/// tokens arrive in the fragment, which browsers never send: the page reads it and posts
+/// it back here.
+async fn callback_get(
+    app: &App,
+    name: &str,
+    query: Option<&str>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let upstream = find(app, name)?;
+    let params = CallbackParams::parse(query.unwrap_or(""));
+    if params.get("code").is_none()
+        && params.get("error").is_none()
+        && params.get("access_token").is_none()
+    {
+        return Ok(html(StatusCode::OK, &fragment_handoff_page(name)));
     }
+    Ok(finish_login(app, upstream, &params).await)
+}
+
+async fn callback_post(
+    app: &App,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let upstream = find(app, name)?;
+    let body = Limited::new(request.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|_| ProxyError::BadRequest {
+            reason: format!(
+                "the callback body must be a URL fragment under {MAX_ADMIN_BODY} bytes"
+            ),
+        })?
+        .to_bytes();
+    let params = CallbackParams::parse(&String::from_utf8_lossy(&body));
+    Ok(finish_login(app, upstream, &params).await)
+}
+
+async fn finish_login(
+    app: &App,
+    upstream: &Upstream,
+    params: &CallbackParams,
+) -> Response<ProxyBody> {
+    let name = &upstream.config.name;
+    match app.logins.callback(&upstream.tokens, params).await {
+        Ok(()) => html(
+            StatusCode::OK,
+            &page(
+                &format!("Logged in to {name}"),
+                &format!(
+                    "<p>tokenproxy now holds a token for <b>{}</b>. You can close this tab.</p>",
+                    escape(name)
+                ),
+            ),
+        ),
+        Err(error) => html(
+            StatusCode::BAD_REQUEST,
+            &page(
+                &format!("Login to {name} failed"),
+                &format!("<p>{}</p>", escape(&error.to_string())),
+            ),
+        ),
+    }
+}
+
+fn fragment_handoff_page(name: &str) -> String {
+    page(
+        &format!("Logging in to {name}"),
+        &format!(
+            "<p id=msg>Handing the token to tokenproxy…</p><script>\
+             const fragment = location.hash.slice(1);\
+             history.replaceState(null, '', location.pathname);\
+             if (!fragment) {{ document.getElementById('msg').textContent = 'The login returned no token.'; }}\
+             else fetch('/-/callback/{name}', {{method: 'POST', headers: {{'Content-Type': 'application/x-www-form-urlencoded'}}, body: fragment}})\
+               .then(r => r.text()).then(t => {{ document.open(); document.write(t); document.close(); }});\
+             </script>",
+            name = escape(name)
+        ),
+    )
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
+         <title>{title}</title><style>body{{font:16px system-ui,sans-serif;margin:3em auto;max-width:36em;padding:0 1em}}\
+         .code{{font:bold 2.5em monospace;letter-spacing:.1em}}</style><h1>{title}</h1>{body}</html>",
+        title = escape(title)
+    )
+}
+
+fn html(status: StatusCode, body: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_owned()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The callback page must not leak the code or token to other sites.
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn upstream_status(app: &App, upstream: &Upstream) -> serde_json::Value {
+    let now = Instant::now();
+    let config = &upstream.config;
+    let current = upstream.tokens.current();
+    let expires_in = current
+        .as_ref()
+        .and_then(|credential| credential.expires_at)
+        .map(|expires_at| expires_at.saturating_duration_since(now).as_secs());
+    let report = upstream.tokens.report();
+    serde_json::json!({
+        "name": config.name,
+        "prefix": config.prefix,
+        "host": config.host,
+        "listen": config.listen.map(|addr| addr.to_string()),
+        "target": config.target.uri.to_string(),
+        "kind": config.auth.kind,
+        "login": upstream.tokens.provider().login_method(),
+        "token": {
+            "state": upstream.tokens.state(),
+            "expires_in_seconds": expires_in,
+            "last_refresh_unix": report.last_refresh.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+            "last_error": report.last_error,
+            "refreshes": report.refreshes,
+            "failures": report.failures,
+            "requests_waited": report.requests_waited,
+        },
+        "pending_login": app.logins.pending_device(&config.name),
+    })
 }
 
 /// Per upstream: route, target, kind, token state and timings. Never a token.
 pub fn status(app: &App) -> serde_json::Value {
-    let now = Instant::now();
     let upstreams: Vec<serde_json::Value> = app
         .upstreams
         .iter()
-        .map(|upstream| {
-            let config = &upstream.config;
-            let current = upstream.tokens.current();
-            let expires_in = current
-                .as_ref()
-                .and_then(|credential| credential.expires_at)
-                .map(|expires_at| expires_at.saturating_duration_since(now).as_secs());
-            let report = upstream.tokens.report();
-            serde_json::json!({
-                "name": config.name,
-                "prefix": config.prefix,
-                "host": config.host,
-                "listen": config.listen.map(|addr| addr.to_string()),
-                "target": config.target.uri.to_string(),
-                "kind": config.auth.kind,
-                "token": {
-                    "state": upstream.tokens.state(),
-                    "expires_in_seconds": expires_in,
-                    "last_refresh_unix": report.last_refresh.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
-                    "last_error": report.last_error,
-                    "refreshes": report.refreshes,
-                    "failures": report.failures,
-                    "requests_waited": report.requests_waited,
-                },
-            })
-        })
+        .map(|upstream| upstream_status(app, upstream))
         .collect();
     serde_json::json!({ "ready": app.ready(), "upstreams": upstreams })
 }

@@ -53,7 +53,10 @@ pub async fn handle(
         .routes
         .route(connection.dedicated, host.as_deref(), request.uri().path());
     let response = match route {
-        Route::Admin(path) => admin::handle(&app, path, &request),
+        Route::Admin(path) => {
+            let path = path.to_owned();
+            admin::handle(&app, &path, request).await
+        }
         Route::NotFound => ProxyError::NoRoute {
             path: request.uri().path().to_owned(),
         }

@@ -27,6 +27,8 @@ pub use schedule::refresh_at;
 #[derive(Debug, Clone)]
 pub struct Credential {
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The token itself, for revocation and `tokenproxy token`.
+    pub token: Secret,
     pub obtained_at: Instant,
     /// `None`: valid until the upstream says otherwise (static keys).
     pub expires_at: Option<Instant>,
@@ -35,9 +37,10 @@ pub struct Credential {
 }
 
 impl Credential {
-    pub fn without_expiry(headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+    pub fn without_expiry(token: Secret, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
         Credential {
             headers,
+            token,
             obtained_at: Instant::now(),
             expires_at: None,
             refresh_token: None,
@@ -74,6 +77,8 @@ pub enum TokenState {
     /// The last token request failed and there is no valid token.
     Failed,
     Expired,
+    /// A user has to log in (device code, browser), or log in again.
+    NeedsLogin,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -203,24 +208,81 @@ impl TokenCell {
                 Ok(credential)
             }
             Err(cause) => {
-                tracing::warn!(upstream = %self.upstream, error = %cause, "token request failed");
-                *self.last_failure.lock().expect("poisoned") = Some(cause.clone());
-                let mut report = self.report.lock().expect("poisoned");
-                report.failures += 1;
-                report.last_error = Some(cause.to_string());
+                self.record_failure(&cause);
                 Err(TokenUnavailable { cause })
             }
         };
         self.finished.fetch_add(1, Ordering::Release);
-        self.wake.notify_one();
+        self.wake.notify_waiters();
         result
     }
 
+    /// Remembers why there is no token, for status and for requests that ask.
+    pub fn record_failure(&self, cause: &ProviderError) {
+        if *cause == ProviderError::NeedsLogin {
+            tracing::debug!(upstream = %self.upstream, "no token: needs a login");
+        } else {
+            tracing::warn!(upstream = %self.upstream, error = %cause, "token request failed");
+        }
+        *self.last_failure.lock().expect("poisoned") = Some(cause.clone());
+        let mut report = self.report.lock().expect("poisoned");
+        report.failures += 1;
+        report.last_error = Some(cause.to_string());
+    }
+
+    /// Puts a credential from a completed login in place, and wakes the refresher so it
+    /// schedules the next refresh from it.
+    pub async fn install(&self, credential: Credential) -> Arc<Credential> {
+        let _flight = self.flight.lock().await;
+        let credential = Arc::new(credential);
+        self.current.store(Some(Arc::clone(&credential)));
+        *self.last_failure.lock().expect("poisoned") = None;
+        {
+            let mut report = self.report.lock().expect("poisoned");
+            report.last_refresh = Some(SystemTime::now());
+            report.refreshes += 1;
+            report.last_error = None;
+        }
+        tracing::info!(upstream = %self.upstream, "logged in");
+        self.finished.fetch_add(1, Ordering::Release);
+        self.wake.notify_waiters();
+        credential
+    }
+
+    /// Forgets the current credential (logout). Returns it, for revocation.
+    pub async fn forget(&self) -> Option<Arc<Credential>> {
+        let _flight = self.flight.lock().await;
+        let previous = self.current.swap(None);
+        let needs_login = self.provider.login_method() != crate::providers::LoginMethod::Direct;
+        *self.last_failure.lock().expect("poisoned") =
+            needs_login.then_some(ProviderError::NeedsLogin);
+        self.finished.fetch_add(1, Ordering::Release);
+        self.wake.notify_waiters();
+        previous
+    }
+
+    /// The last failure was that a user must log in.
+    pub fn needs_login(&self) -> bool {
+        matches!(
+            *self.last_failure.lock().expect("poisoned"),
+            Some(ProviderError::NeedsLogin)
+        )
+    }
+
+    /// Waits until a token request finishes or a login installs a credential.
+    pub async fn changed(&self) {
+        self.wake.notified().await
+    }
+
     pub fn state(&self) -> TokenState {
-        let failed = self.last_failure.lock().expect("poisoned").is_some();
+        let failure = self.last_failure.lock().expect("poisoned").clone();
         match self.current.load().as_ref() {
             Some(credential) if credential.is_valid_at(Instant::now()) => TokenState::Valid,
-            _ if failed => TokenState::Failed,
+            _ if failure == Some(ProviderError::NeedsLogin) => TokenState::NeedsLogin,
+            _ if failure.is_some() => TokenState::Failed,
+            None if self.provider.login_method() != crate::providers::LoginMethod::Direct => {
+                TokenState::NeedsLogin
+            }
             Some(_) => TokenState::Expired,
             None => TokenState::Pending,
         }

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::TokenCell;
+use crate::providers::ProviderError;
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(60);
@@ -28,7 +29,7 @@ pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>
             tokio::select! {
                 _ = sleep_until(when) => {}
                 // A request got a new token meanwhile: recompute the refresh time.
-                _ = cell.wake.notified() => continue,
+                _ = cell.changed() => continue,
                 _ = shutdown.changed() => return,
             }
             if cell
@@ -39,10 +40,28 @@ pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>
             }
             match cell.refresh().await {
                 Ok(_) => retry_in = FIRST_RETRY,
-                Err(_) => {
-                    // Logged by the cell; wait before the next attempt.
+                Err(unavailable) if unavailable.cause == ProviderError::NeedsLogin => {
+                    // Nothing to retry until someone logs in. Listen before looking, so a
+                    // login that completes in between is not missed.
+                    let login = cell.wake.notified();
+                    tokio::pin!(login);
+                    login.as_mut().enable();
+                    if cell.needs_login() {
+                        tokio::select! {
+                            _ = login => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                }
+                Err(unavailable) => {
+                    // Logged by the cell. Wait before the next attempt, at least as long as
+                    // the server asked (429/503 `Retry-After`).
+                    let wait = unavailable
+                        .cause
+                        .retry_after()
+                        .map_or(retry_in, |asked| asked.max(retry_in));
                     tokio::select! {
-                        _ = sleep(retry_in) => {}
+                        _ = sleep(wait) => {}
                         _ = shutdown.changed() => return,
                     }
                     retry_in = (retry_in * 2).min(MAX_RETRY);

@@ -2,6 +2,8 @@
 //! client, and request bodies. Upstreams and token servers are `tokenproxy::sim`.
 #![allow(dead_code)]
 
+pub mod oidc;
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -1,0 +1,263 @@
+//! tokenproxy's generic kinds against a real, independent OAuth server: the certified
+//! `oidc-provider` (npm), started on 127.0.0.1 by `tests/support/oidc.rs`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::{Request, StatusCode};
+use support::oidc::{post_form, query_param, OidcProvider};
+use support::*;
+use tokenproxy::sim::echo;
+
+async fn wait_until_ready(proxy: &TestProxy, within: Duration) {
+    let deadline = Instant::now() + within;
+    while get(&proxy.url("/-/ready")).await.status() != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "not ready: {}",
+            json(&get(&proxy.url("/-/status")).await)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn bearer(response: &http::Response<bytes::Bytes>) -> String {
+    let report = json(response);
+    echoed(&report, "authorization")
+        .first()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn post(url: &str) -> http::Response<bytes::Bytes> {
+    send(Request::post(url).body(empty()).unwrap()).await
+}
+
+#[tokio::test]
+async fn client_credentials_with_body_and_basic_client_authentication() {
+    let oidc = OidcProvider::start().await;
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&format!(
+        r#"
+[upstreams.post]
+target = "{echo}/"
+[upstreams.post.auth]
+kind = "client_credentials"
+token_url = "{token}"
+client_id = "cc-client"
+client_secret = "cc-secret"
+scope = "api:read"
+
+[upstreams.basic]
+target = "{echo}/"
+[upstreams.basic.auth]
+kind = "client_credentials"
+token_url = "{token}"
+client_id = "cc-basic"
+client_secret = "cc-basic-secret"
+client_auth = "basic"
+"#,
+        echo = upstream.url(),
+        token = oidc.token_url()
+    ))
+    .await;
+    for name in ["post", "basic"] {
+        let response = get(&proxy.url(&format!("/{name}/resource"))).await;
+        assert_eq!(response.status(), StatusCode::OK, "{name}");
+        assert!(bearer(&response).starts_with("Bearer "), "{name}");
+    }
+    let stats = oidc.stats().await;
+    assert_eq!(stats["token_requests"]["client_credentials"], 2, "{stats}");
+    assert_eq!(stats["token_errors"], serde_json::json!({}), "{stats}");
+}
+
+#[tokio::test]
+async fn device_code_login_then_rotating_refresh() {
+    let oidc = OidcProvider::start_with(&[("ACCESS_TTL", "2")]).await;
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&format!(
+        r#"
+[upstreams.dev]
+target = "{echo}/"
+[upstreams.dev.auth]
+kind = "device_code"
+device_authorization_url = "{device}"
+token_url = "{token}"
+client_id = "device-client"
+scope = "openid offline_access api:read"
+"#,
+        echo = upstream.url(),
+        device = oidc.device_authorization_url(),
+        token = oidc.token_url()
+    ))
+    .await;
+
+    let before = get(&proxy.url("/dev/x")).await;
+    assert_eq!(before.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(json(&before)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("/-/upstreams/dev/login"));
+    assert_eq!(
+        json(&get(&proxy.url("/-/status")).await)["upstreams"][0]["token"]["state"],
+        "needs_login"
+    );
+
+    let login = json(&post(&proxy.url("/-/upstreams/dev/login")).await);
+    assert_eq!(login["method"], "device_code", "{login}");
+    let user_code = login["user_code"].as_str().unwrap();
+    assert!(login["verification_uri"]
+        .as_str()
+        .unwrap()
+        .starts_with(oidc.issuer()));
+    oidc.approve_device(user_code).await;
+    wait_until_ready(&proxy, Duration::from_secs(15)).await;
+    let first = bearer(&get(&proxy.url("/dev/x")).await);
+    assert!(first.starts_with("Bearer "));
+
+    // 2-second tokens: the refresher rotates the refresh token a few times.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = get(&proxy.url("/dev/x")).await;
+    assert_eq!(later.status(), StatusCode::OK);
+    assert_ne!(bearer(&later), first);
+    let stats = oidc.stats().await;
+    assert!(
+        stats["token_requests"]["refresh_token"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
+    // oidc-provider revokes the whole grant if a rotated refresh token is ever reused.
+    assert_eq!(stats["invalid_grant"], 0, "{stats}");
+}
+
+/// Gets a refresh token the way a user would outside tokenproxy: a device login by hand.
+async fn refresh_token_by_hand(oidc: &OidcProvider) -> String {
+    let (status, device) = post_form(
+        oidc.device_authorization_url(),
+        &[
+            ("client_id", "device-client"),
+            ("scope", "openid offline_access api:read"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{device}");
+    oidc.approve_device(device["user_code"].as_str().unwrap())
+        .await;
+    let (status, tokens) = post_form(
+        oidc.token_url(),
+        &[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", device["device_code"].as_str().unwrap()),
+            ("client_id", "device-client"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    tokens["refresh_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_configured_refresh_token_is_used_and_rotated() {
+    let oidc = OidcProvider::start_with(&[("ACCESS_TTL", "2")]).await;
+    let refresh_token = refresh_token_by_hand(&oidc).await;
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&format!(
+        r#"
+[upstreams.rt]
+target = "{echo}/"
+[upstreams.rt.auth]
+kind = "refresh_token"
+token_url = "{token}"
+client_id = "device-client"
+refresh_token = "{refresh_token}"
+"#,
+        echo = upstream.url(),
+        token = oidc.token_url()
+    ))
+    .await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        assert_eq!(get(&proxy.url("/rt/x")).await.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = oidc.stats().await;
+    assert!(
+        stats["token_requests"]["refresh_token"].as_u64().unwrap() >= 3,
+        "{stats}"
+    );
+    assert_eq!(stats["invalid_grant"], 0, "{stats}");
+}
+
+const CODE_CONFIG: &str = r#"
+[upstreams.interop]
+target = "ECHO/"
+[upstreams.interop.auth]
+kind = "authorization_code"
+authorize_url = "AUTHORIZE"
+token_url = "TOKEN"
+client_id = "code-client"
+scope = "openid offline_access api:read"
+"#;
+
+#[tokio::test]
+async fn authorization_code_with_pkce_through_the_callback() {
+    let oidc = OidcProvider::start_with(&[("ACCESS_TTL", "2")]).await;
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(
+        &CODE_CONFIG
+            .replace("ECHO", &upstream.url())
+            .replace("AUTHORIZE", oidc.authorization_url())
+            .replace("TOKEN", oidc.token_url()),
+    )
+    .await;
+    let login = json(&post(&proxy.url("/-/upstreams/interop/login")).await);
+    assert_eq!(login["method"], "browser", "{login}");
+    let authorize_url = login["authorize_url"].as_str().unwrap();
+    assert_eq!(
+        query_param(authorize_url, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    let expected_callback = format!("http://{}/-/callback/interop", proxy.addr());
+    assert_eq!(
+        query_param(authorize_url, "redirect_uri").as_deref(),
+        Some(expected_callback.as_str())
+    );
+
+    let callback = oidc.browse_to_redirect(authorize_url).await;
+    assert!(callback.starts_with(&expected_callback), "{callback}");
+    assert!(query_param(&callback, "code").is_some(), "{callback}");
+
+    // A forged callback with another state is refused and does not cancel the login.
+    let forged = get(&format!("{expected_callback}?code=forged&state=forged")).await;
+    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+
+    let landed = get(&callback).await;
+    assert_eq!(
+        landed.status(),
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(landed.body())
+    );
+    assert!(String::from_utf8_lossy(landed.body()).contains("Logged in"));
+    let response = get(&proxy.url("/interop/x")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let first = bearer(&response);
+    assert!(first.starts_with("Bearer "));
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = get(&proxy.url("/interop/x")).await;
+    assert_eq!(later.status(), StatusCode::OK);
+    assert_ne!(bearer(&later), first, "the token was refreshed");
+    let stats = oidc.stats().await;
+    assert_eq!(stats["token_requests"]["authorization_code"], 1, "{stats}");
+    assert!(
+        stats["token_requests"]["refresh_token"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    assert_eq!(stats["invalid_grant"], 0, "{stats}");
+
+    // The code was used once; replaying the callback does nothing.
+    assert_eq!(get(&callback).await.status(), StatusCode::BAD_REQUEST);
+}
