@@ -90,14 +90,28 @@ fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 
 /// Serves `config` until SIGTERM or SIGINT, then drains.
 pub async fn serve(config: Config) -> ExitCode {
-    let server = match Server::start(&config).await {
-        Ok(server) => server,
+    match start(&config).await {
+        Some(server) => serve_until_signal(server).await,
+        None => ExitCode::FAILURE,
+    }
+}
+
+/// Starts serving and logs one line per upstream; a failure is reported on stderr.
+pub async fn start(config: &Config) -> Option<Server> {
+    match Server::start(config).await {
+        Ok(server) => {
+            log_startup(&server);
+            Some(server)
+        }
         Err(error) => {
             eprintln!("tokenproxy: {error}");
-            return ExitCode::FAILURE;
+            None
         }
-    };
-    log_startup(&server);
+    }
+}
+
+/// Waits for SIGTERM or SIGINT, then drains.
+pub async fn serve_until_signal(server: Server) -> ExitCode {
     wait_for_signal().await;
     tracing::info!(drain = ?server.drain_timeout(), "shutting down");
     server.shutdown().await;

@@ -1,12 +1,14 @@
 //! `tokenproxy demo`: starts the simulated vendors in-process on loopback ports, writes a
 //! config for them, and serves it like `run` does, so a newcomer can try every upstream
-//! with curl and no vendor account.
+//! with curl and no vendor account. The BigAnimal device login is started at once and the
+//! simulator approves it by itself.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::config::{self, ProcessSources};
-use crate::sim::{bigeval, caepe, echo};
+use crate::sim::{amm, biganimal, bigeval, bigid, caepe, echo};
 
 const BIGEVAL_CLIENT_ID: &str = "e01b7ba2dd930ea97da79b0005341ee0";
 const BIGEVAL_CLIENT_SECRET: &str = "demo-bigeval-secret";
@@ -14,8 +16,21 @@ const ORGANIZATION: &str = "acme";
 const ECHO_KEY: &str = "demo-access-key";
 
 pub async fn run(listen: SocketAddr) -> ExitCode {
+    let biganimal = biganimal::start(biganimal::BigAnimalSimConfig {
+        auto_approve: true,
+        interval: Duration::from_secs(1),
+        ..biganimal::BigAnimalSimConfig::default()
+    })
+    .await;
+    let bigid_user_token = bigid::new_user_token();
+    let bigid = bigid::start(bigid::BigIdSimConfig {
+        user_tokens: vec![bigid_user_token.clone()],
+        ..bigid::BigIdSimConfig::default()
+    })
+    .await;
     let bigeval = bigeval::start(BIGEVAL_CLIENT_ID, BIGEVAL_CLIENT_SECRET).await;
     let caepe = caepe::start(ORGANIZATION).await;
+    let amm = amm::start(amm::AmmSimConfig::default()).await;
     let echo = echo::start().await;
 
     let text = format!(
@@ -25,6 +40,18 @@ listen = "{listen}"
 
 [store]
 path = "memory"
+
+[upstreams.biganimal]
+target = "{biganimal_api}/"
+[upstreams.biganimal.auth]
+kind = "biganimal"
+provider_url = "{biganimal_provider}"
+
+[upstreams.bigid]
+target = "{bigid}/"
+[upstreams.bigid.auth]
+kind = "bigid"
+user_token = "{bigid_user_token}"
 
 [upstreams.bigeval]
 target = "{bigeval}/"
@@ -42,6 +69,15 @@ username = "{caepe_user}"
 password = "{caepe_password}"
 organization = "{ORGANIZATION}"
 
+[upstreams.amm]
+target = "{amm}/"
+[upstreams.amm.auth]
+kind = "amm"
+client_id = "{amm_client}"
+client_secret = "{amm_secret}"
+username = "{amm_user}"
+password = "{amm_password}"
+
 [upstreams.echo]
 target = "{echo}/"
 [upstreams.echo.auth]
@@ -50,11 +86,19 @@ header = "x-access-key"
 scheme = ""
 token = "{ECHO_KEY}"
 "#,
+        biganimal_api = biganimal.api_url(),
+        biganimal_provider = biganimal.provider_url(),
+        bigid = bigid.url(),
         bigeval = bigeval.url(),
         caepe = caepe.url(),
         caepe_token = caepe.token_url(),
         caepe_user = caepe::DEFAULT_USERNAME,
         caepe_password = caepe::DEFAULT_PASSWORD,
+        amm = amm.url(),
+        amm_client = amm::DEFAULT_CLIENT_ID,
+        amm_secret = amm::DEFAULT_CLIENT_SECRET,
+        amm_user = amm::DEFAULT_USERNAME,
+        amm_password = amm::DEFAULT_PASSWORD,
         echo = echo.url(),
     );
     let config = match config::parse(&text, "(demo config)", &ProcessSources) {
@@ -64,15 +108,34 @@ token = "{ECHO_KEY}"
             return ExitCode::FAILURE;
         }
     };
+    let Some(server) = crate::cli::start(&config).await else {
+        return ExitCode::FAILURE;
+    };
 
-    println!("tokenproxy demo: simulated vendors on loopback, the proxy on http://{listen}/");
+    // BigAnimal needs a device login; the simulator approves it on its first poll.
+    if let Some(upstream) = server.app().upstream("biganimal") {
+        let callback = server.app().callback_url("biganimal");
+        if let Err(error) = server.app().logins.start(&upstream.tokens, &callback).await {
+            tracing::warn!(error = %error, "demo: BigAnimal login did not start");
+        }
+    }
+
+    let base = format!("http://{}", server.local_addr());
+    println!("tokenproxy demo: five simulated vendors on loopback, the proxy on {base}/");
     println!("Try (each answers 200 with a token the proxy obtained and injected):");
-    println!("  curl -s http://{listen}/bigeval/api/v1/testcases   # BiG EVAL: client credentials");
-    println!("  curl -s http://{listen}/caepe/api/v1/applications  # CAEPE: Keycloak password grant + Organization");
-    println!("  curl -s http://{listen}/echo/anything?x=1          # static access key; the echo shows what arrived");
-    println!("  curl -s http://{listen}/-/status                   # token state per upstream (never the token)");
+    println!("  curl -s {base}/biganimal/clusters          # BigAnimal: device login (auto-approved) + token exchange");
+    println!("  curl -s {base}/bigid/api/v1/ds-connections # BigID: user token exchanged for a raw systemToken");
+    println!("  curl -s {base}/bigeval/api/v1/testcases    # BiG EVAL: client credentials");
+    println!("  curl -s {base}/caepe/api/v1/applications   # CAEPE: Keycloak password grant + Organization header");
+    println!(
+        "  curl -s {base}/amm/api/v1/systems          # AMM: password grant, client by HTTP Basic"
+    );
+    println!("  curl -s {base}/echo/anything?x=1           # static access key; the echo shows what arrived");
+    println!(
+        "  curl -s {base}/-/status                    # token state per upstream (never the token)"
+    );
     println!("Stop with Ctrl-C.");
-    let code = crate::cli::serve(config).await;
-    drop((bigeval, caepe, echo));
+    let code = crate::cli::serve_until_signal(server).await;
+    drop((biganimal, bigid, bigeval, caepe, amm, echo));
     code
 }

@@ -7,11 +7,17 @@
 //! - [`echo`]: an upstream that reports exactly what it received;
 //! - [`oauth`]: a scripted RFC 6749 authorization server plus a protected API, the base of every
 //!   vendor simulator;
-//! - [`bigeval`], [`caepe`]: vendor presets over [`oauth`].
+//! - [`bigeval`], [`caepe`]: vendor presets over [`oauth`];
+//! - [`biganimal`], [`bigid`], [`amm`]: vendors whose flows do not fit [`oauth`] (device code
+//!   plus token exchange, a raw-header token swap, Spring-style OAuth with redirects), each a
+//!   server of its own built from the helpers here.
 //!
 //! Nothing here depends on the rest of the crate, so the simulators can be reused unchanged.
 
+pub mod amm;
+pub mod biganimal;
 pub mod bigeval;
+pub mod bigid;
 pub mod caepe;
 pub mod echo;
 pub mod oauth;
@@ -22,7 +28,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -328,4 +334,63 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or_default()
+}
+
+/// Locks simulator state; a panicking test thread must not take every later request down.
+pub(crate) fn lock_state<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Collects a small request body; `Err` is the status to answer (413 over `limit`, else 400).
+pub(crate) async fn read_small_body(body: Incoming, limit: usize) -> Result<Bytes, StatusCode> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(StatusCode::PAYLOAD_TOO_LARGE)
+        }
+        Err(_) => Err(StatusCode::BAD_REQUEST),
+    }
+}
+
+/// Reads and discards a request body, returning its length: protected APIs accept uploads of
+/// any size without holding them.
+pub(crate) async fn drain_body(mut body: Incoming) -> u64 {
+    let mut body_len = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            body_len += data.len() as u64;
+        }
+    }
+    body_len
+}
+
+/// RFC 3986 percent-encoding of everything but unreserved characters, so a space becomes `%20`
+/// (never `+`) as in the vendors' redirect URLs.
+pub(crate) fn percent_encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// `name=value&...` with both sides percent-encoded.
+pub(crate) fn encode_pairs(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(name, value)| format!("{}={}", percent_encode(name), percent_encode(value)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `N` random characters from `alphabet` (modulo bias is irrelevant for test fixtures).
+pub(crate) fn random_chars<const N: usize>(alphabet: &[u8]) -> String {
+    random_bytes::<N>()
+        .iter()
+        .map(|byte| char::from(alphabet[usize::from(*byte) % alphabet.len()]))
+        .collect()
 }

@@ -461,12 +461,12 @@ impl SimState {
     }
 }
 
-fn whole_seconds(duration: Duration) -> u64 {
+pub(crate) fn whole_seconds(duration: Duration) -> u64 {
     // A sub-second TTL still has to read as "expires", not "0 = no expiry information".
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
-fn uuid_like() -> String {
+pub(crate) fn uuid_like() -> String {
     let hex = random_hex::<16>();
     format!(
         "{}-{}-{}-{}-{}",
@@ -539,7 +539,7 @@ impl OAuthError {
 }
 
 /// RFC 6749 5.1: token responses must not be cached.
-fn no_store(response: &mut Response<SimBody>) {
+pub(crate) fn no_store(response: &mut Response<SimBody>) {
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
@@ -846,7 +846,7 @@ fn authenticate_client<'a>(
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` per RFC 6749 2.3.1.
-fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
+pub(crate) fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
     let value = value.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -858,7 +858,7 @@ fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
     Some((form_decode(id), form_decode(secret)))
 }
 
-fn is_form(headers: &HeaderMap) -> bool {
+pub(crate) fn is_form(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -911,7 +911,7 @@ pub fn form_decode(text: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
-fn form_value<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn form_value<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter()
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.as_str())

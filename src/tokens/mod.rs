@@ -103,6 +103,8 @@ pub struct TokenCell {
     /// that someone else's request finished meanwhile and share its outcome.
     finished: AtomicU64,
     last_failure: Mutex<Option<ProviderError>>,
+    /// Until when the token endpoint asked not to be called again (`Retry-After`).
+    quiet_until: Mutex<Option<Instant>>,
     report: Mutex<TokenReport>,
     /// Wakes the refresher early (a new credential or a shutdown).
     wake: Notify,
@@ -124,6 +126,7 @@ impl TokenCell {
             flight: tokio::sync::Mutex::new(()),
             finished: AtomicU64::new(0),
             last_failure: Mutex::new(None),
+            quiet_until: Mutex::new(None),
             report: Mutex::new(TokenReport::default()),
             wake: Notify::new(),
         }
@@ -142,6 +145,9 @@ impl TokenCell {
     pub async fn credential(&self) -> Result<Arc<Credential>, TokenUnavailable> {
         if let Some(credential) = self.valid_now() {
             return Ok(credential);
+        }
+        if let Some(cause) = self.asked_to_wait() {
+            return Err(TokenUnavailable { cause });
         }
         self.report.lock().expect("poisoned").requests_waited += 1;
         self.obtain(false).await
@@ -201,6 +207,7 @@ impl TokenCell {
                 let credential = Arc::new(credential);
                 self.current.store(Some(Arc::clone(&credential)));
                 *self.last_failure.lock().expect("poisoned") = None;
+                *self.quiet_until.lock().expect("poisoned") = None;
                 let mut report = self.report.lock().expect("poisoned");
                 report.last_refresh = Some(SystemTime::now());
                 report.refreshes += 1;
@@ -217,8 +224,32 @@ impl TokenCell {
         result
     }
 
+    /// The last failure, while the token endpoint's `Retry-After` has not passed: requests
+    /// are answered with it instead of asking the endpoint again.
+    fn asked_to_wait(&self) -> Option<ProviderError> {
+        let quiet_until = (*self.quiet_until.lock().expect("poisoned"))?;
+        if Instant::now() >= quiet_until {
+            return None;
+        }
+        let failure = self.last_failure.lock().expect("poisoned").clone()?;
+        // Tell the client how much of the wait is left.
+        Some(match failure {
+            ProviderError::Status { status, error, .. } => ProviderError::Status {
+                status,
+                error,
+                retry_after: Some(
+                    quiet_until.saturating_duration_since(Instant::now())
+                        + Duration::from_millis(999),
+                ),
+            },
+            other => other,
+        })
+    }
+
     /// Remembers why there is no token, for status and for requests that ask.
     pub fn record_failure(&self, cause: &ProviderError) {
+        *self.quiet_until.lock().expect("poisoned") =
+            cause.retry_after().map(|after| Instant::now() + after);
         if *cause == ProviderError::NeedsLogin {
             tracing::debug!(upstream = %self.upstream, "no token: needs a login");
         } else {
