@@ -362,3 +362,93 @@ async fn amm_rate_limit_retry_after_is_honoured() {
         StatusCode::OK
     );
 }
+
+// ---------------------------------------------------------------- device flow edges (RFC 8628)
+
+/// A device-flow server scripted per poll: answers `script[n]` to the n-th poll and
+/// records when each poll came.
+async fn scripted_device_server(
+    script: Vec<&'static str>,
+    expires_in: u64,
+) -> (
+    tokenproxy::sim::SimServer,
+    std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+) {
+    use http::Response;
+    use tokenproxy::sim::{json_response, SimServer};
+    let polls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&polls);
+    let server = SimServer::start(move |request: Request<hyper::body::Incoming>| {
+        let seen = std::sync::Arc::clone(&seen);
+        let script = script.clone();
+        async move {
+            if request.uri().path() == "/device" {
+                return json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"device_code": "dc", "user_code": "AB-CD", "verification_uri": "http://127.0.0.1/activate", "expires_in": expires_in, "interval": 1}),
+                );
+            }
+            let n = {
+                let mut seen = seen.lock().unwrap();
+                seen.push(Instant::now());
+                seen.len() - 1
+            };
+            let answer: Response<_> = match script.get(n).copied().unwrap_or("authorization_pending") {
+                "token" => json_response(StatusCode::OK, &serde_json::json!({"access_token": "device-token", "token_type": "Bearer", "expires_in": 600})),
+                error => json_response(StatusCode::BAD_REQUEST, &serde_json::json!({"error": error})),
+            };
+            answer
+        }
+    })
+    .await;
+    (server, polls)
+}
+
+fn device_config(server: &tokenproxy::sim::SimServer, target: &str) -> String {
+    format!(
+        "[upstreams.dev]\ntarget = \"{target}/\"\n[upstreams.dev.auth]\nkind = \"device_code\"\ndevice_authorization_url = \"{url}/device\"\ntoken_url = \"{url}/token\"\nclient_id = \"c\"\n",
+        url = server.url()
+    )
+}
+
+#[tokio::test]
+async fn device_polling_waits_five_seconds_more_after_slow_down() {
+    let (server, polls) =
+        scripted_device_server(vec!["authorization_pending", "slow_down", "token"], 60).await;
+    let upstream = tokenproxy::sim::echo::start().await;
+    let proxy = TestProxy::start(&device_config(&server, &upstream.url())).await;
+    post(&proxy.url("/-/upstreams/dev/login")).await;
+    wait_for_state(&proxy, "valid", Duration::from_secs(20)).await;
+    let polls = polls.lock().unwrap().clone();
+    assert_eq!(polls.len(), 3);
+    let gaps: Vec<Duration> = polls.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    assert!(
+        gaps[0] >= Duration::from_millis(950) && gaps[0] < Duration::from_secs(3),
+        "{gaps:?}"
+    );
+    // After slow_down the interval is 1 + 5 seconds.
+    assert!(gaps[1] >= Duration::from_millis(5950), "{gaps:?}");
+}
+
+#[tokio::test]
+async fn an_expired_device_code_stops_polling_and_is_reported() {
+    let (server, polls) = scripted_device_server(vec![], 3).await;
+    let upstream = tokenproxy::sim::echo::start().await;
+    let proxy = TestProxy::start(&device_config(&server, &upstream.url())).await;
+    post(&proxy.url("/-/upstreams/dev/login")).await;
+    let status = wait_for_state(&proxy, "failed", Duration::from_secs(10)).await;
+    assert!(
+        status["upstreams"][0]["token"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("expired_token"),
+        "{status}"
+    );
+    let polled = polls.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        polls.lock().unwrap().len(),
+        polled,
+        "polling went on after expiry"
+    );
+}
