@@ -7,6 +7,7 @@ use crate::config::{Config, ServerConfig, UpstreamConfig};
 use crate::login::Logins;
 use crate::providers::{Provider, ProviderError};
 use crate::routes::RouteTable;
+use crate::store::SharedStore;
 use crate::tokens::TokenCell;
 use crate::transport::{Transport, TransportBuildError, Transports};
 
@@ -42,7 +43,11 @@ pub enum BuildError {
 }
 
 impl App {
-    pub fn build(config: &Config, transports: &Transports) -> Result<App, BuildError> {
+    pub fn build(
+        config: &Config,
+        transports: &Transports,
+        store: SharedStore,
+    ) -> Result<App, BuildError> {
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {
             let transport = transports
@@ -57,8 +62,16 @@ impl App {
                     source,
                 }
             })?;
-            let tokens =
-                TokenCell::new(upstream.name.clone(), provider, upstream.auth.refresh_skew);
+            let fingerprint = upstream.auth.fingerprint();
+            let stored = store.credential(&upstream.name, &fingerprint, &upstream.auth.injection);
+            let tokens = TokenCell::new(
+                upstream.name.clone(),
+                provider,
+                upstream.auth.refresh_skew,
+                Arc::clone(&store),
+                fingerprint,
+                stored,
+            );
             upstreams.push(Arc::new(Upstream {
                 config: upstream.clone(),
                 tokens: Arc::new(tokens),

@@ -11,6 +11,7 @@
 //! - [`tokens`]: the live credential per upstream (`ArcSwap`), single-flight token
 //!   requests, and the background refresher.
 //! - [`login`]: logins that need a user (device code, browser callback).
+//! - [`store`]: the token file that survives restarts, and its one-owner lock.
 //! - [`routes`]: which upstream a request is for (listener, `Host`, path prefix).
 //! - [`proxy`]: the request path: route, credential, header rewrite, forward, answer;
 //!   and the `/-/` admin endpoints.
@@ -34,5 +35,6 @@ pub mod routes;
 pub mod secret;
 pub mod server;
 pub mod sim;
+pub mod store;
 pub mod tokens;
 pub mod transport;

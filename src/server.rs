@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::app::{App, BuildError};
 use crate::config::Config;
 use crate::proxy::{self, Connection};
+use crate::store::{self, Owner, Store, StoreError};
 use crate::tokens::spawn_refresher;
 use crate::transport::Transports;
 
@@ -24,6 +25,8 @@ use crate::transport::Transports;
 pub enum StartError {
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -43,9 +46,26 @@ pub struct Server {
 }
 
 impl Server {
-    /// Builds the app, binds every listener (all or none), and starts serving.
+    /// Builds the app, binds every listener (all or none), and starts serving with a
+    /// refresher per upstream.
     pub async fn start(config: &Config) -> Result<Server, StartError> {
-        let app = Arc::new(App::build(config, &Transports::new())?);
+        Self::start_with(config, true).await
+    }
+
+    /// As `start`; without refreshers, tokens are only obtained when asked for (the
+    /// one-shot commands, which must not call every vendor).
+    pub async fn start_with(config: &Config, refreshers: bool) -> Result<Server, StartError> {
+        let store = match &config.store_path {
+            Some(path) => Store::open(
+                path,
+                &Owner {
+                    pid: std::process::id(),
+                    admin: None,
+                },
+            )?,
+            None => Store::memory(),
+        };
+        let app = Arc::new(App::build(config, &Transports::new(), Arc::new(store))?);
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -60,11 +80,23 @@ impl Server {
         }
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        for upstream in &app.upstreams {
-            spawn_refresher(Arc::clone(&upstream.tokens), shutdown_rx.clone());
+        if refreshers {
+            for upstream in &app.upstreams {
+                spawn_refresher(Arc::clone(&upstream.tokens), shutdown_rx.clone());
+            }
         }
         let main_addr = local_addr(&main);
         let _ = app.public_base.set(public_base(main_addr));
+        if let Some(path) = &config.store_path {
+            // Lets `tokenproxy login` and friends find this daemon.
+            store::announce(
+                path,
+                &Owner {
+                    pid: std::process::id(),
+                    admin: Some(public_base(main_addr)),
+                },
+            );
+        }
         let mut upstream_addrs = Vec::new();
         let mut accept_loops = vec![tokio::spawn(accept_loop(
             Arc::clone(&app),

@@ -3,10 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -14,29 +11,9 @@ use support::*;
 use tokenproxy::sim::echo;
 use tokenproxy::sim::oauth::{self, OAuthSimConfig, SimClient};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_tokenproxy");
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tokenproxy-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn tokenproxy(dir: &Path) -> Command {
-    let mut command = Command::new(BINARY);
-    command
-        .current_dir(dir)
-        .env_remove("TOKENPROXY_CONFIG")
-        .env("XDG_CONFIG_HOME", dir.join("xdg-config"))
-        .env("XDG_STATE_HOME", dir.join("xdg-state"))
-        .env("HOME", dir);
-    command
-}
-
 #[test]
 fn each_bad_config_is_one_line_naming_file_and_field_with_exit_2() {
-    let dir = temp_dir("bad");
+    let dir = temp_dir("cli-bad");
     let cases = [
         ("unknown-field.toml", "[server]\nlisen = \"127.0.0.1:1\"\n", "unknown field `lisen`"),
         (
@@ -84,7 +61,7 @@ fn each_bad_config_is_one_line_naming_file_and_field_with_exit_2() {
 
 #[test]
 fn no_config_anywhere_says_where_it_looked() {
-    let dir = temp_dir("none");
+    let dir = temp_dir("cli-none");
     let output = tokenproxy(&dir).arg("check").output().unwrap();
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(output.status.code(), Some(2), "{stderr}");
@@ -97,7 +74,7 @@ fn no_config_anywhere_says_where_it_looked() {
 
 #[test]
 fn config_is_found_through_the_lookup_order() {
-    let dir = temp_dir("lookup");
+    let dir = temp_dir("cli-lookup");
     let good = "[upstreams.a]\ntarget = \"https://a.example/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n";
     std::fs::create_dir_all(dir.join("xdg-config/tokenproxy")).unwrap();
     std::fs::write(dir.join("xdg-config/tokenproxy/config.toml"), good).unwrap();
@@ -120,18 +97,6 @@ fn config_is_found_through_the_lookup_order() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("env.toml"));
 }
 
-/// Collects a child's stderr lines as they come.
-fn capture(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    lines
-}
-
 #[tokio::test]
 async fn a_whole_run_at_debug_level_prints_no_secret_and_exits_0_on_sigterm() {
     const CLIENT_SECRET: &str = "client-secret-7f3a9c";
@@ -152,7 +117,7 @@ async fn a_whole_run_at_debug_level_prints_no_secret_and_exits_0_on_sigterm() {
         ..OAuthSimConfig::default()
     })
     .await;
-    let dir = temp_dir("secrets");
+    let dir = temp_dir("cli-secrets");
     std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
     let config = format!(
         r#"

@@ -124,7 +124,7 @@ fn unsigned_jwt_has_three_unpadded_segments_and_round_trips() {
 
 fn to_standard(url_safe: &str) -> String {
     let mut text = url_safe.replace('-', "+").replace('_', "/");
-    while text.len() % 4 != 0 {
+    while !text.len().is_multiple_of(4) {
         text.push('=');
     }
     text

@@ -99,6 +99,20 @@ const KINDS: &[&str] = &[
 ];
 
 impl AuthSpec {
+    /// Identifies the settings a stored token was obtained with: another client or token
+    /// endpoint must not inherit it.
+    pub fn fingerprint(&self) -> String {
+        let source = match &self.source {
+            TokenSourceSpec::Static { .. } => String::new(),
+            TokenSourceSpec::OAuth(oauth) => {
+                format!("{} {}", oauth.endpoint.token_url, oauth.endpoint.client_id)
+            }
+            TokenSourceSpec::BigAnimal(biganimal) => biganimal.provider_url.clone(),
+            TokenSourceSpec::BigId(bigid) => bigid.token_url.clone(),
+        };
+        format!("{} {source}", self.kind)
+    }
+
     /// Validates an auth table. `field` is its dotted path, for messages.
     pub fn from_raw(raw: &RawAuth, target: &Target, field: &str) -> Result<AuthSpec, FieldError> {
         let kind = raw.kind.as_deref().ok_or_else(|| {

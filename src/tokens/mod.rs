@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::providers::{Provider, ProviderError};
 use crate::secret::Secret;
+use crate::store::SharedStore;
 
 pub use refresher::spawn_refresher;
 pub use schedule::refresh_at;
@@ -95,6 +96,9 @@ pub struct TokenReport {
 pub struct TokenCell {
     upstream: String,
     provider: Provider,
+    store: SharedStore,
+    /// Identifies the auth settings in the store.
+    fingerprint: String,
     refresh_skew: Option<Duration>,
     current: ArcSwapOption<Credential>,
     /// Held while a token request is in flight.
@@ -111,16 +115,22 @@ pub struct TokenCell {
 }
 
 impl TokenCell {
+    /// `stored` is what the store kept from an earlier run, if anything.
     pub fn new(
         upstream: impl Into<String>,
         provider: Provider,
         refresh_skew: Option<Duration>,
+        store: SharedStore,
+        fingerprint: String,
+        stored: Option<Credential>,
     ) -> Self {
-        // A static token is valid from the start; everything else starts empty.
-        let initial = provider.immediate_credential().map(Arc::new);
+        // A static token is valid from the start; others start from the store, or empty.
+        let initial = provider.immediate_credential().or(stored).map(Arc::new);
         TokenCell {
             upstream: upstream.into(),
             provider,
+            store,
+            fingerprint,
             refresh_skew,
             current: ArcSwapOption::new(initial),
             flight: tokio::sync::Mutex::new(()),
@@ -204,6 +214,7 @@ impl TokenCell {
                     refresh_token = credential.refresh_token.is_some(),
                     "token obtained"
                 );
+                self.persist(&credential).await;
                 let credential = Arc::new(credential);
                 self.current.store(Some(Arc::clone(&credential)));
                 *self.last_failure.lock().expect("poisoned") = None;
@@ -246,6 +257,22 @@ impl TokenCell {
         })
     }
 
+    /// Writes a new credential to the store before anything uses it: a rotated refresh
+    /// token must not exist only in memory. A failed write is logged, and the credential is
+    /// used anyway: the old refresh token is already spent.
+    async fn persist(&self, credential: &Credential) {
+        if !self.provider.refreshes() {
+            return;
+        }
+        if let Err(error) = self
+            .store
+            .save(&self.upstream, &self.fingerprint, credential)
+            .await
+        {
+            tracing::error!(upstream = %self.upstream, error = %error, "could not write the token store");
+        }
+    }
+
     /// Remembers why there is no token, for status and for requests that ask.
     pub fn record_failure(&self, cause: &ProviderError) {
         *self.quiet_until.lock().expect("poisoned") =
@@ -265,6 +292,7 @@ impl TokenCell {
     /// schedules the next refresh from it.
     pub async fn install(&self, credential: Credential) -> Arc<Credential> {
         let _flight = self.flight.lock().await;
+        self.persist(&credential).await;
         let credential = Arc::new(credential);
         self.current.store(Some(Arc::clone(&credential)));
         *self.last_failure.lock().expect("poisoned") = None;
@@ -284,9 +312,12 @@ impl TokenCell {
     pub async fn forget(&self) -> Option<Arc<Credential>> {
         let _flight = self.flight.lock().await;
         let previous = self.current.swap(None);
-        let needs_login = self.provider.login_method() != crate::providers::LoginMethod::Direct;
-        *self.last_failure.lock().expect("poisoned") =
-            needs_login.then_some(ProviderError::NeedsLogin);
+        if let Err(error) = self.store.remove(&self.upstream).await {
+            tracing::error!(upstream = %self.upstream, error = %error, "could not remove the stored tokens");
+        }
+        // Logged out: nothing is fetched ahead of time until a login, or, for kinds that
+        // need no user, the next request.
+        *self.last_failure.lock().expect("poisoned") = Some(ProviderError::NeedsLogin);
         self.finished.fetch_add(1, Ordering::Release);
         self.wake.notify_waiters();
         previous

@@ -23,6 +23,14 @@ pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>
     tokio::spawn(async move {
         let mut retry_in = FIRST_RETRY;
         loop {
+            // Logged out, or never logged in: nothing to refresh until a login (or a
+            // request, for kinds that need no user) brings a token.
+            if cell.current().is_none() && cell.needs_login() {
+                if !wait_for_login(&cell, &mut shutdown).await {
+                    return;
+                }
+                continue;
+            }
             let Some(when) = cell.next_refresh() else {
                 return;
             };
@@ -41,16 +49,8 @@ pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>
             match cell.refresh().await {
                 Ok(_) => retry_in = FIRST_RETRY,
                 Err(unavailable) if unavailable.cause == ProviderError::NeedsLogin => {
-                    // Nothing to retry until someone logs in. Listen before looking, so a
-                    // login that completes in between is not missed.
-                    let login = cell.wake.notified();
-                    tokio::pin!(login);
-                    login.as_mut().enable();
-                    if cell.needs_login() {
-                        tokio::select! {
-                            _ = login => {}
-                            _ = shutdown.changed() => return,
-                        }
+                    if !wait_for_login(&cell, &mut shutdown).await {
+                        return;
                     }
                 }
                 Err(unavailable) => {
@@ -69,4 +69,19 @@ pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>
             }
         }
     });
+}
+
+/// Waits while the cell needs a login. False when shutting down. Listens before looking, so
+/// a login that completes in between is not missed.
+async fn wait_for_login(cell: &TokenCell, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let login = cell.wake.notified();
+    tokio::pin!(login);
+    login.as_mut().enable();
+    if cell.needs_login() {
+        tokio::select! {
+            _ = login => {}
+            _ = shutdown.changed() => return false,
+        }
+    }
+    true
 }

@@ -32,7 +32,13 @@ pub struct TestProxy {
 impl TestProxy {
     /// `toml` must not set `server.listen`; the proxy listens on a free loopback port.
     pub async fn start(toml: &str) -> TestProxy {
-        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{toml}");
+        // Tests never touch the user's own token store unless they bring their own.
+        let store = if toml.contains("[store]") {
+            ""
+        } else {
+            "[store]\npath = \"memory\"\n"
+        };
+        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{store}{toml}");
         let config =
             config::parse(&text, "test.toml", &ProcessSources).expect("test config is valid");
         let server = Server::start(&config).await.expect("server starts");
@@ -140,4 +146,114 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap()
+}
+
+/// The real `tokenproxy` binary as a daemon, in a directory of its own: config in
+/// `dir/tokenproxy.toml`, store under `dir/state/`.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub addr: String,
+}
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_tokenproxy");
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tokenproxy-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `tokenproxy` run in `dir`, with config and state looked up only there.
+pub fn tokenproxy(dir: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(BINARY);
+    command
+        .current_dir(dir)
+        .env_remove("TOKENPROXY_CONFIG")
+        .env_remove("BROWSER")
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env("XDG_CONFIG_HOME", dir.join("xdg-config"))
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .env("HOME", dir);
+    command
+}
+
+/// Collects a child's output lines as they come.
+pub fn capture(
+    stream: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+impl Daemon {
+    /// Starts `tokenproxy run` in `dir` and waits until it listens.
+    pub async fn start(dir: &std::path::Path) -> Daemon {
+        let mut child = tokenproxy(dir)
+            .arg("run")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = capture(child.stderr.take().unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let addr = loop {
+            let found = stderr.lock().unwrap().iter().find_map(|line| {
+                line.split("listen=")
+                    .nth(1)
+                    .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+            });
+            if let Some(addr) = found {
+                break addr;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("daemon exited with {status}: {:?}", stderr.lock().unwrap());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "daemon did not start: {:?}",
+                stderr.lock().unwrap()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        Daemon {
+            child,
+            stderr,
+            addr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn output(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

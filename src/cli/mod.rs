@@ -1,6 +1,9 @@
 //! The command line: parse, then hand off. Exit codes: 0 ok, 1 runtime failure, 2 bad
 //! config or usage.
 
+mod commands;
+mod daemon;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,6 +43,33 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
         listen: std::net::SocketAddr,
     },
+    /// Log in to an upstream: show a device code, or open the vendor's login page; kinds
+    /// that need no user get a token now. Takes effect in a running daemon at once.
+    Login {
+        /// The upstream, as named in the config.
+        name: String,
+        /// Print the URL instead of opening a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
+    /// Forget an upstream's tokens, revoking them where the vendor can (AMM).
+    Logout {
+        /// The upstream, as named in the config.
+        name: String,
+    },
+    /// Show each upstream's kind, token state, expiry, last refresh and last error. Never a
+    /// token.
+    Status {
+        /// Print JSON (the same as GET /-/status) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a valid token for scripts, refreshing it first if needed:
+    /// curl -H "Authorization: Bearer $(tokenproxy token NAME)" ...
+    Token {
+        /// The upstream, as named in the config.
+        name: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -63,6 +93,38 @@ pub fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Demo { listen } => block_on(crate::demo::run(listen)),
+        Command::Login { name, no_browser } => with_config(cli.config.as_deref(), |config| {
+            commands::login(config, name, !no_browser)
+        }),
+        Command::Logout { name } => with_config(cli.config.as_deref(), |config| {
+            commands::logout(config, name)
+        }),
+        Command::Status { json } => with_config(cli.config.as_deref(), |config| {
+            commands::status(config, json)
+        }),
+        Command::Token { name } => with_config(cli.config.as_deref(), |config| {
+            commands::token(config, name)
+        }),
+    }
+}
+
+/// Loads the config and runs a one-shot command on it.
+fn with_config<F, Fut>(explicit: Option<&std::path::Path>, command: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    match load(explicit) {
+        Ok(config) => block_on(async move {
+            match command(config).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("tokenproxy: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        Err(code) => code,
     }
 }
 

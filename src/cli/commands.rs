@@ -1,0 +1,386 @@
+//! `login`, `logout`, `status` and `token`: one-shot commands over the admin endpoints of
+//! the daemon, or of a local server when none runs.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use super::daemon::{detail, Admin};
+use crate::config::{Config, UpstreamConfig};
+use crate::providers::TokenSourceSpec;
+use crate::store::Store;
+
+/// A token that expires sooner than this is refreshed before `token` prints it.
+const TOKEN_MIN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// How long `login` waits for a browser login to come back.
+const BROWSER_LOGIN_WAIT: Duration = Duration::from_secs(300);
+
+fn upstream<'a>(config: &'a Config, name: &str) -> Result<&'a UpstreamConfig, String> {
+    config
+        .upstreams
+        .iter()
+        .find(|upstream| upstream.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+            format!(
+                "no upstream named {name:?} in {}; configured: {}",
+                config.source,
+                names.join(", ")
+            )
+        })
+}
+
+pub async fn login(config: Config, name: String, open_browser: bool) -> Result<(), String> {
+    upstream(&config, &name)?;
+    // A browser login comes back to the configured address, so a local server binds it.
+    let admin = Admin::connect(&config, true).await?;
+    if admin.daemon().is_none() && config.store_path.is_none() {
+        eprintln!("tokenproxy: note: the store is \"memory\" and no daemon runs: this token is gone when the command ends");
+    }
+    let result = run_login(&admin, &name, open_browser).await;
+    admin.close().await;
+    result
+}
+
+async fn run_login(admin: &Admin, name: &str, open_browser: bool) -> Result<(), String> {
+    let refreshes_before = token_field(admin, name, "refreshes")
+        .await?
+        .as_u64()
+        .unwrap_or(0);
+    let (status, body) = admin.post(&format!("/-/upstreams/{name}/login")).await?;
+    if !status.is_success() {
+        return Err(detail(status, &body));
+    }
+    match body["method"].as_str() {
+        Some("device_code") => {
+            let code = body["user_code"].as_str().unwrap_or_default();
+            let uri = body["verification_uri"].as_str().unwrap_or_default();
+            let complete = body["verification_uri_complete"].as_str();
+            println!("To log in to {name}, open {uri}");
+            println!("and enter the code:  {code}");
+            if let Some(complete) = complete {
+                println!("(or open {complete}, which has the code in it)");
+            }
+            if open_browser {
+                open_in_browser(complete.unwrap_or(uri));
+            }
+            let expires_in = Duration::from_secs(body["expires_in"].as_u64().unwrap_or(600));
+            wait_for_login(admin, name, refreshes_before, expires_in, "approval").await
+        }
+        Some("browser") => {
+            let url = body["authorize_url"].as_str().unwrap_or_default();
+            println!("To log in to {name}, open this page and sign in:");
+            println!("  {url}");
+            if open_browser {
+                open_in_browser(url);
+            }
+            wait_for_login(
+                admin,
+                name,
+                refreshes_before,
+                BROWSER_LOGIN_WAIT,
+                "the browser",
+            )
+            .await
+        }
+        _ => {
+            println!("{name}: token obtained; no login needed for this kind");
+            Ok(())
+        }
+    }
+}
+
+/// Polls the status until a new credential arrives, the login fails, or time runs out;
+/// with a live countdown on a terminal.
+async fn wait_for_login(
+    admin: &Admin,
+    name: &str,
+    refreshes_before: u64,
+    within: Duration,
+    waiting_for: &str,
+) -> Result<(), String> {
+    let failures_before = token_field(admin, name, "failures")
+        .await?
+        .as_u64()
+        .unwrap_or(0);
+    let deadline = Instant::now() + within;
+    let terminal = std::io::stderr().is_terminal();
+    loop {
+        let token = upstream_status(admin, name).await?["token"].clone();
+        if token["refreshes"].as_u64().unwrap_or(0) > refreshes_before && token["state"] == "valid"
+        {
+            if terminal {
+                eprint!("\r\x1b[K");
+            }
+            println!("Logged in to {name}.");
+            return Ok(());
+        }
+        if token["failures"].as_u64().unwrap_or(0) > failures_before {
+            if terminal {
+                eprint!("\r\x1b[K");
+            }
+            return Err(format!(
+                "login to {name} failed: {}",
+                token["last_error"].as_str().unwrap_or("unknown error")
+            ));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "login to {name} timed out waiting for {waiting_for}"
+            ));
+        }
+        if terminal {
+            eprint!(
+                "\rWaiting for {waiting_for}… {} left ",
+                minutes_seconds(left)
+            );
+            let _ = std::io::stderr().flush();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+pub async fn logout(config: Config, name: String) -> Result<(), String> {
+    upstream(&config, &name)?;
+    let admin = Admin::connect(&config, false).await?;
+    let answer = admin.post(&format!("/-/upstreams/{name}/logout")).await;
+    admin.close().await;
+    let (status, body) = answer?;
+    if !status.is_success() {
+        return Err(detail(status, &body));
+    }
+    if body["revoked"] == true {
+        println!("{name}: logged out; the token was revoked at the vendor and forgotten");
+    } else {
+        println!("{name}: logged out; the stored tokens are forgotten");
+    }
+    Ok(())
+}
+
+pub async fn status(config: Config, json: bool) -> Result<(), String> {
+    let admin = Admin::connect(&config, false).await?;
+    let answer = admin.get("/-/status").await;
+    let daemon = admin.daemon().map(str::to_owned);
+    admin.close().await;
+    let (status, body) = answer?;
+    if !status.is_success() {
+        return Err(detail(status, &body));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    match daemon {
+        Some(base) => println!("daemon: {base}"),
+        None => println!("daemon: not running (showing the store)"),
+    }
+    print_table(&body);
+    Ok(())
+}
+
+fn print_table(status: &serde_json::Value) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut rows = vec![[
+        "UPSTREAM".to_owned(),
+        "KIND".to_owned(),
+        "STATE".to_owned(),
+        "EXPIRES IN".to_owned(),
+        "LAST REFRESH".to_owned(),
+        "LAST ERROR".to_owned(),
+    ]];
+    for upstream in status["upstreams"].as_array().into_iter().flatten() {
+        let token = &upstream["token"];
+        rows.push([
+            upstream["name"].as_str().unwrap_or("?").to_owned(),
+            upstream["kind"].as_str().unwrap_or("?").to_owned(),
+            token["state"].as_str().unwrap_or("?").to_owned(),
+            match (
+                token["state"].as_str(),
+                token["expires_in_seconds"].as_u64(),
+            ) {
+                (Some("valid"), None) => "never".to_owned(),
+                (_, Some(seconds)) => human(Duration::from_secs(seconds)),
+                _ => "-".to_owned(),
+            },
+            token["last_refresh_unix"]
+                .as_u64()
+                .map(|at| format!("{} ago", human(Duration::from_secs(now.saturating_sub(at)))))
+                .unwrap_or_else(|| "-".to_owned()),
+            token["last_error"].as_str().unwrap_or("-").to_owned(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+pub async fn token(config: Config, name: String) -> Result<(), String> {
+    let upstream_config = upstream(&config, &name)?;
+    if let TokenSourceSpec::Static { token } = &upstream_config.auth.source {
+        println!("{}", token.expose());
+        return Ok(());
+    }
+    let admin = Admin::connect(&config, false).await?;
+    let result = match admin.local() {
+        Some(server) => local_token(server, &name).await,
+        None => daemon_token(&admin, &config, upstream_config).await,
+    };
+    admin.close().await;
+    println!("{}", result?);
+    Ok(())
+}
+
+/// No daemon: this process owns the store; get a token (refreshing and storing as needed).
+async fn local_token(server: &crate::server::Server, name: &str) -> Result<String, String> {
+    let upstream = server
+        .app()
+        .upstream(name)
+        .ok_or_else(|| format!("no upstream named {name:?}"))?;
+    let mut credential = upstream
+        .tokens
+        .credential()
+        .await
+        .map_err(|error| error.to_string())?;
+    if expires_soon(credential.expires_at) {
+        credential = upstream
+            .tokens
+            .refresh()
+            .await
+            .map_err(|error| error.to_string())?;
+    }
+    Ok(credential.token.expose().to_owned())
+}
+
+/// A daemon owns the tokens: ask it to refresh if needed, then read what it stored.
+async fn daemon_token(
+    admin: &Admin,
+    config: &Config,
+    upstream: &UpstreamConfig,
+) -> Result<String, String> {
+    let name = &upstream.name;
+    let Some(store_path) = &config.store_path else {
+        return Err(format!(
+            "`tokenproxy token` reads the daemon's token store, but [store] path is \"memory\"; \
+             use curl through the proxy instead (http://…/{name}/...)"
+        ));
+    };
+    let token = upstream_status(admin, name).await?["token"].clone();
+    let fresh = token["state"] == "valid"
+        && token["expires_in_seconds"]
+            .as_u64()
+            .is_none_or(|seconds| seconds >= TOKEN_MIN_LIFETIME.as_secs());
+    if !fresh {
+        let (status, body) = admin.post(&format!("/-/upstreams/{name}/refresh")).await?;
+        if !status.is_success() {
+            return Err(detail(status, &body));
+        }
+    }
+    let entries = Store::read_only(store_path).map_err(|error| error.to_string())?;
+    entries
+        .get(name)
+        .filter(|stored| stored.fingerprint == upstream.auth.fingerprint())
+        .map(|stored| stored.access_token.clone())
+        .ok_or_else(|| {
+            format!("the daemon holds no stored token for {name}; run `tokenproxy login {name}`")
+        })
+}
+
+fn expires_soon(expires_at: Option<Instant>) -> bool {
+    expires_at.is_some_and(|at| at.saturating_duration_since(Instant::now()) < TOKEN_MIN_LIFETIME)
+}
+
+async fn upstream_status(admin: &Admin, name: &str) -> Result<serde_json::Value, String> {
+    let (status, body) = admin.get("/-/status").await?;
+    if !status.is_success() {
+        return Err(detail(status, &body));
+    }
+    body["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|upstream| upstream["name"] == name)
+        .cloned()
+        .ok_or_else(|| format!("the running tokenproxy has no upstream named {name:?}"))
+}
+
+async fn token_field(admin: &Admin, name: &str, field: &str) -> Result<serde_json::Value, String> {
+    Ok(upstream_status(admin, name).await?["token"][field].clone())
+}
+
+/// Opens `url` with `$BROWSER`, `open` (macOS) or `xdg-open` (a desktop session), if any.
+fn open_in_browser(url: &str) {
+    let opener = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .or_else(|| {
+            if cfg!(target_os = "macos") {
+                Some("open".to_owned())
+            } else if std::env::var_os("DISPLAY").is_some()
+                || std::env::var_os("WAYLAND_DISPLAY").is_some()
+            {
+                Some("xdg-open".to_owned())
+            } else {
+                None
+            }
+        });
+    if let Some(opener) = opener {
+        let _ = std::process::Command::new(opener)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+}
+
+fn minutes_seconds(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    format!("{}:{:02}", seconds / 60, seconds % 60)
+}
+
+/// `45s`, `4m 59s`, `23h 59m`, `719d`.
+fn human(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m {}s", seconds / 60, seconds % 60),
+        3600..86400 => format!("{}h {}m", seconds / 3600, (seconds % 3600) / 60),
+        _ => format!("{}d", seconds / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_a_person_would_say_them() {
+        assert_eq!(human(Duration::from_secs(45)), "45s");
+        assert_eq!(human(Duration::from_secs(299)), "4m 59s");
+        assert_eq!(human(Duration::from_secs(86399)), "23h 59m");
+        assert_eq!(human(Duration::from_secs(62208000)), "720d");
+        assert_eq!(minutes_seconds(Duration::from_secs(299)), "4:59");
+    }
+}
