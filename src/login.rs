@@ -87,7 +87,9 @@ impl Logins {
                         Ok(credential) => {
                             cell.install(credential).await;
                         }
-                        Err(cause) => cell.record_failure(&cause),
+                        Err(cause) => {
+                            cell.record_failure(&cause);
+                        }
                     }
                     logins
                         .pending

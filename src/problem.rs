@@ -26,6 +26,7 @@ pub enum ProxyError {
     NoToken {
         upstream: String,
         cause: ProviderError,
+        retry_after: Option<Duration>,
     },
     #[error("upstream {upstream} is unreachable: {reason}")]
     UpstreamUnreachable { upstream: String, reason: String },
@@ -77,7 +78,9 @@ impl ProxyError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            ProxyError::NoToken { cause, .. } => cause.retry_after(),
+            ProxyError::NoToken {
+                retry_after, cause, ..
+            } => retry_after.or(cause.retry_after()),
             _ => None,
         }
     }
@@ -103,7 +106,7 @@ impl ProxyError {
         if let Some(after) = self.retry_after() {
             headers.insert(
                 header::RETRY_AFTER,
-                HeaderValue::from(after.as_secs().max(1)),
+                HeaderValue::from(after.as_secs_f64().ceil().max(1.0) as u64),
             );
         }
         response

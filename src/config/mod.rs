@@ -20,6 +20,9 @@ use raw::{RawConfig, RawUpstream};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// Request bodies up to 64 KiB are kept for a retry after a 401 or a reset.
+pub const DEFAULT_RETRY_BODY_LIMIT: u64 = 64 * 1024;
+
 /// A config that failed to load. Displays as one line: file, field, problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -86,6 +89,8 @@ pub struct ServerConfig {
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Request bodies up to this size are kept so a request can be retried.
+    pub retry_body_limit: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +108,7 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
+    pub retry_body_limit: u64,
     pub auth: AuthSpec,
 }
 
@@ -263,6 +269,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         connect_timeout,
         response_header_timeout,
         drain_timeout,
+        retry_body_limit: server.retry_body_limit.unwrap_or(DEFAULT_RETRY_BODY_LIMIT),
     };
 
     let store_path = match raw.store.path.as_deref() {
@@ -391,6 +398,7 @@ fn validate_upstream(
             &raw.response_header_timeout,
             server.response_header_timeout,
         )?,
+        retry_body_limit: raw.retry_body_limit.unwrap_or(server.retry_body_limit),
         auth,
     })
 }

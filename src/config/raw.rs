@@ -25,6 +25,7 @@ pub struct RawServer {
     pub connect_timeout: Option<RawDuration>,
     pub response_header_timeout: Option<RawDuration>,
     pub drain_timeout: Option<RawDuration>,
+    pub retry_body_limit: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +45,7 @@ pub struct RawUpstream {
     pub ca_file: Option<String>,
     pub connect_timeout: Option<RawDuration>,
     pub response_header_timeout: Option<RawDuration>,
+    pub retry_body_limit: Option<u64>,
     pub auth: Option<RawAuth>,
 }
 

@@ -338,6 +338,22 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// Errors that retrying cannot fix: the server refuses the client, the grant or access
+    /// itself. Retries stop until a login (or a config change).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ProviderError::OAuth { error, .. } => matches!(
+                error.as_str(),
+                "invalid_client"
+                    | "invalid_grant"
+                    | "unauthorized_client"
+                    | "unsupported_grant_type"
+                    | "access_denied"
+            ),
+            _ => false,
+        }
+    }
+
     /// How long the server asked us to wait, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -63,6 +63,7 @@ fn find<'a>(app: &'a App, name: &str) -> Result<&'a std::sync::Arc<Upstream>, Pr
 fn no_token(name: &str, cause: crate::providers::ProviderError) -> ProxyError {
     ProxyError::NoToken {
         upstream: name.to_owned(),
+        retry_after: cause.retry_after(),
         cause,
     }
 }

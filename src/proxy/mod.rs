@@ -14,14 +14,17 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::app::{App, Upstream};
 use crate::problem::ProxyError;
 use crate::routes::Route;
+use crate::tokens::{Credential, TokenUnavailable};
 use crate::transport::{error_chain, ProxyBody};
 
 pub use admin::status;
@@ -118,15 +121,12 @@ async fn forward(
     original_host: Option<String>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let name = &upstream.config.name;
-    let credential =
-        upstream
-            .tokens
-            .credential()
-            .await
-            .map_err(|unavailable| ProxyError::NoToken {
-                upstream: name.clone(),
-                cause: unavailable.cause,
-            })?;
+    let no_token = |unavailable: TokenUnavailable| ProxyError::NoToken {
+        upstream: name.clone(),
+        cause: unavailable.cause,
+        retry_after: unavailable.retry_after,
+    };
+    let credential = upstream.tokens.credential().await.map_err(no_token)?;
 
     let upgrade = if request.version() == Version::HTTP_11 {
         headers::upgrade_protocol(request.headers())
@@ -154,23 +154,50 @@ async fn forward(
         connection.client.ip(),
         original_host.and_then(|host| HeaderValue::from_str(&host).ok()),
     );
-    for (name, value) in upstream.config.headers.iter().chain(&credential.headers) {
+    for (name, value) in &upstream.config.headers {
         headers.append(name.clone(), value.clone());
     }
-    let outgoing = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
 
-    let timeout = upstream.config.response_header_timeout;
-    let mut response =
-        match tokio::time::timeout(timeout, upstream.transport.request(outgoing)).await {
-            Err(_elapsed) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    upstream: name.clone(),
-                    after: timeout,
-                })
+    // A small body is kept so the request can be sent again (a 401 with a stale token, a
+    // connection reset); anything else streams through untouched.
+    let replay = match upgrade {
+        Some(_) => Replay::Streaming(body),
+        None => replayable(body, upstream.config.retry_body_limit).await?,
+    };
+    let (body, replay) = match replay {
+        Replay::Kept(bytes) => (full(bytes.clone()), Some(bytes)),
+        Replay::Streaming(body) => (body.map_err(Into::into).boxed_unsync(), None),
+    };
+
+    let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let mut response = match send(upstream, &parts, &credential, body).await {
+        Err(SendFailure::Reset(error)) if idempotent && replay.is_some() => {
+            tracing::debug!(upstream = %name, error = %error, "connection reset; retrying once on a fresh connection");
+            let body = full(replay.clone().unwrap_or_default());
+            send(upstream, &parts, &credential, body)
+                .await
+                .map_err(|failure| failure.into_error(name, upstream))?
+        }
+        other => other.map_err(|failure| failure.into_error(name, upstream))?,
+    };
+
+    if response.status() == StatusCode::UNAUTHORIZED && upstream.tokens.provider().refreshes() {
+        if let Some(bytes) = replay {
+            // The vendor no longer takes this token: one refresh, shared by every request
+            // that saw the same token fail, then one retry. A second 401 passes through.
+            let fresh = upstream
+                .tokens
+                .replace_stale(&credential)
+                .await
+                .map_err(no_token)?;
+            if !Arc::ptr_eq(&fresh, &credential) {
+                tracing::info!(upstream = %name, "401 from the upstream; retrying with a new token");
+                response = send(upstream, &parts, &fresh, full(bytes))
+                    .await
+                    .map_err(|failure| failure.into_error(name, upstream))?;
             }
-            Ok(Err(error)) => return Err(send_error(name, upstream, &error)),
-            Ok(Ok(response)) => response,
-        };
+        }
+    }
 
     match (client_upgrade, response.status()) {
         (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) => {
@@ -185,6 +212,90 @@ async fn forward(
         _ => headers::strip_hop_by_hop(response.headers_mut()),
     }
     Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+}
+
+enum Replay {
+    Kept(Bytes),
+    Streaming(Incoming),
+}
+
+/// Reads the body into memory when it is declared no larger than `limit` (or is empty).
+async fn replayable(body: Incoming, limit: u64) -> Result<Replay, ProxyError> {
+    let declared = body.size_hint().exact();
+    if body.is_end_stream() {
+        return Ok(Replay::Kept(Bytes::new()));
+    }
+    match declared {
+        Some(length) if length <= limit => {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|error| ProxyError::BadRequest {
+                    reason: format!("the request body could not be read: {error}"),
+                })?
+                .to_bytes();
+            Ok(Replay::Kept(bytes))
+        }
+        _ => Ok(Replay::Streaming(body)),
+    }
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Why a send got no response.
+enum SendFailure {
+    Timeout(std::time::Duration),
+    /// The connection failed before any response byte, after it was established.
+    Reset(hyper_util::client::legacy::Error),
+    /// Could not connect, or another failure.
+    Failed(hyper_util::client::legacy::Error),
+}
+
+impl SendFailure {
+    fn into_error(self, name: &str, upstream: &Upstream) -> ProxyError {
+        match self {
+            SendFailure::Timeout(after) => ProxyError::UpstreamTimeout {
+                upstream: name.to_owned(),
+                after,
+            },
+            SendFailure::Reset(error) | SendFailure::Failed(error) => {
+                send_error(name, upstream, &error)
+            }
+        }
+    }
+}
+
+/// One attempt: the prepared request with `credential`'s headers, bounded by the
+/// response-header timeout.
+async fn send(
+    upstream: &Upstream,
+    parts: &http::request::Parts,
+    credential: &Credential,
+    body: ProxyBody,
+) -> Result<Response<Incoming>, SendFailure> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    let headers = request.headers_mut();
+    headers.reserve(parts.headers.len() + credential.headers.len());
+    for (name, value) in &parts.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    for (name, value) in &credential.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    let timeout = upstream.config.response_header_timeout;
+    match tokio::time::timeout(timeout, upstream.transport.request(request)).await {
+        Err(_elapsed) => Err(SendFailure::Timeout(timeout)),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(error)) if error.is_connect() => Err(SendFailure::Failed(error)),
+        Ok(Err(error)) => Err(SendFailure::Reset(error)),
+    }
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection.

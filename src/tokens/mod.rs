@@ -4,6 +4,7 @@
 //! requests are single-flight: however many callers need a token at once, one request is
 //! made and all of them get its outcome.
 
+mod backoff;
 mod refresher;
 mod schedule;
 
@@ -20,6 +21,7 @@ use crate::providers::{Provider, ProviderError};
 use crate::secret::Secret;
 use crate::store::SharedStore;
 
+use backoff::Backoff;
 pub use refresher::spawn_refresher;
 pub use schedule::refresh_at;
 
@@ -66,6 +68,8 @@ impl Credential {
 #[error("no valid token: {cause}")]
 pub struct TokenUnavailable {
     pub cause: ProviderError,
+    /// When asking again may help: the backoff or the server's `Retry-After`.
+    pub retry_after: Option<Duration>,
 }
 
 /// What `/-/status` and the start-up log say about a token. Never the token itself.
@@ -107,8 +111,8 @@ pub struct TokenCell {
     /// that someone else's request finished meanwhile and share its outcome.
     finished: AtomicU64,
     last_failure: Mutex<Option<ProviderError>>,
-    /// Until when the token endpoint asked not to be called again (`Retry-After`).
-    quiet_until: Mutex<Option<Instant>>,
+    /// Until when the token endpoint is left alone after failures.
+    backoff: Mutex<Backoff>,
     report: Mutex<TokenReport>,
     /// Wakes the refresher early (a new credential or a shutdown).
     wake: Notify,
@@ -136,7 +140,7 @@ impl TokenCell {
             flight: tokio::sync::Mutex::new(()),
             finished: AtomicU64::new(0),
             last_failure: Mutex::new(None),
-            quiet_until: Mutex::new(None),
+            backoff: Mutex::new(Backoff::default()),
             report: Mutex::new(TokenReport::default()),
             wake: Notify::new(),
         }
@@ -156,8 +160,8 @@ impl TokenCell {
         if let Some(credential) = self.valid_now() {
             return Ok(credential);
         }
-        if let Some(cause) = self.asked_to_wait() {
-            return Err(TokenUnavailable { cause });
+        if let Some(unavailable) = self.backing_off() {
+            return Err(unavailable);
         }
         self.report.lock().expect("poisoned").requests_waited += 1;
         self.obtain(false).await
@@ -191,7 +195,8 @@ impl TokenCell {
                 return Ok(credential);
             }
             if let Some(cause) = self.last_failure.lock().expect("poisoned").clone() {
-                return Err(TokenUnavailable { cause });
+                let retry_after = self.backoff.lock().expect("poisoned").remaining();
+                return Err(TokenUnavailable { cause, retry_after });
             }
         } else if !force {
             if let Some(credential) = self.valid_now() {
@@ -199,6 +204,28 @@ impl TokenCell {
             }
         }
 
+        self.fetch().await
+    }
+
+    /// After the vendor refused `used` (401): the current credential if someone already
+    /// replaced it, else a new one. Every request that saw the same token fail shares one
+    /// token request.
+    pub async fn replace_stale(
+        &self,
+        used: &Arc<Credential>,
+    ) -> Result<Arc<Credential>, TokenUnavailable> {
+        let _flight = self.flight.lock().await;
+        if let Some(current) = self.valid_now() {
+            if !Arc::ptr_eq(&current, used) {
+                return Ok(current);
+            }
+        }
+        tracing::info!(upstream = %self.upstream, "the upstream refused the current token; getting a new one");
+        self.fetch().await
+    }
+
+    /// One token request. The caller holds the flight lock.
+    async fn fetch(&self) -> Result<Arc<Credential>, TokenUnavailable> {
         let previous = self.current.load_full();
         let outcome = self.provider.obtain(previous.as_deref()).await;
         let result = match outcome {
@@ -218,7 +245,7 @@ impl TokenCell {
                 let credential = Arc::new(credential);
                 self.current.store(Some(Arc::clone(&credential)));
                 *self.last_failure.lock().expect("poisoned") = None;
-                *self.quiet_until.lock().expect("poisoned") = None;
+                *self.backoff.lock().expect("poisoned") = Backoff::default();
                 let mut report = self.report.lock().expect("poisoned");
                 report.last_refresh = Some(SystemTime::now());
                 report.refreshes += 1;
@@ -226,8 +253,8 @@ impl TokenCell {
                 Ok(credential)
             }
             Err(cause) => {
-                self.record_failure(&cause);
-                Err(TokenUnavailable { cause })
+                let retry_after = self.record_failure(&cause);
+                Err(TokenUnavailable { cause, retry_after })
             }
         };
         self.finished.fetch_add(1, Ordering::Release);
@@ -235,26 +262,37 @@ impl TokenCell {
         result
     }
 
-    /// The last failure, while the token endpoint's `Retry-After` has not passed: requests
-    /// are answered with it instead of asking the endpoint again.
-    fn asked_to_wait(&self) -> Option<ProviderError> {
-        let quiet_until = (*self.quiet_until.lock().expect("poisoned"))?;
-        if Instant::now() >= quiet_until {
-            return None;
+    /// The last failure, while backing off: requests are answered with it instead of
+    /// asking the token endpoint again. Permanent failures (a refused client or grant) wait
+    /// for a login.
+    fn backing_off(&self) -> Option<TokenUnavailable> {
+        let cause = self.last_failure.lock().expect("poisoned").clone()?;
+        if cause.is_permanent() {
+            return Some(TokenUnavailable {
+                cause,
+                retry_after: None,
+            });
         }
-        let failure = self.last_failure.lock().expect("poisoned").clone()?;
-        // Tell the client how much of the wait is left.
-        Some(match failure {
-            ProviderError::Status { status, error, .. } => ProviderError::Status {
-                status,
-                error,
-                retry_after: Some(
-                    quiet_until.saturating_duration_since(Instant::now())
-                        + Duration::from_millis(999),
-                ),
-            },
-            other => other,
+        let retry_after = self.backoff.lock().expect("poisoned").remaining()?;
+        Some(TokenUnavailable {
+            cause,
+            retry_after: Some(retry_after),
         })
+    }
+
+    /// When the refresher may try again after a failure; `None` while a login is needed.
+    pub fn retry_at(&self) -> Option<Instant> {
+        let failure = self.last_failure.lock().expect("poisoned").clone();
+        match failure {
+            Some(cause) if cause.is_permanent() || cause == ProviderError::NeedsLogin => None,
+            _ => Some(
+                self.backoff
+                    .lock()
+                    .expect("poisoned")
+                    .until
+                    .unwrap_or_else(Instant::now),
+            ),
+        }
     }
 
     /// Writes a new credential to the store before anything uses it: a rotated refresh
@@ -273,10 +311,20 @@ impl TokenCell {
         }
     }
 
-    /// Remembers why there is no token, for status and for requests that ask.
-    pub fn record_failure(&self, cause: &ProviderError) {
-        *self.quiet_until.lock().expect("poisoned") =
-            cause.retry_after().map(|after| Instant::now() + after);
+    /// Remembers why there is no token, for status and for requests that ask, and backs
+    /// off: capped exponential with jitter, never sooner than the server's `Retry-After`.
+    /// Returns how long until asking again may help.
+    pub fn record_failure(&self, cause: &ProviderError) -> Option<Duration> {
+        let retry_after = if *cause == ProviderError::NeedsLogin || cause.is_permanent() {
+            None
+        } else {
+            Some(
+                self.backoff
+                    .lock()
+                    .expect("poisoned")
+                    .failed(cause.retry_after()),
+            )
+        };
         if *cause == ProviderError::NeedsLogin {
             tracing::debug!(upstream = %self.upstream, "no token: needs a login");
         } else {
@@ -286,6 +334,7 @@ impl TokenCell {
         let mut report = self.report.lock().expect("poisoned");
         report.failures += 1;
         report.last_error = Some(cause.to_string());
+        retry_after
     }
 
     /// Puts a credential from a completed login in place, and wakes the refresher so it
@@ -296,6 +345,7 @@ impl TokenCell {
         let credential = Arc::new(credential);
         self.current.store(Some(Arc::clone(&credential)));
         *self.last_failure.lock().expect("poisoned") = None;
+        *self.backoff.lock().expect("poisoned") = Backoff::default();
         {
             let mut report = self.report.lock().expect("poisoned");
             report.last_refresh = Some(SystemTime::now());
@@ -340,7 +390,12 @@ impl TokenCell {
         let failure = self.last_failure.lock().expect("poisoned").clone();
         match self.current.load().as_ref() {
             Some(credential) if credential.is_valid_at(Instant::now()) => TokenState::Valid,
-            _ if failure == Some(ProviderError::NeedsLogin) => TokenState::NeedsLogin,
+            _ if failure.as_ref().is_some_and(|cause| {
+                *cause == ProviderError::NeedsLogin || cause.is_permanent()
+            }) =>
+            {
+                TokenState::NeedsLogin
+            }
             _ if failure.is_some() => TokenState::Failed,
             None if self.provider.login_method() != crate::providers::LoginMethod::Direct => {
                 TokenState::NeedsLogin

@@ -3,16 +3,12 @@
 //! (if still valid) keeps serving requests.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep_until, Instant};
 
 use super::TokenCell;
 use crate::providers::ProviderError;
-
-const FIRST_RETRY: Duration = Duration::from_millis(500);
-const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// Starts the refresher of `cell`, if its tokens ever change. It stops when `shutdown`
 /// turns true.
@@ -21,7 +17,6 @@ pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>
         return;
     }
     tokio::spawn(async move {
-        let mut retry_in = FIRST_RETRY;
         loop {
             // Logged out, or never logged in: nothing to refresh until a login (or a
             // request, for kinds that need no user) brings a token.
@@ -47,37 +42,38 @@ pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>
                 continue;
             }
             match cell.refresh().await {
-                Ok(_) => retry_in = FIRST_RETRY,
+                Ok(_) => {}
                 Err(unavailable) if unavailable.cause == ProviderError::NeedsLogin => {
                     if !wait_for_login(&cell, &mut shutdown).await {
                         return;
                     }
                 }
-                Err(unavailable) => {
-                    // Logged by the cell. Wait before the next attempt, at least as long as
-                    // the server asked (429/503 `Retry-After`).
-                    let wait = unavailable
-                        .cause
-                        .retry_after()
-                        .map_or(retry_in, |asked| asked.max(retry_in));
+                Err(_) => {
+                    // Logged by the cell, which also set the backoff; a permanent failure
+                    // waits for a login.
+                    let Some(retry_at) = cell.retry_at() else {
+                        if !wait_for_login(&cell, &mut shutdown).await {
+                            return;
+                        }
+                        continue;
+                    };
                     tokio::select! {
-                        _ = sleep(wait) => {}
+                        _ = sleep_until(retry_at) => {}
                         _ = shutdown.changed() => return,
                     }
-                    retry_in = (retry_in * 2).min(MAX_RETRY);
                 }
             }
         }
     });
 }
 
-/// Waits while the cell needs a login. False when shutting down. Listens before looking, so
+/// Waits while the cell needs a login (or failed for good). False when shutting down. Listens before looking, so
 /// a login that completes in between is not missed.
 async fn wait_for_login(cell: &TokenCell, shutdown: &mut watch::Receiver<bool>) -> bool {
     let login = cell.wake.notified();
     tokio::pin!(login);
     login.as_mut().enable();
-    if cell.needs_login() {
+    if cell.needs_login() || cell.retry_at().is_none() {
         tokio::select! {
             _ = login => {}
             _ = shutdown.changed() => return false,
