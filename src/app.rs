@@ -43,13 +43,27 @@ pub enum BuildError {
 }
 
 impl App {
+    /// Builds the runtime state. With `previous` (a reload), upstreams whose target and
+    /// auth settings did not change keep their token cell, tokens and refresher.
     pub fn build(
         config: &Config,
         transports: &Transports,
         store: SharedStore,
+        previous: Option<&App>,
     ) -> Result<App, BuildError> {
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {
+            let kept = previous
+                .and_then(|app| app.upstream(&upstream.name))
+                .filter(|old| old.config.auth_key.expose() == upstream.auth_key.expose());
+            if let Some(old) = kept {
+                upstreams.push(Arc::new(Upstream {
+                    config: upstream.clone(),
+                    tokens: Arc::clone(&old.tokens),
+                    transport: old.transport.clone(),
+                }));
+                continue;
+            }
             let transport = transports
                 .get(upstream.ca_file.as_deref(), upstream.connect_timeout)
                 .map_err(|source| BuildError::Transport {
@@ -82,9 +96,20 @@ impl App {
             server: config.server.clone(),
             routes: RouteTable::new(&config.upstreams),
             upstreams,
-            logins: Arc::new(Logins::default()),
-            public_base: OnceLock::new(),
+            logins: previous
+                .map(|app| Arc::clone(&app.logins))
+                .unwrap_or_default(),
+            public_base: previous
+                .and_then(|app| app.public_base.get().cloned())
+                .map(OnceLock::from)
+                .unwrap_or_default(),
         })
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.upstreams
+            .iter()
+            .position(|upstream| upstream.config.name == name)
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
@@ -101,6 +126,20 @@ impl App {
             .map(String::as_str)
             .unwrap_or("http://127.0.0.1:8080");
         format!("{base}/-/callback/{upstream}")
+    }
+
+    /// The upstreams of `self` that `next` does not keep: their refreshers must stop.
+    pub fn dropped_by(&self, next: &App) -> Vec<Arc<TokenCell>> {
+        self.upstreams
+            .iter()
+            .filter(|old| {
+                !next
+                    .upstreams
+                    .iter()
+                    .any(|new| Arc::ptr_eq(&new.tokens, &old.tokens))
+            })
+            .map(|old| Arc::clone(&old.tokens))
+            .collect()
     }
 
     /// Every upstream has a valid token.

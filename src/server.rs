@@ -1,11 +1,13 @@
 //! Listening: the main listener plus one per upstream with its own `listen`, each serving
-//! HTTP/1.1 and cleartext HTTP/2 (prior knowledge) with upgrades, and a graceful drain on
-//! shutdown.
+//! HTTP/1.1 and cleartext HTTP/2 (prior knowledge) with upgrades; a graceful drain on
+//! shutdown; and reloads that swap the whole `App` atomically, so in-flight requests finish
+//! on the config they started with.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -17,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::app::{App, BuildError};
 use crate::config::Config;
 use crate::proxy::{self, Connection};
-use crate::store::{self, Owner, Store, StoreError};
+use crate::store::{self, Owner, SharedStore, Store, StoreError};
 use crate::tokens::spawn_refresher;
 use crate::transport::Transports;
 
@@ -35,14 +37,20 @@ pub enum StartError {
     },
 }
 
+/// The app every new request is served by; replaced whole on reload.
+pub type SharedApp = Arc<ArcSwap<App>>;
+
 /// A running tokenproxy: listeners bound, refreshers started.
 pub struct Server {
-    app: Arc<App>,
+    app: SharedApp,
+    transports: Transports,
+    store: SharedStore,
+    config: Config,
+    refreshers: bool,
     main_addr: SocketAddr,
     upstream_addrs: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     accept_loops: Vec<JoinHandle<()>>,
-    drain: Duration,
 }
 
 impl Server {
@@ -55,7 +63,7 @@ impl Server {
     /// As `start`; without refreshers, tokens are only obtained when asked for (the
     /// one-shot commands, which must not call every vendor).
     pub async fn start_with(config: &Config, refreshers: bool) -> Result<Server, StartError> {
-        let store = match &config.store_path {
+        let store = Arc::new(match &config.store_path {
             Some(path) => Store::open(
                 path,
                 &Owner {
@@ -64,8 +72,9 @@ impl Server {
                 },
             )?,
             None => Store::memory(),
-        };
-        let app = Arc::new(App::build(config, &Transports::new(), Arc::new(store))?);
+        });
+        let transports = Transports::new();
+        let app = App::build(config, &transports, Arc::clone(&store), None)?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -73,18 +82,12 @@ impl Server {
         };
         let main = bind(config.server.listen).await?;
         let mut dedicated = Vec::new();
-        for (index, upstream) in config.upstreams.iter().enumerate() {
+        for upstream in &config.upstreams {
             if let Some(addr) = upstream.listen {
-                dedicated.push((index, bind(addr).await?));
+                dedicated.push((upstream.name.clone(), bind(addr).await?));
             }
         }
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        if refreshers {
-            for upstream in &app.upstreams {
-                spawn_refresher(Arc::clone(&upstream.tokens), shutdown_rx.clone());
-            }
-        }
         let main_addr = local_addr(&main);
         let _ = app.public_base.set(public_base(main_addr));
         if let Some(path) = &config.store_path {
@@ -97,37 +100,114 @@ impl Server {
                 },
             );
         }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        if refreshers {
+            for upstream in &app.upstreams {
+                spawn_refresher(Arc::clone(&upstream.tokens), shutdown_rx.clone());
+            }
+        }
+        let app: SharedApp = Arc::new(ArcSwap::from_pointee(app));
+        let drain = config.server.drain_timeout;
         let mut upstream_addrs = Vec::new();
         let mut accept_loops = vec![tokio::spawn(accept_loop(
             Arc::clone(&app),
             main,
             None,
             shutdown_rx.clone(),
+            drain,
         ))];
-        for (index, listener) in dedicated {
-            upstream_addrs.push((
-                app.upstreams[index].config.name.clone(),
-                local_addr(&listener),
-            ));
+        for (name, listener) in dedicated {
+            upstream_addrs.push((name.clone(), local_addr(&listener)));
             accept_loops.push(tokio::spawn(accept_loop(
                 Arc::clone(&app),
                 listener,
-                Some(index),
+                Some(Arc::from(name.as_str())),
                 shutdown_rx.clone(),
+                drain,
             )));
         }
         Ok(Server {
             app,
+            transports,
+            store,
+            config: config.clone(),
+            refreshers,
             main_addr,
             upstream_addrs,
             shutdown,
             accept_loops,
-            drain: config.server.drain_timeout,
         })
     }
 
-    pub fn app(&self) -> &Arc<App> {
-        &self.app
+    /// The app serving new requests now.
+    pub fn app(&self) -> Arc<App> {
+        self.app.load_full()
+    }
+
+    /// Switches to `config`: upstreams whose settings did not change keep their tokens,
+    /// new ones start refreshing, dropped ones stop. Requests under way finish on the old
+    /// config. Listen addresses and the store need a restart; a change to them is reported.
+    pub fn reload(&mut self, config: &Config) -> Result<(), String> {
+        let mut needs_restart = Vec::new();
+        if config.server.listen != self.config.server.listen {
+            needs_restart.push("server.listen".to_owned());
+        }
+        if config.store_path != self.config.store_path {
+            needs_restart.push("store.path".to_owned());
+        }
+        for upstream in &config.upstreams {
+            let before = self
+                .config
+                .upstreams
+                .iter()
+                .find(|old| old.name == upstream.name);
+            if upstream.listen.is_some() && before.and_then(|old| old.listen) != upstream.listen {
+                needs_restart.push(format!("upstreams.{}.listen", upstream.name));
+            }
+        }
+        let current = self.app.load_full();
+        let next = App::build(
+            config,
+            &self.transports,
+            Arc::clone(&self.store),
+            Some(&current),
+        )
+        .map_err(|error| error.to_string())?;
+        let (_, shutdown_rx) = (&self.shutdown, self.shutdown.subscribe());
+        for upstream in &next.upstreams {
+            let is_new = !current
+                .upstreams
+                .iter()
+                .any(|old| Arc::ptr_eq(&old.tokens, &upstream.tokens));
+            if is_new && self.refreshers {
+                spawn_refresher(Arc::clone(&upstream.tokens), shutdown_rx.clone());
+            }
+        }
+        for dropped in current.dropped_by(&next) {
+            dropped.retire();
+        }
+        let kept = next.upstreams.len()
+            - next
+                .upstreams
+                .iter()
+                .filter(|u| {
+                    !current
+                        .upstreams
+                        .iter()
+                        .any(|old| Arc::ptr_eq(&old.tokens, &u.tokens))
+                })
+                .count();
+        self.app.store(Arc::new(next));
+        self.config = config.clone();
+        tracing::info!(
+            upstreams = config.upstreams.len(),
+            kept_tokens = kept,
+            "config reloaded"
+        );
+        if !needs_restart.is_empty() {
+            tracing::warn!(settings = %needs_restart.join(", "), "these changes take effect after a restart");
+        }
+        Ok(())
     }
 
     /// The main listener's address (useful with port 0).
@@ -144,7 +224,7 @@ impl Server {
     }
 
     /// Stops accepting, lets in-flight requests finish within the drain time, stops the
-    /// refreshers.
+    /// refreshers. Every token is already in the store: it is written before use.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for accept_loop in self.accept_loops {
@@ -153,7 +233,12 @@ impl Server {
     }
 
     pub fn drain_timeout(&self) -> Duration {
-        self.drain
+        self.config.server.drain_timeout
+    }
+
+    /// Where the config came from, to read it again on reload.
+    pub fn config_source(&self) -> &str {
+        &self.config.source
     }
 }
 
@@ -179,10 +264,11 @@ fn local_addr(listener: &TcpListener) -> SocketAddr {
 }
 
 async fn accept_loop(
-    app: Arc<App>,
+    app: SharedApp,
     listener: TcpListener,
-    dedicated: Option<usize>,
+    dedicated: Option<Arc<str>>,
     mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -203,9 +289,13 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
-        let connection_info = Connection { client, dedicated };
-        let service =
-            service_fn(move |request| proxy::handle(Arc::clone(&app), connection_info, request));
+        let connection_info = Connection {
+            client,
+            dedicated: dedicated.clone(),
+        };
+        let service = service_fn(move |request| {
+            proxy::handle(app.load_full(), connection_info.clone(), request)
+        });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
@@ -215,7 +305,6 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    let drain = app.server.drain_timeout;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()

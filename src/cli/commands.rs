@@ -254,8 +254,8 @@ pub async fn token(config: Config, name: String) -> Result<(), String> {
 
 /// No daemon: this process owns the store; get a token (refreshing and storing as needed).
 async fn local_token(server: &crate::server::Server, name: &str) -> Result<String, String> {
-    let upstream = server
-        .app()
+    let app = server.app();
+    let upstream = app
         .upstream(name)
         .ok_or_else(|| format!("no upstream named {name:?}"))?;
     let mut credential = upstream

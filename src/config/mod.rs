@@ -16,6 +16,7 @@ pub use interpolate::{ProcessSources, Sources};
 pub use raw::{RawAuth, RawDuration, RawScope};
 
 use crate::providers::AuthSpec;
+use crate::secret::Secret;
 use raw::{RawConfig, RawUpstream};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -110,6 +111,9 @@ pub struct UpstreamConfig {
     pub response_header_timeout: Duration,
     pub retry_body_limit: u64,
     pub auth: AuthSpec,
+    /// The target and auth settings as written: equal keys mean a reload may keep the
+    /// upstream's tokens.
+    pub auth_key: Secret,
 }
 
 /// An upstream's base URL, split once so forwarding only concatenates.
@@ -221,6 +225,7 @@ pub fn parse(text: &str, file: &str, sources: &dyn Sources) -> Result<Config, Co
         })?;
     interpolate::interpolate_tree(&mut tree, &mut Vec::new(), sources)
         .map_err(|error| FieldError::new(error.field, error.problem).in_file(file))?;
+    let auth_keys = auth_keys(&tree);
     let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|error| {
         let field = error.path().to_string();
         let field = if field == "." {
@@ -230,7 +235,33 @@ pub fn parse(text: &str, file: &str, sources: &dyn Sources) -> Result<Config, Co
         };
         FieldError::new(field, one_line(&error.into_inner().to_string())).in_file(file)
     })?;
-    validate(raw, file).map_err(|error| error.in_file(file))
+    let mut config = validate(raw, file).map_err(|error| error.in_file(file))?;
+    for upstream in &mut config.upstreams {
+        let auth = auth_keys.get(&upstream.name).cloned().unwrap_or_default();
+        // Token requests share the upstream's transport: its CA and timeout count too.
+        upstream.auth_key = Secret::new(format!(
+            "{}\n{:?}\n{:?}\n{auth}",
+            upstream.target.uri, upstream.ca_file, upstream.connect_timeout
+        ));
+    }
+    Ok(config)
+}
+
+/// Each upstream's auth table as written (after interpolation), to tell on reload whether
+/// its settings changed. It holds secrets, so it is kept as one.
+fn auth_keys(tree: &toml::Value) -> std::collections::HashMap<String, String> {
+    tree.get("upstreams")
+        .and_then(toml::Value::as_table)
+        .map(|upstreams| {
+            upstreams
+                .iter()
+                .filter_map(|(name, upstream)| {
+                    let auth = upstream.get("auth")?;
+                    Some((name.clone(), toml::to_string(auth).ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -400,6 +431,7 @@ fn validate_upstream(
         )?,
         retry_body_limit: raw.retry_body_limit.unwrap_or(server.retry_body_limit),
         auth,
+        auth_key: Secret::default(),
     })
 }
 

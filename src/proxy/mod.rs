@@ -30,11 +30,11 @@ use crate::transport::{error_chain, ProxyBody};
 pub use admin::status;
 
 /// Where a connection came from and which listener it arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Connection {
     pub client: SocketAddr,
     /// The upstream owning this listener, for per-upstream `listen` ports.
-    pub dedicated: Option<usize>,
+    pub dedicated: Option<Arc<str>>,
 }
 
 /// Handles one request. Never fails: every error becomes a response here.
@@ -52,9 +52,22 @@ pub async fn handle(
         .into_response());
     }
     let host = request_host(&request);
+    let dedicated = match connection.dedicated.as_deref() {
+        // The upstream owning this listener was removed by a reload.
+        Some(name) => match app.index_of(name) {
+            Some(index) => Some(index),
+            None => {
+                return Ok(ProxyError::NoRoute {
+                    path: request.uri().path().to_owned(),
+                }
+                .into_response())
+            }
+        },
+        None => None,
+    };
     let route = app
         .routes
-        .route(connection.dedicated, host.as_deref(), request.uri().path());
+        .route(dedicated, host.as_deref(), request.uri().path());
     let response = match route {
         Route::Admin(path) => {
             let path = path.to_owned();

@@ -116,6 +116,8 @@ pub struct TokenCell {
     report: Mutex<TokenReport>,
     /// Wakes the refresher early (a new credential or a shutdown).
     wake: Notify,
+    /// Set when a reload dropped this upstream: its refresher stops.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl TokenCell {
@@ -143,6 +145,7 @@ impl TokenCell {
             backoff: Mutex::new(Backoff::default()),
             report: Mutex::new(TokenReport::default()),
             wake: Notify::new(),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -371,6 +374,16 @@ impl TokenCell {
         self.finished.fetch_add(1, Ordering::Release);
         self.wake.notify_waiters();
         previous
+    }
+
+    /// Stops the refresher: a reload dropped or replaced this upstream.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// The last failure was that a user must log in.

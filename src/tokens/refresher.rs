@@ -18,6 +18,9 @@ pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>
     }
     tokio::spawn(async move {
         loop {
+            if cell.is_retired() {
+                return;
+            }
             // Logged out, or never logged in: nothing to refresh until a login (or a
             // request, for kinds that need no user) brings a token.
             if cell.current().is_none() && cell.needs_login() {
