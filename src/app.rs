@@ -9,7 +9,7 @@ use crate::providers::{Provider, ProviderError};
 use crate::routes::RouteTable;
 use crate::store::SharedStore;
 use crate::tokens::TokenCell;
-use crate::transport::{Transport, TransportBuildError, Transports};
+use crate::transport::{TlsSettings, Transport, TransportBuildError, Transports};
 
 pub struct Upstream {
     pub config: UpstreamConfig,
@@ -64,8 +64,16 @@ impl App {
                 }));
                 continue;
             }
+            let tls = TlsSettings {
+                ca_file: upstream.ca_file.clone(),
+                client_cert: upstream.client_cert.clone(),
+                insecure_skip_verify: upstream.insecure_skip_verify,
+            };
+            if tls.insecure_skip_verify {
+                tracing::warn!(upstream = %upstream.name, "insecure_skip_verify: the upstream's certificate is NOT verified");
+            }
             let transport = transports
-                .get(upstream.ca_file.as_deref(), upstream.connect_timeout)
+                .get(&tls, upstream.connect_timeout)
                 .map_err(|source| BuildError::Transport {
                     upstream: upstream.name.clone(),
                     source,

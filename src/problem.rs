@@ -19,6 +19,8 @@ pub enum ProxyError {
     BadRequest { reason: String },
     #[error("{method} is not allowed here")]
     MethodNotAllowed { method: String },
+    #[error("this tokenproxy requires Proxy-Authorization: Bearer <client key>")]
+    ClientKeyRequired,
     #[error(
         "no valid token for upstream {upstream}: {cause}{}",
         login_hint(upstream, cause)
@@ -42,6 +44,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ClientKeyRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ProxyError::NoToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } | ProxyError::ConnectTimeout { .. } => {
@@ -57,6 +60,7 @@ impl ProxyError {
             ProxyError::BadRequest { .. } | ProxyError::MethodNotAllowed { .. } => {
                 "http_request_error"
             }
+            ProxyError::ClientKeyRequired => "http_request_denied",
             ProxyError::NoToken { .. } => "proxy_internal_response",
             ProxyError::UpstreamUnreachable { .. } => "destination_unavailable",
             ProxyError::UpstreamTimeout { .. } => "http_response_timeout",
@@ -68,7 +72,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. }
             | ProxyError::BadRequest { .. }
-            | ProxyError::MethodNotAllowed { .. } => None,
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::ClientKeyRequired => None,
             ProxyError::NoToken { upstream, .. }
             | ProxyError::UpstreamUnreachable { upstream, .. }
             | ProxyError::UpstreamTimeout { upstream, .. }
@@ -103,6 +108,12 @@ impl ProxyError {
             HeaderValue::from_str(&format!("tokenproxy; error={}", self.proxy_status()))
                 .expect("static text is a valid header"),
         );
+        if matches!(self, ProxyError::ClientKeyRequired) {
+            headers.insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
         if let Some(after) = self.retry_after() {
             headers.insert(
                 header::RETRY_AFTER,

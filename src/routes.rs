@@ -7,6 +7,38 @@ use crate::config::{normalize_host, UpstreamConfig};
 
 pub const ADMIN_PREFIX: &str = "/-/";
 
+/// The one form of a request path that is routed and forwarded: dot segments resolved
+/// (also when written `%2e`), empty segments (`//`) collapsed, never above the root.
+/// Encoded `/` (`%2F`) and `\` stay as they are and are not separators, so
+/// `/bigeval%2F..%2Famm/x` is one segment and matches no prefix. `None` for a path that is
+/// not origin-form (`*`, or not starting with `/`).
+pub fn normalize_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment.to_ascii_lowercase().as_str() {
+            "" | "." | "%2e" => {}
+            ".." | ".%2e" | "%2e." | "%2e%2e" => {
+                segments.pop();
+            }
+            _ => segments.push(segment),
+        }
+    }
+    let mut normalized = String::with_capacity(path.len());
+    for segment in &segments {
+        normalized.push('/');
+        normalized.push_str(segment);
+    }
+    // A trailing slash is meaningful to many APIs; keep it.
+    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
+    if normalized.is_empty() || trailing {
+        normalized.push('/');
+    }
+    Some(normalized)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
     /// An admin endpoint; the path after `/-/`.
@@ -40,6 +72,21 @@ impl RouteTable {
             .filter_map(|(index, upstream)| upstream.host.clone().map(|host| (host, index)))
             .collect();
         RouteTable { prefixes, hosts }
+    }
+
+    /// A loopback name: `localhost`, `*.localhost`, `127.x.y.z`, `[::1]`.
+    pub fn is_loopback_host(&self, authority: &str) -> bool {
+        let host = normalize_host(authority);
+        matches!(host.as_str(), "localhost" | "[::1]")
+            || host.ends_with(".localhost")
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// A configured upstream `host`.
+    pub fn is_upstream_host(&self, authority: &str) -> bool {
+        self.hosts.contains_key(&normalize_host(authority))
     }
 
     /// `dedicated` is the upstream that owns the listener the request came in on, if any.
@@ -80,6 +127,22 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalizes_dot_segments_and_empty_segments_once() {
+        let n = |p: &str| normalize_path(p).unwrap();
+        assert_eq!(n("/bigeval/../amm/x"), "/amm/x");
+        assert_eq!(n("/bigeval/%2e%2e/amm/x"), "/amm/x");
+        assert_eq!(n("/bigeval/%2E./amm/x"), "/amm/x");
+        assert_eq!(n("//amm/x"), "/amm/x");
+        assert_eq!(n("/a/./b//c/"), "/a/b/c/");
+        assert_eq!(n("/../../x"), "/x");
+        assert_eq!(n("/a/.."), "/");
+        assert_eq!(n("/"), "/");
+        assert_eq!(n("/bigeval%2F..%2Famm/x"), "/bigeval%2F..%2Famm/x");
+        assert_eq!(n("/a%20b/c%2Fd"), "/a%20b/c%2Fd");
+        assert_eq!(normalize_path("*"), None);
+    }
 
     fn table(routes: &[(&str, Option<&str>)]) -> RouteTable {
         let mut table = RouteTable::default();

@@ -34,6 +34,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub enum TransportBuildError {
     #[error("cannot read CA file {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
+    #[error("cannot use client certificate {path}: {reason}")]
+    ClientCert { path: PathBuf, reason: String },
 }
 
 /// A pooled client. Cheap to clone; clones share the pool.
@@ -205,7 +207,18 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 /// Builds and shares transports: one per distinct (CA file, connect timeout).
 pub struct Transports {
     system_roots: Arc<RootCertStore>,
-    built: Mutex<HashMap<(Option<PathBuf>, Duration), Transport>>,
+    built: Mutex<HashMap<(TlsSettings, Duration), Transport>>,
+}
+
+/// How an upstream's TLS is set up, beyond the system roots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsSettings {
+    /// Extra trusted CAs (PEM), for vendors on a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Certificate chain and key (PEM) for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Accept any server certificate. Only ever set explicitly, per upstream.
+    pub insecure_skip_verify: bool,
 }
 
 impl Transports {
@@ -218,19 +231,19 @@ impl Transports {
 
     pub fn get(
         &self,
-        ca_file: Option<&Path>,
+        tls: &TlsSettings,
         connect_timeout: Duration,
     ) -> Result<Transport, TransportBuildError> {
-        let key = (ca_file.map(Path::to_owned), connect_timeout);
+        let key = (tls.clone(), connect_timeout);
         let mut built = self.built.lock().expect("poisoned");
         if let Some(transport) = built.get(&key) {
             return Ok(transport.clone());
         }
         let mut roots = (*self.system_roots).clone();
-        if let Some(path) = ca_file {
+        if let Some(path) = &tls.ca_file {
             add_ca_file(&mut roots, path)?;
         }
-        let transport = build(roots, connect_timeout);
+        let transport = build(roots, tls, connect_timeout)?;
         built.insert(key, transport.clone());
         Ok(transport)
     }
@@ -272,14 +285,41 @@ fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TransportBu
     Ok(())
 }
 
-fn build(roots: RootCertStore, connect_timeout: Duration) -> Transport {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+fn build(
+    roots: RootCertStore,
+    settings: &TlsSettings,
+    connect_timeout: Duration,
+) -> Result<Transport, TransportBuildError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // TLS 1.2 and 1.3 only: rustls has nothing older.
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots);
+    let mut tls = match &settings.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert_path, key_path)) => {
+            use rustls_pki_types::pem::PemObject;
+            use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+            let failed = |path: &Path, reason: String| TransportBuildError::ClientCert {
+                path: path.to_owned(),
+                reason,
+            };
+            let chain = CertificateDer::pem_file_iter(cert_path)
+                .map_err(|error| failed(cert_path, error.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| failed(cert_path, error.to_string()))?;
+            let key = PrivateKeyDer::from_pem_file(key_path)
+                .map_err(|error| failed(key_path, error.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|error| failed(cert_path, error.to_string()))?
+        }
+    };
+    if settings.insecure_skip_verify {
+        tls.dangerous()
+            .set_certificate_verifier(Arc::new(AnyCertificate(provider)));
+    }
 
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -298,5 +338,55 @@ fn build(roots: RootCertStore, connect_timeout: Duration) -> Transport {
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .build(https);
-    Transport { client }
+    Ok(Transport { client })
+}
+
+/// `insecure_skip_verify`: accepts any certificate, but still checks that the handshake is
+/// signed by the key in it.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }

@@ -74,3 +74,85 @@ async fn without_the_ca_the_upstream_is_refused_with_a_502() {
     assert_eq!(upstream.request_count(), 0);
     let _ = std::fs::remove_file(&ca.pem_path);
 }
+
+#[tokio::test]
+async fn insecure_skip_verify_is_an_explicit_per_upstream_choice() {
+    let ca = private_ca("insecure");
+    let upstream = echo::start_tls(vec![ca.leaf.clone()], ca.key.clone_key()).await;
+    let config = config(&upstream, None).replace(
+        "\n\n[upstreams.private.auth]",
+        "\ninsecure_skip_verify = true\n[upstreams.private.auth]",
+    );
+    assert!(config.contains("insecure_skip_verify"), "{config}");
+    let proxy = TestProxy::start(&config).await;
+    assert_eq!(get(&proxy.url("/private/x")).await.status(), StatusCode::OK);
+    let _ = std::fs::remove_file(&ca.pem_path);
+}
+
+#[tokio::test]
+async fn mutual_tls_presents_the_configured_client_certificate() {
+    use std::sync::Arc;
+    let ca = private_ca("mtls");
+    // The client certificate, issued by the same private CA.
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let client_ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = CertificateParams::new(vec!["tokenproxy-client".to_owned()])
+        .unwrap()
+        .signed_by(&client_key, &client_ca)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("tokenproxy-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("client.pem"), client_cert.pem()).unwrap();
+    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
+
+    // An upstream that requires a client certificate from client_ca.
+    let mut client_roots = rustls::RootCertStore::empty();
+    client_roots.add(client_ca.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(client_roots),
+        Arc::clone(&provider),
+    )
+    .build()
+    .unwrap();
+    let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![ca.leaf.clone()], ca.key.clone_key())
+        .unwrap();
+    server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let upstream = tokenproxy::sim::SimServer::start_tls(acceptor, |_request| async {
+        tokenproxy::sim::json_response(http::StatusCode::OK, &serde_json::json!({"mtls": true}))
+    })
+    .await;
+
+    let base = format!(
+        "[upstreams.private]\ntarget = \"https://localhost:{}/\"\nca_file = \"{}\"\nCLIENT\n[upstreams.private.auth]\nkind = \"static\"\ntoken = \"t\"\n",
+        upstream.addr().port(),
+        ca.pem_path.display()
+    );
+    let with_cert = base.replace(
+        "CLIENT",
+        &format!(
+            "client_cert = \"{}\"\nclient_cert_key = \"{}\"",
+            dir.join("client.pem").display(),
+            dir.join("client.key").display()
+        ),
+    );
+    let proxy = TestProxy::start(&with_cert).await;
+    let response = get(&proxy.url("/private/x")).await;
+    assert_eq!(response.status(), StatusCode::OK, "{:?}", response.body());
+    assert_eq!(json(&response)["mtls"], true);
+
+    let without = TestProxy::start(&base.replace("CLIENT", "")).await;
+    assert_eq!(
+        get(&without.url("/private/x")).await.status(),
+        StatusCode::BAD_GATEWAY
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&ca.pem_path);
+}

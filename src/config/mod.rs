@@ -92,6 +92,15 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Request bodies up to this size are kept so a request can be retried.
     pub retry_body_limit: u64,
+    /// Clients must send `Proxy-Authorization: Bearer <key>` when set.
+    pub client_key: Option<Secret>,
+    /// A Unix socket to listen on as well (mode 0600), for sidecars and shared hosts.
+    pub unix_socket: Option<PathBuf>,
+    pub max_connections: usize,
+    /// Larger request header blocks get 431.
+    pub max_header_bytes: usize,
+    /// A client has this long to send a request's headers (slowloris).
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +119,10 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
     pub retry_body_limit: u64,
+    /// mTLS: the client certificate chain and key (PEM) presented to the upstream.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Skip certificate verification. Explicit, per upstream, warned about at every start.
+    pub insecure_skip_verify: bool,
     pub auth: AuthSpec,
     /// The target and auth settings as written: equal keys mean a reload may keep the
     /// upstream's tokens.
@@ -240,8 +253,12 @@ pub fn parse(text: &str, file: &str, sources: &dyn Sources) -> Result<Config, Co
         let auth = auth_keys.get(&upstream.name).cloned().unwrap_or_default();
         // Token requests share the upstream's transport: its CA and timeout count too.
         upstream.auth_key = Secret::new(format!(
-            "{}\n{:?}\n{:?}\n{auth}",
-            upstream.target.uri, upstream.ca_file, upstream.connect_timeout
+            "{}\n{:?}\n{:?}\n{:?}\n{}\n{auth}",
+            upstream.target.uri,
+            upstream.ca_file,
+            upstream.connect_timeout,
+            upstream.client_cert,
+            upstream.insecure_skip_verify
         ));
     }
     Ok(config)
@@ -301,6 +318,40 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         response_header_timeout,
         drain_timeout,
         retry_body_limit: server.retry_body_limit.unwrap_or(DEFAULT_RETRY_BODY_LIMIT),
+        client_key: match server.client_key.as_deref() {
+            Some("") => return Err(FieldError::new("server.client_key", "must not be empty")),
+            Some(key) if key.len() < 16 => {
+                return Err(FieldError::new(
+                    "server.client_key",
+                    "must be at least 16 characters",
+                ))
+            }
+            key => key.map(Secret::new),
+        },
+        unix_socket: server.unix_socket.as_deref().map(PathBuf::from),
+        max_connections: match server.max_connections {
+            Some(0) => {
+                return Err(FieldError::new(
+                    "server.max_connections",
+                    "must be at least 1",
+                ))
+            }
+            limit => limit.unwrap_or(1024),
+        },
+        max_header_bytes: match server.max_header_bytes {
+            Some(bytes) if bytes < 8192 => {
+                return Err(FieldError::new(
+                    "server.max_header_bytes",
+                    "must be at least 8192",
+                ))
+            }
+            limit => limit.unwrap_or(64 * 1024),
+        },
+        header_read_timeout: duration_or(
+            "server.header_read_timeout",
+            &server.header_read_timeout,
+            Duration::from_secs(10),
+        )?,
     };
 
     let store_path = match raw.store.path.as_deref() {
@@ -430,6 +481,23 @@ fn validate_upstream(
             server.response_header_timeout,
         )?,
         retry_body_limit: raw.retry_body_limit.unwrap_or(server.retry_body_limit),
+        client_cert: match (&raw.client_cert, &raw.client_cert_key) {
+            (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(FieldError::new(
+                    field("client_cert_key"),
+                    "missing; client_cert needs its key",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(FieldError::new(
+                    field("client_cert"),
+                    "missing; client_cert_key needs its certificate",
+                ))
+            }
+        },
+        insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
         auth,
         auth_key: Secret::default(),
     })

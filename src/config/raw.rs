@@ -26,6 +26,11 @@ pub struct RawServer {
     pub response_header_timeout: Option<RawDuration>,
     pub drain_timeout: Option<RawDuration>,
     pub retry_body_limit: Option<u64>,
+    pub client_key: Option<String>,
+    pub unix_socket: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub header_read_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +51,9 @@ pub struct RawUpstream {
     pub connect_timeout: Option<RawDuration>,
     pub response_header_timeout: Option<RawDuration>,
     pub retry_body_limit: Option<u64>,
+    pub client_cert: Option<String>,
+    pub client_cert_key: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
     pub auth: Option<RawAuth>,
 }
 

@@ -62,15 +62,22 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `-Host` to what
 /// the client used to reach the proxy.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, original_host: Option<HeaderValue>) {
-    let client = client.to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client}"),
-        _ => client,
-    };
-    // An IP address and commas are always valid header text.
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+/// A Unix-socket client has no address to add.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: Option<IpAddr>,
+    original_host: Option<HeaderValue>,
+) {
+    if let Some(client) = client {
+        let client = client.to_string();
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client}"),
+            _ => client,
+        };
+        // An IP address and commas are always valid header text.
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     match original_host {
@@ -133,7 +140,7 @@ mod tests {
         ]);
         add_forwarded(
             &mut headers,
-            "127.0.0.1".parse().unwrap(),
+            Some("127.0.0.1".parse().unwrap()),
             Some(HeaderValue::from_static("localhost:8080")),
         );
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");

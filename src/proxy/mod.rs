@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::app::{App, Upstream};
 use crate::problem::ProxyError;
-use crate::routes::Route;
+use crate::routes::{self, Route};
 use crate::tokens::{Credential, TokenUnavailable};
 use crate::transport::{error_chain, ProxyBody};
 
@@ -32,7 +32,10 @@ pub use admin::status;
 /// Where a connection came from and which listener it arrived on.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    pub client: SocketAddr,
+    /// `None` for a Unix-socket client.
+    pub client: Option<SocketAddr>,
+    /// The port the client connected to (`None` on the Unix socket).
+    pub local_port: Option<u16>,
     /// The upstream owning this listener, for per-upstream `listen` ports.
     pub dedicated: Option<Arc<str>>,
 }
@@ -43,43 +46,41 @@ pub async fn handle(
     connection: Connection,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    if request.method() == http::Method::CONNECT {
-        // A reverse proxy has no business opening tunnels to arbitrary hosts.
+    if let Err(error) = admissible(&app, &request, connection.local_port) {
+        return Ok(error.into_response());
+    }
+    let Some(path) = routes::normalize_path(request.uri().path()) else {
         return Ok(ProxyError::BadRequest {
-            reason: "CONNECT is not supported: tokenproxy is a reverse proxy, not a forward proxy"
-                .into(),
+            reason: "the request target must be a path starting with /".into(),
         }
         .into_response());
-    }
+    };
     let host = request_host(&request);
     let dedicated = match connection.dedicated.as_deref() {
         // The upstream owning this listener was removed by a reload.
         Some(name) => match app.index_of(name) {
             Some(index) => Some(index),
-            None => {
-                return Ok(ProxyError::NoRoute {
-                    path: request.uri().path().to_owned(),
-                }
-                .into_response())
-            }
+            None => return Ok(ProxyError::NoRoute { path }.into_response()),
         },
         None => None,
     };
-    let route = app
-        .routes
-        .route(dedicated, host.as_deref(), request.uri().path());
+    // What is routed is exactly what is forwarded: the normalized path.
+    let route = app.routes.route(dedicated, host.as_deref(), &path);
     let response = match route {
-        Route::Admin(path) => {
-            let path = path.to_owned();
-            admin::handle(&app, &path, request).await
+        Route::Admin(admin_path) => {
+            if let Err(error) = client_key_accepted(&app, &request, admin_path) {
+                return Ok(error.into_response());
+            }
+            let admin_path = admin_path.to_owned();
+            admin::handle(&app, &admin_path, request).await
         }
-        Route::NotFound => ProxyError::NoRoute {
-            path: request.uri().path().to_owned(),
-        }
-        .into_response(),
-        Route::Upstream { index, path } => {
+        Route::NotFound => ProxyError::NoRoute { path: path.clone() }.into_response(),
+        Route::Upstream { index, path: rest } => {
+            if let Err(error) = client_key_accepted(&app, &request, "") {
+                return Ok(error.into_response());
+            }
             let upstream = Arc::clone(&app.upstreams[index]);
-            let target = match target_uri(&upstream, path, request.uri().query()) {
+            let target = match target_uri(&upstream, rest, request.uri().query()) {
                 Ok(uri) => uri,
                 Err(error) => return Ok(error.into_response()),
             };
@@ -91,14 +92,97 @@ pub async fn handle(
     Ok(response)
 }
 
-/// The host the client addressed: `Host` for HTTP/1, `:authority` for HTTP/2.
+/// Refuses what a reverse proxy must never act on: `CONNECT`, absolute-form targets naming
+/// a host that is not this proxy's, and ambiguous framing (`Content-Length` with
+/// `Transfer-Encoding`, a request-smuggling vector).
+fn admissible<B>(
+    app: &App,
+    request: &Request<B>,
+    local_port: Option<u16>,
+) -> Result<(), ProxyError> {
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest {
+            reason: "CONNECT is not supported: tokenproxy is a reverse proxy, not a forward proxy"
+                .into(),
+        });
+    }
+    let headers = request.headers();
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::BadRequest {
+            reason: "a request may not have both Content-Length and Transfer-Encoding".into(),
+        });
+    }
+    // HTTP/1 absolute-form (`GET http://host/ HTTP/1.1`) is how clients talk to a forward
+    // proxy; only our own names are accepted. HTTP/2 always carries an authority.
+    if request.version() < Version::HTTP_2 {
+        if let Some(authority) = request.uri().authority() {
+            // Our own names count only with the port the client connected to.
+            let port = authority.port_u16().unwrap_or(80);
+            let ours = app.routes.is_upstream_host(authority.as_str())
+                || (app.routes.is_loopback_host(authority.as_str()) && Some(port) == local_port);
+            if !ours {
+                return Err(ProxyError::BadRequest {
+                    reason: format!(
+                        "absolute-form request for {authority} refused: tokenproxy is not an open proxy"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// With `server.client_key`, every request but the health and readiness probes must carry
+/// `Proxy-Authorization: Bearer <key>` (compared in constant time).
+fn client_key_accepted<B>(
+    app: &App,
+    request: &Request<B>,
+    admin_path: &str,
+) -> Result<(), ProxyError> {
+    let Some(key) = &app.server.client_key else {
+        return Ok(());
+    };
+    if matches!(admin_path, "health" | "ready") {
+        return Ok(());
+    }
+    let presented = request
+        .headers()
+        .get(header::PROXY_AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), key.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ProxyError::ClientKeyRequired)
+    }
+}
+
+/// Equal without revealing, through timing, how much of the prefix matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for (index, byte) in b.iter().enumerate() {
+        difference |= usize::from(a.get(index).copied().unwrap_or(0) ^ byte);
+    }
+    difference == 0
+}
+
+/// The host the client addressed: the request target's authority when it has one
+/// (HTTP/2 `:authority`, HTTP/1 absolute-form), else `Host`.
 fn request_host<B>(request: &Request<B>) -> Option<String> {
     request
-        .headers()
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|host| host.to_str().ok())
+                .map(str::to_owned)
+        })
 }
 
 /// The target's base path plus the routed path, with the query exactly as received.
@@ -164,7 +248,7 @@ async fn forward(
     }
     headers::add_forwarded(
         headers,
-        connection.client.ip(),
+        connection.client.map(|client| client.ip()),
         original_host.and_then(|host| HeaderValue::from_str(&host).ok()),
     );
     for (name, value) in &upstream.config.headers {
@@ -174,12 +258,12 @@ async fn forward(
     // A small body is kept so the request can be sent again (a 401 with a stale token, a
     // connection reset); anything else streams through untouched.
     let replay = match upgrade {
-        Some(_) => Replay::Streaming(body),
+        Some(_) => Replay::Streaming(body.map_err(Into::into).boxed_unsync()),
         None => replayable(body, upstream.config.retry_body_limit).await?,
     };
     let (body, replay) = match replay {
         Replay::Kept(bytes) => (full(bytes.clone()), Some(bytes)),
-        Replay::Streaming(body) => (body.map_err(Into::into).boxed_unsync(), None),
+        Replay::Streaming(body) => (body, None),
     };
 
     let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -229,7 +313,7 @@ async fn forward(
 
 enum Replay {
     Kept(Bytes),
-    Streaming(Incoming),
+    Streaming(ProxyBody),
 }
 
 /// Reads the body into memory when it is declared no larger than `limit` (or is empty).
@@ -249,7 +333,65 @@ async fn replayable(body: Incoming, limit: u64) -> Result<Replay, ProxyError> {
                 .to_bytes();
             Ok(Replay::Kept(bytes))
         }
-        _ => Ok(Replay::Streaming(body)),
+        _ => Ok(Replay::Streaming(first_frame_checked(body).await?)),
+    }
+}
+
+/// Reads a streamed body's first frame before anything is forwarded, so a body that is
+/// broken from the start (an invalid chunk size) gets a 400 and never reaches the vendor.
+async fn first_frame_checked(mut body: Incoming) -> Result<ProxyBody, ProxyError> {
+    let first = match body.frame().await {
+        None => None,
+        Some(Ok(frame)) => Some(frame),
+        Some(Err(error)) => {
+            return Err(ProxyError::BadRequest {
+                reason: format!("the request body is malformed: {error}"),
+            })
+        }
+    };
+    Ok(Prepended { first, rest: body }.boxed_unsync())
+}
+
+/// A body whose first frame was already read.
+struct Prepended {
+    first: Option<http_body::Frame<Bytes>>,
+    rest: Incoming,
+}
+
+impl http_body::Body for Prepended {
+    type Data = Bytes;
+    type Error = crate::transport::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if let Some(frame) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(frame)));
+        }
+        std::pin::Pin::new(&mut self.rest)
+            .poll_frame(cx)
+            .map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let rest = self.rest.size_hint();
+        let extra = self
+            .first
+            .as_ref()
+            .and_then(|frame| frame.data_ref())
+            .map_or(0, |data| data.len() as u64);
+        let mut hint = http_body::SizeHint::new();
+        // Upper before lower: a lower bound above the upper one panics.
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint.set_lower(rest.lower() + extra);
+        hint
     }
 }
 

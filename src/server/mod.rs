@@ -3,6 +3,8 @@
 //! shutdown; and reloads that swap the whole `App` atomically, so in-flight requests finish
 //! on the config they started with.
 
+mod framing;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,12 @@ pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {path}: {source}")]
+    BindUnix {
+        path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -88,6 +96,19 @@ impl Server {
             }
         }
 
+        #[cfg(unix)]
+        let unix = config
+            .server
+            .unix_socket
+            .as_deref()
+            .map(bind_unix)
+            .transpose()?;
+        if !config.server.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %config.server.listen,
+                "listening beyond loopback: other machines can use these tokens; consider server.client_key"
+            );
+        }
         let main_addr = local_addr(&main);
         let _ = app.public_base.set(public_base(main_addr));
         if let Some(path) = &config.store_path {
@@ -107,23 +128,33 @@ impl Server {
             }
         }
         let app: SharedApp = Arc::new(ArcSwap::from_pointee(app));
-        let drain = config.server.drain_timeout;
+        let limits = Limits::from(config);
         let mut upstream_addrs = Vec::new();
         let mut accept_loops = vec![tokio::spawn(accept_loop(
             Arc::clone(&app),
-            main,
+            Listener::Tcp(main),
             None,
             shutdown_rx.clone(),
-            drain,
+            limits.clone(),
         ))];
+        #[cfg(unix)]
+        if let Some(unix) = unix {
+            accept_loops.push(tokio::spawn(accept_loop(
+                Arc::clone(&app),
+                Listener::Unix(unix),
+                None,
+                shutdown_rx.clone(),
+                limits.clone(),
+            )));
+        }
         for (name, listener) in dedicated {
             upstream_addrs.push((name.clone(), local_addr(&listener)));
             accept_loops.push(tokio::spawn(accept_loop(
                 Arc::clone(&app),
-                listener,
+                Listener::Tcp(listener),
                 Some(Arc::from(name.as_str())),
                 shutdown_rx.clone(),
-                drain,
+                limits.clone(),
             )));
         }
         Ok(Server {
@@ -263,52 +294,142 @@ fn local_addr(listener: &TcpListener) -> SocketAddr {
         .expect("a bound TCP listener has an address")
 }
 
+/// A bound listener: TCP, or the optional Unix socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+/// Limits every accept loop applies.
+#[derive(Clone)]
+struct Limits {
+    connections: Arc<tokio::sync::Semaphore>,
+    max_header_bytes: usize,
+    header_read_timeout: Duration,
+    drain: Duration,
+}
+
+impl Limits {
+    fn from(config: &Config) -> Self {
+        Limits {
+            connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+            max_header_bytes: config.server.max_header_bytes,
+            header_read_timeout: config.server.header_read_timeout,
+            drain: config.server.drain_timeout,
+        }
+    }
+}
+
 async fn accept_loop(
     app: SharedApp,
-    listener: TcpListener,
+    listener: Listener,
     dedicated: Option<Arc<str>>,
     mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
+    limits: Limits,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        // Slow or idle clients may not hold a connection open forever (slowloris).
+        .header_read_timeout(limits.header_read_timeout)
+        // Header blocks over the limit get 431.
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+        // At most max_connections at once: further clients wait in the listen backlog.
+        let permit = tokio::select! {
+            permit = Arc::clone(&limits.connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
             },
             _ = shutdown.changed() => break,
         };
-        let _ = stream.set_nodelay(true);
+        let accepted = tokio::select! {
+            accepted = accept(&listener) => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, client, local_port) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                tracing::warn!(error = %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let app = Arc::clone(&app);
         let connection_info = Connection {
             client,
+            local_port,
             dedicated: dedicated.clone(),
         };
         let service = service_fn(move |request| {
             proxy::handle(app.load_full(), connection_info.clone(), request)
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let io = TokioIo::new(framing::StrictHttp1::new(stream));
+        let connection = builder.serve_connection_with_upgrades(io, service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::debug!(%client, error = %error, "connection ended with an error");
+                tracing::debug!(error = %error, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
+    if tokio::time::timeout(limits.drain, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!(?drain, "drain time over; closing the remaining connections");
+        tracing::warn!(drain = ?limits.drain, "drain time over; closing the remaining connections");
     }
+}
+
+/// A client connection, whatever the listener.
+type Stream = Box<dyn StreamIo>;
+
+trait StreamIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> StreamIo for T {}
+
+async fn accept(listener: &Listener) -> std::io::Result<(Stream, Option<SocketAddr>, Option<u16>)> {
+    match listener {
+        Listener::Tcp(listener) => {
+            let (stream, client) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let local_port = stream.local_addr().ok().map(|addr| addr.port());
+            Ok((Box::new(stream), Some(client), local_port))
+        }
+        #[cfg(unix)]
+        Listener::Unix(listener) => {
+            let (stream, _) = listener.accept().await?;
+            Ok((Box::new(stream), None, None))
+        }
+    }
+}
+
+/// Binds the Unix socket with mode 0600: only this user's processes may use the proxy.
+#[cfg(unix)]
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |source| StartError::BindUnix {
+        path: path.to_owned(),
+        source,
+    };
+    // A socket file left by a previous run; anything else is not ours to remove.
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if metadata.file_type().is_socket() {
+            std::fs::remove_file(path).map_err(failed)?;
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(failed)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+    Ok(listener)
 }

@@ -1,0 +1,455 @@
+//! Security: malformed HTTP/1 never reaches an upstream, paths cannot be confused into the
+//! wrong upstream's token, the proxy is no open proxy, the client key, the Unix socket, and
+//! no secret at any log level.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use support::*;
+use tokenproxy::sim::echo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn static_upstream(name: &str, target: &str, token: &str, extra: &str) -> String {
+    format!("[upstreams.{name}]\ntarget = \"{target}/\"\n{extra}\n[upstreams.{name}.auth]\nkind = \"static\"\ntoken = \"{token}\"\n")
+}
+
+/// Sends raw bytes; returns the status line of the answer (or what happened instead).
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await {
+        Ok(Ok(0)) => "closed".into(),
+        Ok(Ok(n)) => String::from_utf8_lossy(&answer[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        Ok(Err(error)) => format!("error: {error}"),
+        Err(_) => "no answer".into(),
+    }
+}
+
+#[tokio::test]
+async fn malformed_http1_gets_400_or_431_and_never_reaches_the_upstream() {
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&static_upstream("echo", &upstream.url(), "t", "")).await;
+    let big = format!(
+        "GET /echo/a HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("content-length with transfer-encoding", b"POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), "400"),
+        ("differing content-lengths", b"POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde".to_vec(), "400"),
+        ("invalid chunk size", b"POST /echo/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".to_vec(), "400"),
+        ("obsolete line folding", b"GET /echo/a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n continued\r\n\r\n".to_vec(), "400"),
+        ("bare LF line ends", b"GET /echo/a HTTP/1.1\nHost: x\n\n".to_vec(), "400"),
+        ("one bare LF", b"GET /echo/a HTTP/1.1\r\nHost: x\nX-B: 2\r\n\r\n".to_vec(), "400"),
+        ("header block over the limit", big.into_bytes(), "431"),
+    ];
+    for (name, bytes, status) in cases {
+        let answer = raw(proxy.addr(), &bytes).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{name}: {answer}"
+        );
+    }
+    assert_eq!(upstream.request_count(), 0, "{:?}", upstream.requests());
+    // Well-formed requests still pass on the same listener.
+    let ok = raw(proxy.addr(), b"POST /echo/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+}
+
+#[tokio::test]
+async fn slow_header_clients_are_disconnected_and_connections_are_limited() {
+    let upstream = echo::start().await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"500ms\"\nmax_connections = 2\n[store]\npath = \"memory\"\n{}",
+        static_upstream("echo", &upstream.url(), "t", "")
+    );
+    let config =
+        tokenproxy::config::parse(&config, "test.toml", &tokenproxy::config::ProcessSources)
+            .unwrap();
+    let server = tokenproxy::server::Server::start(&config).await.unwrap();
+    let mut slow = TcpStream::connect(server.local_addr()).await.unwrap();
+    slow.write_all(b"GET /echo/a HTTP/1.1\r\nHo").await.unwrap();
+    let mut buffer = [0u8; 512];
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match slow.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow client was not disconnected");
+
+    // max_connections = 2: two idle clients hold both slots; a third waits until one leaves.
+    let first = TcpStream::connect(server.local_addr()).await.unwrap();
+    let _second = TcpStream::connect(server.local_addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let url = format!("http://{}/echo/third", server.local_addr());
+    let third = tokio::spawn(async move { get(&url).await.status() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served beyond the limit"
+    );
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(3), third)
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(status.unwrap(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn paths_cannot_carry_one_upstreams_token_to_another() {
+    let bigeval = echo::start().await;
+    let amm = echo::start().await;
+    let proxy = TestProxy::start(
+        &(static_upstream("bigeval", &bigeval.url(), "bigeval-token", "")
+            + &static_upstream("amm", &amm.url(), "amm-token", "")),
+    )
+    .await;
+    let cases = [
+        ("/bigeval/../amm/x", Some(("amm", "/x"))),
+        ("/bigeval/%2e%2e/amm/x", Some(("amm", "/x"))),
+        ("/bigeval/%2E%2e/amm/x", Some(("amm", "/x"))),
+        ("//amm/x", Some(("amm", "/x"))),
+        ("/amm/./x", Some(("amm", "/x"))),
+        ("/bigeval%2F..%2Famm/x", None),
+        ("/bigeval%2f..%2famm/x", None),
+        ("/amm/..%2Fbigeval/x", Some(("amm", "/..%2Fbigeval/x"))),
+        ("/amm\\..\\bigeval/x", None),
+        ("/bigeval/../../amm/../bigeval/y", Some(("bigeval", "/y"))),
+    ];
+    for (path, expected) in cases {
+        let before = (bigeval.request_count(), amm.request_count());
+        let response = send(
+            Request::get(format!("http://{}{path}", proxy.addr()))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        match expected {
+            None => {
+                assert!(
+                    response.status().is_client_error(),
+                    "{path}: {}",
+                    response.status()
+                );
+                assert_eq!(
+                    (bigeval.request_count(), amm.request_count()),
+                    before,
+                    "{path} was forwarded"
+                );
+            }
+            Some((upstream, forwarded)) => {
+                assert_eq!(response.status(), StatusCode::OK, "{path}");
+                let report = json(&response);
+                let token = if upstream == "amm" {
+                    "Bearer amm-token"
+                } else {
+                    "Bearer bigeval-token"
+                };
+                assert_eq!(echoed(&report, "authorization"), [token], "{path}");
+                assert_eq!(report["uri"], forwarded, "{path}");
+                let (seen, other) = if upstream == "amm" {
+                    (&amm, &bigeval)
+                } else {
+                    (&bigeval, &amm)
+                };
+                assert_eq!(
+                    seen.request_count(),
+                    if upstream == "amm" {
+                        before.1
+                    } else {
+                        before.0
+                    } + 1
+                );
+                assert_eq!(
+                    other.request_count(),
+                    if upstream == "amm" {
+                        before.0
+                    } else {
+                        before.1
+                    }
+                );
+            }
+        }
+    }
+}
+
+/// A loopback listener that counts the connections it gets.
+async fn bystander() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((_stream, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn it_is_not_an_open_proxy() {
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&static_upstream(
+        "echo",
+        &upstream.url(),
+        "t",
+        "prefix = \"/\"",
+    ))
+    .await;
+    let (other, connections) = bystander().await;
+    for request in [
+        format!("GET http://{other}/x HTTP/1.1\r\nHost: {other}\r\n\r\n"),
+        format!("GET http://{other}/echo/x HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+        format!("CONNECT {other} HTTP/1.1\r\nHost: {other}\r\n\r\n"),
+        "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n".to_string(),
+    ] {
+        let answer = raw(proxy.addr(), request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "the proxy connected to a host it does not route to"
+    );
+    assert_eq!(upstream.request_count(), 0);
+    // Absolute-form naming the proxy itself is an ordinary request.
+    let own = raw(
+        proxy.addr(),
+        format!("GET http://{}/x HTTP/1.1\r\nHost: x\r\n\r\n", proxy.addr()).as_bytes(),
+    )
+    .await;
+    assert!(own.starts_with("HTTP/1.1 200"), "{own}");
+}
+
+#[tokio::test]
+async fn the_client_key_is_required_and_never_forwarded() {
+    let upstream = echo::start().await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nclient_key = \"k3y-0f-at-least-16\"\n[store]\npath = \"memory\"\n{}",
+        static_upstream("echo", &upstream.url(), "t", "")
+    );
+    let config =
+        tokenproxy::config::parse(&config, "test.toml", &tokenproxy::config::ProcessSources)
+            .unwrap();
+    let server = tokenproxy::server::Server::start(&config).await.unwrap();
+    let url = |path: &str| format!("http://{}{path}", server.local_addr());
+    for key in [
+        None,
+        Some("Bearer wrong-key-of-16-chars"),
+        Some("Bearer k3y-0f-at-least-1"),
+        Some("k3y-0f-at-least-16"),
+    ] {
+        let mut request = Request::get(url("/echo/x"));
+        if let Some(key) = key {
+            request = request.header("proxy-authorization", key);
+        }
+        let response = send(request.body(empty()).unwrap()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "{key:?}"
+        );
+        assert_eq!(response.headers()["proxy-authenticate"], "Bearer");
+    }
+    assert_eq!(upstream.request_count(), 0);
+    let response = send(
+        Request::get(url("/echo/x"))
+            .header("proxy-authorization", "Bearer k3y-0f-at-least-16")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        echoed(&json(&response), "proxy-authorization").is_empty(),
+        "the key went upstream"
+    );
+    assert_eq!(
+        get(&url("/-/health")).await.status(),
+        StatusCode::OK,
+        "probes need no key"
+    );
+    assert_eq!(
+        get(&url("/-/status")).await.status(),
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED
+    );
+}
+
+#[tokio::test]
+async fn the_unix_socket_is_private_to_its_user_and_serves() {
+    use std::os::unix::fs::PermissionsExt;
+    let upstream = echo::start().await;
+    let dir = temp_dir("sec-unix");
+    let socket = dir.join("tokenproxy.sock");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nunix_socket = \"{}\"\n[store]\npath = \"memory\"\n{}",
+        socket.display(),
+        static_upstream("echo", &upstream.url(), "unix-token", "")
+    );
+    let config =
+        tokenproxy::config::parse(&config, "test.toml", &tokenproxy::config::ProcessSources)
+            .unwrap();
+    let _server = tokenproxy::server::Server::start(&config).await.unwrap();
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    stream
+        .write_all(b"GET /echo/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("Bearer unix-token"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_whole_run_at_trace_level_prints_no_secret_or_token() {
+    use tokenproxy::sim::oauth::{self, OAuthSimConfig, SimClient};
+    const CLIENT_SECRET: &str = "trace-client-secret-91f3";
+    const PASSWORD: &str = "trace-password-77ab";
+    const STATIC_TOKEN: &str = "trace-static-token-5e2d";
+    const CLIENT_KEY: &str = "trace-client-key-c0ffee-beef";
+    let upstream = echo::start().await;
+    let sim = oauth::start(OAuthSimConfig {
+        token_path: "/token".into(),
+        clients: vec![SimClient {
+            id: "svc".into(),
+            secret: Some(CLIENT_SECRET.into()),
+        }],
+        users: vec![("alice".into(), PASSWORD.into())],
+        allow_client_credentials: true,
+        allow_password: true,
+        access_ttl: Duration::from_secs(2),
+        refresh_ttl: Some(Duration::from_secs(600)),
+        ..OAuthSimConfig::default()
+    })
+    .await;
+    let dir = temp_dir("sec-trace");
+    std::fs::write(
+        dir.join("tokenproxy.toml"),
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+client_key = "{CLIENT_KEY}"
+[store]
+path = "memory"
+[upstreams.cc]
+target = "{echo}/"
+[upstreams.cc.auth]
+kind = "client_credentials"
+token_url = "{token}"
+client_id = "svc"
+client_secret = "{CLIENT_SECRET}"
+client_auth = "basic"
+[upstreams.pw]
+target = "{echo}/"
+[upstreams.pw.auth]
+kind = "password"
+token_url = "{token}"
+client_id = "svc"
+client_secret = "{CLIENT_SECRET}"
+username = "alice"
+password = "{PASSWORD}"
+[upstreams.fixed]
+target = "{echo}/"
+[upstreams.fixed.auth]
+kind = "static"
+token = "{STATIC_TOKEN}"
+"#,
+            echo = upstream.url(),
+            token = sim.token_url()
+        ),
+    )
+    .unwrap();
+    let mut daemon = {
+        let mut child = tokenproxy(&dir)
+            .env("TOKENPROXY_LOG", "trace")
+            .arg("run")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = capture(child.stdout.take().unwrap());
+        let stderr = capture(child.stderr.take().unwrap());
+        (child, stdout, stderr)
+    };
+    let addr = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = daemon.2.lock().unwrap().iter().find_map(|line| {
+                line.split("listen=")
+                    .nth(1)
+                    .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+            });
+            if let Some(addr) = found {
+                break addr;
+            }
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut tokens = vec![STATIC_TOKEN.to_owned()];
+    // Three rounds over 2-second tokens: grants, refreshes, rotations, all at trace level.
+    for _ in 0..3 {
+        for name in ["cc", "pw", "fixed"] {
+            let response = send(
+                Request::get(format!("http://{addr}/{name}/x"))
+                    .header("proxy-authorization", format!("Bearer {CLIENT_KEY}"))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let authorization = echoed(&json(&response), "authorization").remove(0);
+            tokens.push(authorization.trim_start_matches("Bearer ").to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+    }
+    let _ = daemon.0.kill();
+    let _ = daemon.0.wait();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let output = format!(
+        "{}\n{}",
+        daemon.1.lock().unwrap().join("\n"),
+        daemon.2.lock().unwrap().join("\n")
+    );
+    assert!(
+        output.contains("TRACE") || output.contains("DEBUG"),
+        "not at trace level"
+    );
+    assert!(
+        sim.count_for_grant("refresh_token") >= 1,
+        "refreshes happened"
+    );
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("svc:{CLIENT_SECRET}"));
+    for secret in [CLIENT_SECRET, PASSWORD, CLIENT_KEY, &basic]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(tokens)
+    {
+        assert!(
+            !output.contains(&secret),
+            "{secret} appears in the trace output"
+        );
+    }
+}
