@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default)]
@@ -16,7 +16,7 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawUpstream>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: Option<String>,
@@ -33,13 +33,13 @@ pub struct RawServer {
     pub header_read_timeout: Option<RawDuration>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     pub path: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub target: Option<String>,
@@ -60,7 +60,7 @@ pub struct RawUpstream {
 /// Every auth option of every kind. Which ones a kind accepts is checked in
 /// `providers::AuthSpec::from_raw`, so a field that means nothing for the chosen kind is an
 /// error too.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     pub kind: Option<String>,
@@ -94,7 +94,7 @@ pub struct RawAuth {
 }
 
 /// `scope = "a b"` or `scope = ["a", "b"]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(untagged)]
 pub enum RawScope {
     Joined(String),
@@ -102,7 +102,7 @@ pub enum RawScope {
 }
 
 /// `"90s"`, `"5m"`, `"250ms"`, or a plain number of seconds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(untagged)]
 pub enum RawDuration {
     Seconds(u64),
