@@ -21,3 +21,6 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== tests"
 cargo test --locked --all-targets
 cargo test --locked --doc
+
+echo "== fuzz (config parsing, path normalisation + routing), bounded"
+FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash scripts/fuzz.sh

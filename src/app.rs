@@ -69,9 +69,6 @@ impl App {
                 client_cert: upstream.client_cert.clone(),
                 insecure_skip_verify: upstream.insecure_skip_verify,
             };
-            if tls.insecure_skip_verify {
-                tracing::warn!(upstream = %upstream.name, "insecure_skip_verify: the upstream's certificate is NOT verified");
-            }
             let transport = transports
                 .get(&tls, upstream.connect_timeout)
                 .map_err(|source| BuildError::Transport {

@@ -21,6 +21,10 @@ pub enum ProxyError {
     MethodNotAllowed { method: String },
     #[error("this tokenproxy requires Proxy-Authorization: Bearer <client key>")]
     ClientKeyRequired,
+    #[error("Host {host} is not one of this proxy's names; a sidecar lists its service name in server.allowed_hosts")]
+    MisdirectedHost { host: String },
+    #[error("cross-site request refused: {reason}")]
+    CrossOrigin { reason: String },
     #[error(
         "no valid token for upstream {upstream}: {cause}{}",
         login_hint(upstream, cause)
@@ -45,6 +49,8 @@ impl ProxyError {
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientKeyRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            ProxyError::MisdirectedHost { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::CrossOrigin { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } | ProxyError::ConnectTimeout { .. } => {
@@ -60,7 +66,9 @@ impl ProxyError {
             ProxyError::BadRequest { .. } | ProxyError::MethodNotAllowed { .. } => {
                 "http_request_error"
             }
-            ProxyError::ClientKeyRequired => "http_request_denied",
+            ProxyError::ClientKeyRequired
+            | ProxyError::MisdirectedHost { .. }
+            | ProxyError::CrossOrigin { .. } => "http_request_denied",
             ProxyError::NoToken { .. } => "proxy_internal_response",
             ProxyError::UpstreamUnreachable { .. } => "destination_unavailable",
             ProxyError::UpstreamTimeout { .. } => "http_response_timeout",
@@ -73,7 +81,9 @@ impl ProxyError {
             ProxyError::NoRoute { .. }
             | ProxyError::BadRequest { .. }
             | ProxyError::MethodNotAllowed { .. }
-            | ProxyError::ClientKeyRequired => None,
+            | ProxyError::ClientKeyRequired
+            | ProxyError::MisdirectedHost { .. }
+            | ProxyError::CrossOrigin { .. } => None,
             ProxyError::NoToken { upstream, .. }
             | ProxyError::UpstreamUnreachable { upstream, .. }
             | ProxyError::UpstreamTimeout { upstream, .. }

@@ -40,16 +40,16 @@ async fn malformed_http1_gets_400_or_431_and_never_reaches_the_upstream() {
     let upstream = echo::start().await;
     let proxy = TestProxy::start(&static_upstream("echo", &upstream.url(), "t", "")).await;
     let big = format!(
-        "GET /echo/a HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "GET /echo/a HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
         "a".repeat(100_000)
     );
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("content-length with transfer-encoding", b"POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), "400"),
-        ("differing content-lengths", b"POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde".to_vec(), "400"),
-        ("invalid chunk size", b"POST /echo/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".to_vec(), "400"),
-        ("obsolete line folding", b"GET /echo/a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n continued\r\n\r\n".to_vec(), "400"),
-        ("bare LF line ends", b"GET /echo/a HTTP/1.1\nHost: x\n\n".to_vec(), "400"),
-        ("one bare LF", b"GET /echo/a HTTP/1.1\r\nHost: x\nX-B: 2\r\n\r\n".to_vec(), "400"),
+        ("content-length with transfer-encoding", b"POST /echo/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), "400"),
+        ("differing content-lengths", b"POST /echo/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde".to_vec(), "400"),
+        ("invalid chunk size", b"POST /echo/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".to_vec(), "400"),
+        ("obsolete line folding", b"GET /echo/a HTTP/1.1\r\nHost: localhost\r\nX-A: 1\r\n continued\r\n\r\n".to_vec(), "400"),
+        ("bare LF line ends", b"GET /echo/a HTTP/1.1\nHost: localhost\n\n".to_vec(), "400"),
+        ("one bare LF", b"GET /echo/a HTTP/1.1\r\nHost: localhost\nX-B: 2\r\n\r\n".to_vec(), "400"),
         ("header block over the limit", big.into_bytes(), "431"),
     ];
     for (name, bytes, status) in cases {
@@ -61,7 +61,7 @@ async fn malformed_http1_gets_400_or_431_and_never_reaches_the_upstream() {
     }
     assert_eq!(upstream.request_count(), 0, "{:?}", upstream.requests());
     // Well-formed requests still pass on the same listener.
-    let ok = raw(proxy.addr(), b"POST /echo/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").await;
+    let ok = raw(proxy.addr(), b"POST /echo/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n").await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
 
@@ -230,7 +230,11 @@ async fn it_is_not_an_open_proxy() {
     // Absolute-form naming the proxy itself is an ordinary request.
     let own = raw(
         proxy.addr(),
-        format!("GET http://{}/x HTTP/1.1\r\nHost: x\r\n\r\n", proxy.addr()).as_bytes(),
+        format!(
+            "GET http://{}/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            proxy.addr()
+        )
+        .as_bytes(),
     )
     .await;
     assert!(own.starts_with("HTTP/1.1 200"), "{own}");

@@ -78,6 +78,9 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => match load(cli.config.as_deref()) {
             Ok(config) => {
+                for warning in config.warnings() {
+                    eprintln!("tokenproxy: warning: {warning}");
+                }
                 println!(
                     "{}: ok, {} upstream{}",
                     config.source,

@@ -30,29 +30,33 @@ pub struct InterpolationError {
 }
 
 /// Replaces every `${...}` in every string of `value`, in place. `$${` is a literal `${`.
+/// Every value substituted is added to `resolved`, so errors can keep them out.
 pub fn interpolate_tree(
     value: &mut Value,
     field: &mut Vec<String>,
     sources: &dyn Sources,
+    resolved: &mut Vec<String>,
 ) -> Result<(), InterpolationError> {
     match value {
         Value::String(text) => {
-            *text = interpolate(text, sources).map_err(|problem| InterpolationError {
-                field: field.join("."),
-                problem,
+            *text = interpolate_into(text, sources, resolved).map_err(|problem| {
+                InterpolationError {
+                    field: field.join("."),
+                    problem,
+                }
             })?;
         }
         Value::Array(items) => {
             for (index, item) in items.iter_mut().enumerate() {
                 field.push(index.to_string());
-                interpolate_tree(item, field, sources)?;
+                interpolate_tree(item, field, sources, resolved)?;
                 field.pop();
             }
         }
         Value::Table(table) => {
             for (key, item) in table.iter_mut() {
                 field.push(key.clone());
-                interpolate_tree(item, field, sources)?;
+                interpolate_tree(item, field, sources, resolved)?;
                 field.pop();
             }
         }
@@ -62,7 +66,16 @@ pub fn interpolate_tree(
 }
 
 /// Substitutes one string. The error names the variable or file, never a value.
+#[cfg(test)]
 pub fn interpolate(text: &str, sources: &dyn Sources) -> Result<String, String> {
+    interpolate_into(text, sources, &mut Vec::new())
+}
+
+fn interpolate_into(
+    text: &str,
+    sources: &dyn Sources,
+    resolved: &mut Vec<String>,
+) -> Result<String, String> {
     if !text.contains('$') {
         return Ok(text.to_owned());
     }
@@ -78,7 +91,9 @@ pub fn interpolate(text: &str, sources: &dyn Sources) -> Result<String, String> 
             let end = open
                 .find('}')
                 .ok_or_else(|| format!("unclosed `${{` in {text:?}"))?;
-            out.push_str(&resolve(&open[..end], sources)?);
+            let value = resolve(&open[..end], sources)?;
+            out.push_str(&value);
+            resolved.push(value);
             rest = &open[end + 1..];
         } else {
             out.push('$');
@@ -164,7 +179,8 @@ mod tests {
     #[test]
     fn reports_the_field_path() {
         let mut value: Value = toml::from_str("[a.b]\nc = ['x', '${NOPE}']").unwrap();
-        let error = interpolate_tree(&mut value, &mut Vec::new(), &fake()).unwrap_err();
+        let error =
+            interpolate_tree(&mut value, &mut Vec::new(), &fake(), &mut Vec::new()).unwrap_err();
         assert_eq!(error.field, "a.b.c.1");
     }
 }

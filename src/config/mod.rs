@@ -67,8 +67,48 @@ impl FieldError {
     fn in_file(self, file: &str) -> ConfigError {
         ConfigError::Invalid {
             file: file.to_owned(),
-            field: self.field,
-            problem: self.problem,
+            // A TOML key may hold any character; the message stays one line.
+            field: self.field.escape_debug().to_string(),
+            problem: one_line(&self.problem),
+        }
+    }
+}
+
+impl ConfigError {
+    /// Replaces every substituted value in the message.
+    fn without(self, values: &[String]) -> ConfigError {
+        let scrub = |mut text: String| {
+            for value in values.iter().filter(|value| value.len() >= 3) {
+                text = text.replace(value.as_str(), "[value from ${...}]");
+                // Values are shown debug-quoted too.
+                let quoted = format!("{value:?}");
+                let quoted = &quoted[1..quoted.len() - 1];
+                if !quoted.is_empty() {
+                    text = text.replace(quoted, "[value from ${...}]");
+                }
+            }
+            text
+        };
+        match self {
+            ConfigError::Invalid {
+                file,
+                field,
+                problem,
+            } => ConfigError::Invalid {
+                file,
+                field: scrub(field),
+                problem: scrub(problem),
+            },
+            ConfigError::Syntax {
+                file,
+                line,
+                problem,
+            } => ConfigError::Syntax {
+                file,
+                line,
+                problem: scrub(problem),
+            },
+            other => other,
         }
     }
 }
@@ -123,6 +163,8 @@ pub struct UpstreamConfig {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Skip certificate verification. Explicit, per upstream, warned about at every start.
     pub insecure_skip_verify: bool,
+    /// Browser origins (web apps) allowed to call this upstream through the proxy.
+    pub allowed_origins: Vec<String>,
     pub auth: AuthSpec,
     /// The target and auth settings as written: equal keys mean a reload may keep the
     /// upstream's tokens.
@@ -236,8 +278,15 @@ pub fn parse(text: &str, file: &str, sources: &dyn Sources) -> Result<Config, Co
                 .unwrap_or(1),
             problem: one_line(error.message()),
         })?;
-    interpolate::interpolate_tree(&mut tree, &mut Vec::new(), sources)
+    let mut resolved = Vec::new();
+    interpolate::interpolate_tree(&mut tree, &mut Vec::new(), sources, &mut resolved)
         .map_err(|error| FieldError::new(error.field, error.problem).in_file(file))?;
+    // A value that came from the environment or a secret file may be a secret: whichever
+    // check refuses it, the error shows where it came from, not what it is.
+    checked(tree, file).map_err(|error| error.without(&resolved))
+}
+
+fn checked(tree: toml::Value, file: &str) -> Result<Config, ConfigError> {
     let auth_keys = auth_keys(&tree);
     let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|error| {
         let field = error.path().to_string();
@@ -313,7 +362,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
     let server_config = ServerConfig {
         listen,
         allowed_hosts: server.allowed_hosts.clone().unwrap_or_default(),
-        allowed_origins: server.allowed_origins.clone().unwrap_or_default(),
+        allowed_origins: origins("server.allowed_origins", server.allowed_origins.as_deref())?,
         connect_timeout,
         response_header_timeout,
         drain_timeout,
@@ -498,6 +547,7 @@ fn validate_upstream(
             }
         },
         insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
+        allowed_origins: origins(&field("allowed_origins"), raw.allowed_origins.as_deref())?,
         auth,
         auth_key: Secret::default(),
     })
@@ -537,6 +587,61 @@ fn check_routes_are_unique(
         }
     }
     Ok(())
+}
+
+/// Origins as browsers send them: `scheme://host[:port]`, no path.
+fn origins(field: &str, origins: Option<&[String]>) -> Result<Vec<String>, FieldError> {
+    origins
+        .unwrap_or_default()
+        .iter()
+        .map(|origin| {
+            let trimmed = origin.trim_end_matches('/');
+            let valid = url::Url::parse(trimmed).is_ok_and(|url| {
+                matches!(url.scheme(), "http" | "https")
+                    && url.has_host()
+                    && url.path() == "/"
+                    && url.query().is_none()
+            }) && !trimmed.contains('*');
+            if valid {
+                Ok(trimmed.to_owned())
+            } else {
+                Err(FieldError::new(
+                    field,
+                    format!("{origin:?} is not an origin such as \"http://localhost:3000\""),
+                ))
+            }
+        })
+        .collect()
+}
+
+impl Config {
+    /// Settings that work but are probably not what the user wants.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let listeners = std::iter::once(self.server.listen)
+            .chain(self.upstreams.iter().filter_map(|u| u.listen));
+        for listen in listeners {
+            if !listen.ip().is_loopback() {
+                warnings.push(format!(
+                    "listening on {listen}, beyond loopback: other machines can use these tokens; consider server.client_key"
+                ));
+                if self.server.allowed_hosts.is_empty() {
+                    warnings.push(format!(
+                        "{listen} is not loopback and server.allowed_hosts is empty: clients must use a loopback name or the listen IP; list the names they use (a sidecar's service name)"
+                    ));
+                }
+            }
+        }
+        for upstream in &self.upstreams {
+            if upstream.insecure_skip_verify {
+                warnings.push(format!(
+                    "upstreams.{}.insecure_skip_verify: its certificate is NOT verified",
+                    upstream.name
+                ));
+            }
+        }
+        warnings
+    }
 }
 
 /// Lower-cases a host and drops its port and trailing dot, the one form routing compares.

@@ -54,6 +54,7 @@ pub struct RawUpstream {
     pub client_cert: Option<String>,
     pub client_cert_key: Option<String>,
     pub insecure_skip_verify: Option<bool>,
+    pub allowed_origins: Option<Vec<String>>,
     pub auth: Option<RawAuth>,
 }
 

@@ -171,3 +171,22 @@ fn hosts_compare_without_case_port_or_trailing_dot() {
     assert_eq!(normalize_host("[::1]:8080"), "[::1]");
     assert_eq!(normalize_host("example.com"), "example.com");
 }
+
+#[test]
+fn errors_stay_one_line_whatever_the_keys_hold() {
+    let message = error_of("[upstreams.\"a\\nb\"]\ntarget = \"https://x/\"\n");
+    assert!(message.contains("upstreams.a\\nb"), "{message}");
+}
+
+#[test]
+fn values_from_the_environment_never_appear_in_errors() {
+    for text in [
+        "[server]\nlisten = \"${SECRET}\"\n",
+        "[upstreams.a]\ntarget = \"https://u:${SECRET}@x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n",
+        "[upstreams.a]\ntarget = \"https://x/\"\nconnect_timeout = \"${SECRET}\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n",
+    ] {
+        let message = error_of(text);
+        assert!(!message.contains("s3cret"), "{message}");
+        assert!(message.contains("[value from ${...}]"), "{message}");
+    }
+}

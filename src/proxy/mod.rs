@@ -8,6 +8,7 @@
 //!    problem+json for the proxy's own failures.
 
 mod admin;
+mod guard;
 mod headers;
 
 use std::convert::Infallible;
@@ -34,8 +35,8 @@ pub use admin::status;
 pub struct Connection {
     /// `None` for a Unix-socket client.
     pub client: Option<SocketAddr>,
-    /// The port the client connected to (`None` on the Unix socket).
-    pub local_port: Option<u16>,
+    /// The address the client connected to (`None` on the Unix socket).
+    pub local: Option<SocketAddr>,
     /// The upstream owning this listener, for per-upstream `listen` ports.
     pub dedicated: Option<Arc<str>>,
 }
@@ -46,8 +47,18 @@ pub async fn handle(
     connection: Connection,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    if let Err(error) = admissible(&app, &request, connection.local_port) {
+    if let Err(error) = admissible(&app, &request, connection.local.map(|local| local.port())) {
         return Ok(error.into_response());
+    }
+    let host = request_host(&request);
+    if let Err(refusal) = guard::check_host(
+        &app,
+        &request,
+        host.as_deref(),
+        connection.local.map(|local| local.ip()),
+    ) {
+        tracing::debug!(?refusal, "browser guard refused the request");
+        return Ok(refusal.into_error().into_response());
     }
     let Some(path) = routes::normalize_path(request.uri().path()) else {
         return Ok(ProxyError::BadRequest {
@@ -55,7 +66,6 @@ pub async fn handle(
         }
         .into_response());
     };
-    let host = request_host(&request);
     let dedicated = match connection.dedicated.as_deref() {
         // The upstream owning this listener was removed by a reload.
         Some(name) => match app.index_of(name) {
@@ -66,7 +76,25 @@ pub async fn handle(
     };
     // What is routed is exactly what is forwarded: the normalized path.
     let route = app.routes.route(dedicated, host.as_deref(), &path);
-    let response = match route {
+    let upstream_origins: &[String] = match route {
+        Route::Upstream { index, .. } => &app.upstreams[index].config.allowed_origins,
+        _ => &[],
+    };
+    let verdict =
+        match guard::check_origin(&app, request.headers(), host.as_deref(), upstream_origins) {
+            Ok(verdict) => verdict,
+            Err(refusal) => {
+                tracing::debug!(?refusal, "browser guard refused the request");
+                return Ok(refusal.into_error().into_response());
+            }
+        };
+    if let guard::Verdict::Allowed(origin) = &verdict {
+        if guard::is_preflight(&request) {
+            // Answered here: a preflight is never forwarded, so never carries a token.
+            return Ok(guard::preflight_response(&request, origin.clone()));
+        }
+    }
+    let mut response = match route {
         Route::Admin(admin_path) => {
             if let Err(error) = client_key_accepted(&app, &request, admin_path) {
                 return Ok(error.into_response());
@@ -89,6 +117,7 @@ pub async fn handle(
                 .unwrap_or_else(ProxyError::into_response)
         }
     };
+    guard::decorate(response.headers_mut(), &verdict);
     Ok(response)
 }
 

@@ -103,11 +103,8 @@ impl Server {
             .as_deref()
             .map(bind_unix)
             .transpose()?;
-        if !config.server.listen.ip().is_loopback() {
-            tracing::warn!(
-                listen = %config.server.listen,
-                "listening beyond loopback: other machines can use these tokens; consider server.client_key"
-            );
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
         }
         let main_addr = local_addr(&main);
         let _ = app.public_base.set(public_base(main_addr));
@@ -355,7 +352,7 @@ async fn accept_loop(
             accepted = accept(&listener) => accepted,
             _ = shutdown.changed() => break,
         };
-        let (stream, client, local_port) = match accepted {
+        let (stream, client, local) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: pause rather than spin.
@@ -367,7 +364,7 @@ async fn accept_loop(
         let app = Arc::clone(&app);
         let connection_info = Connection {
             client,
-            local_port,
+            local,
             dedicated: dedicated.clone(),
         };
         let service = service_fn(move |request| {
@@ -398,13 +395,15 @@ type Stream = Box<dyn StreamIo>;
 trait StreamIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> StreamIo for T {}
 
-async fn accept(listener: &Listener) -> std::io::Result<(Stream, Option<SocketAddr>, Option<u16>)> {
+async fn accept(
+    listener: &Listener,
+) -> std::io::Result<(Stream, Option<SocketAddr>, Option<SocketAddr>)> {
     match listener {
         Listener::Tcp(listener) => {
             let (stream, client) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
-            let local_port = stream.local_addr().ok().map(|addr| addr.port());
-            Ok((Box::new(stream), Some(client), local_port))
+            let local = stream.local_addr().ok();
+            Ok((Box::new(stream), Some(client), local))
         }
         #[cfg(unix)]
         Listener::Unix(listener) => {

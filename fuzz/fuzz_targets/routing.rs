@@ -1,0 +1,146 @@
+//! Path normalisation and prefix routing on arbitrary request paths: a normalised path has
+//! no empty or dot segments (also `%2e`-encoded), normalising is idempotent, and an
+//! upstream is chosen only when its prefix matched on a segment boundary, so a token only
+//! goes where its prefix says.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use tokenproxy::config::{parse, Config, Sources};
+use tokenproxy::routes::{normalize_path, Route, RouteTable, ADMIN_PREFIX};
+
+const CONFIG: &str = r#"
+[store]
+path = "memory"
+
+[upstreams.bigeval]
+target = "https://bigeval.example/"
+[upstreams.bigeval.auth]
+kind = "static"
+token = "t-bigeval"
+
+[upstreams.amm]
+target = "https://amm.example/base/"
+[upstreams.amm.auth]
+kind = "static"
+token = "t-amm"
+
+[upstreams.apiv2]
+target = "https://api.example/v2/"
+prefix = "/api/v2"
+[upstreams.apiv2.auth]
+kind = "static"
+token = "t-api-v2"
+
+[upstreams.api]
+target = "https://api.example/"
+prefix = "/api/"
+[upstreams.api.auth]
+kind = "static"
+token = "t-api"
+"#;
+
+struct NoSources;
+
+impl Sources for NoSources {
+    fn env(&self, _name: &str) -> Option<String> {
+        None
+    }
+    fn file(&self, _path: &str) -> std::io::Result<String> {
+        Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+}
+
+fn fixture() -> &'static (Config, RouteTable) {
+    static FIXTURE: OnceLock<(Config, RouteTable)> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let config = parse(CONFIG, "routing.toml", &NoSources).expect("the fixed config parses");
+        let mut prefixes: Vec<&str> = config.upstreams.iter().map(|u| u.prefix.as_str()).collect();
+        prefixes.sort_unstable();
+        assert_eq!(prefixes, ["/amm", "/api", "/api/v2", "/bigeval"]);
+        let table = RouteTable::new(&config.upstreams);
+        (config, table)
+    })
+}
+
+fn is_dot_segment(segment: &str) -> bool {
+    matches!(
+        segment.to_ascii_lowercase().as_str(),
+        "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."
+    )
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(path) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (config, table) = fixture();
+
+    let Some(n) = normalize_path(path) else {
+        assert!(!path.starts_with('/'), "origin-form path refused: {path:?}");
+        return;
+    };
+    assert!(n.starts_with('/'), "{path:?} -> {n:?}: not absolute");
+    assert!(!n.contains("//"), "{path:?} -> {n:?}: empty segment");
+    assert!(
+        !n.split('/').any(is_dot_segment),
+        "{path:?} -> {n:?}: dot segment left"
+    );
+    assert_eq!(
+        normalize_path(&n).as_deref(),
+        Some(n.as_str()),
+        "{path:?} -> {n:?}: normalising again changes it"
+    );
+
+    match table.route(None, None, &n) {
+        Route::Upstream { index, path: rest } => {
+            let upstream = &config.upstreams[index];
+            assert_eq!(
+                format!("{}{rest}", upstream.prefix),
+                n,
+                "{path:?} -> {n:?}: routed to {} with rest {rest:?}",
+                upstream.name
+            );
+            assert!(
+                rest.is_empty() || rest.starts_with('/'),
+                "{path:?} -> {n:?}: prefix {} matched inside a segment (rest {rest:?})",
+                upstream.prefix
+            );
+            // The longest matching prefix wins.
+            for other in &config.upstreams {
+                let matches = n
+                    .strip_prefix(other.prefix.as_str())
+                    .is_some_and(|r| r.is_empty() || r.starts_with('/'));
+                assert!(
+                    !matches || other.prefix.len() <= upstream.prefix.len(),
+                    "{path:?} -> {n:?}: routed to {} though {} is longer",
+                    upstream.prefix,
+                    other.prefix
+                );
+            }
+        }
+        Route::Admin(rest) => {
+            assert!(
+                n.strip_prefix(ADMIN_PREFIX) == Some(rest) || (n == "/-" && rest.is_empty()),
+                "{path:?} -> {n:?}: admin route with rest {rest:?}"
+            );
+        }
+        Route::NotFound => {
+            assert!(
+                !n.starts_with(ADMIN_PREFIX) && n != "/-",
+                "{path:?} -> {n:?}: admin path not routed to admin"
+            );
+            for upstream in &config.upstreams {
+                let matches = n
+                    .strip_prefix(upstream.prefix.as_str())
+                    .is_some_and(|r| r.is_empty() || r.starts_with('/'));
+                assert!(
+                    !matches,
+                    "{path:?} -> {n:?}: not found though prefix {} matches",
+                    upstream.prefix
+                );
+            }
+        }
+    }
+});
