@@ -9,7 +9,14 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 export RUST_BACKTRACE=1
 
-echo "== npm packages for the interop tests (oidc-provider)"
+echo "== Chromium for the browser-guard test (Debian's package)"
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+
+echo "== npm packages for the interop and browser tests (oidc-provider, puppeteer-core)"
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 
 echo "== format"

@@ -272,3 +272,92 @@ fn check_warns_about_a_wide_listener_without_allowed_hosts() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("allowed_hosts is empty"), "{stderr}");
 }
+
+/// Serves one HTML page at every path.
+async fn page(html: String) -> SimServer {
+    SimServer::start(move |_request| {
+        let html = html.clone();
+        async move { tokenproxy::sim::response(StatusCode::OK, "text/html; charset=utf-8", html) }
+    })
+    .await
+}
+
+/// A real headless Chromium: a page from another loopback port tries `fetch`, a form POST
+/// and an image through the proxy, and the upstream receives nothing; a page from an
+/// allowed origin reads an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_real_browser_a_foreign_page_spends_no_token_and_an_allowed_app_works() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "Chromium is needed at {chromium} (bash scripts/test.sh installs Debian's chromium)"
+    );
+    let upstream = echo::start().await;
+    // The allowed app's port must be known before the proxy's config: bind its page first.
+    let proxy_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy_url = format!("http://127.0.0.1:{proxy_port}");
+    let attacker = page(format!(
+        r#"<!doctype html><title>attacking</title>
+<form id=f method=POST action="{proxy_url}/echo/form" target=sink><input name=a value=b></form>
+<iframe name=sink></iframe><img src="{proxy_url}/echo/img">
+<script>
+fetch("{proxy_url}/echo/fetch", {{mode: "no-cors", method: "POST", body: "x"}}).catch(() => {{}});
+fetch("{proxy_url}/echo/cors").catch(() => {{}});
+document.getElementById("f").submit();
+setTimeout(() => document.title = "done", 1500);
+</script>"#
+    ))
+    .await;
+    let app = page(format!(
+        r#"<!doctype html><title>app</title><script>
+fetch("{proxy_url}/echo/app").then(r => r.json()).then(j => document.title = "done:" + j.uri)
+  .catch(e => document.title = "done:failed " + e);
+</script>"#
+    ))
+    .await;
+    let server = start(&format!(
+        "[server]\nlisten = \"127.0.0.1:{proxy_port}\"\nallowed_origins = [\"{}\"]\n[store]\npath = \"memory\"\n\
+         [upstreams.echo]\ntarget = \"{}/\"\n[upstreams.echo.auth]\nkind = \"static\"\ntoken = \"browser-token\"\n",
+        app.url(),
+        upstream.url()
+    ))
+    .await;
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CHROMIUM", chromium)
+            .args([
+                "tests/interop/browser.mjs",
+                &format!("{}/attack", attacker.url()),
+                &format!("{}/app", app.url()),
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let titles: Vec<&str> = results
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["done", "done:/app"], "{results}");
+    let seen: Vec<String> = upstream.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(
+        seen,
+        ["/app"],
+        "only the allowed app's request reached the upstream"
+    );
+    drop(server);
+}
