@@ -384,3 +384,110 @@ mod tests {
         assert_eq!(minutes_seconds(Duration::from_secs(299)), "4:59");
     }
 }
+
+/// `tokenproxy health`: 0 when `/-/health` answers 200 (a container HEALTHCHECK, which has
+/// no curl). Without `--url`, the configured listen address; with no config, the default.
+pub async fn health(
+    url: Option<String>,
+    config_path: Option<std::path::PathBuf>,
+) -> std::process::ExitCode {
+    let url = url.unwrap_or_else(|| {
+        let listen = crate::config::locate(config_path.as_deref())
+            .and_then(|path| crate::config::load(&path))
+            .map(|config| config.server.listen)
+            .unwrap_or_else(|_| {
+                crate::config::DEFAULT_LISTEN
+                    .parse()
+                    .expect("a valid default")
+            });
+        let ip = if listen.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            listen.ip()
+        };
+        format!(
+            "http://{}/-/health",
+            std::net::SocketAddr::new(ip, listen.port())
+        )
+    });
+    let healthy = async {
+        let transport = crate::transport::Transports::new()
+            .get(&Default::default(), Duration::from_secs(2))
+            .ok()?;
+        let request = http::Request::get(&url).body(Vec::new()).ok()?;
+        let response = transport
+            .send_buffered(request, Duration::from_secs(3))
+            .await
+            .ok()?;
+        Some(response.status() == http::StatusCode::OK)
+    }
+    .await
+    .unwrap_or(false);
+    if healthy {
+        std::process::ExitCode::SUCCESS
+    } else {
+        eprintln!("tokenproxy: {url} is not healthy");
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// `tokenproxy curl NAME PATH [args]`: curl straight to the upstream's target with its
+/// token headers, like `oauth2l curl`. The token comes as `token` gets it.
+pub async fn curl(
+    config: Config,
+    name: String,
+    path: String,
+    args: Vec<String>,
+) -> Result<(), String> {
+    let upstream_config = upstream(&config, &name)?.clone();
+    let token = match &upstream_config.auth.source {
+        TokenSourceSpec::Static { token } => token.expose().to_owned(),
+        _ => {
+            let admin = Admin::connect(&config, false).await?;
+            let result = match admin.local() {
+                Some(server) => local_token(server, &name).await,
+                None => daemon_token(&admin, &config, &upstream_config).await,
+            };
+            admin.close().await;
+            result?
+        }
+    };
+    let headers = upstream_config
+        .auth
+        .injection
+        .headers_for(&crate::secret::Secret::new(token))
+        .map_err(|error| error.to_string())?;
+    let url = upstream_config.target.join(&path);
+    let mut command = std::process::Command::new("curl");
+    // The headers go to curl as a config file on stdin, so the token is not in the process
+    // list.
+    let mut config_text = String::new();
+    for (name, value) in upstream_config.headers.iter().chain(&headers) {
+        let value = value
+            .to_str()
+            .unwrap_or_default()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        config_text.push_str(&format!("header = \"{}: {value}\"\n", name.as_str()));
+    }
+    command
+        .arg("--config")
+        .arg("-")
+        .arg(&url)
+        .args(&args)
+        .stdin(std::process::Stdio::piped());
+    let mut child = command
+        .spawn()
+        .map_err(|error| format!("cannot run curl: {error}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(config_text.as_bytes())
+            .map_err(|error| format!("curl: {error}"))?;
+    }
+    let status = child.wait().map_err(|error| format!("curl: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("curl exited with {status}"))
+    }
+}

@@ -3,6 +3,7 @@
 
 mod commands;
 mod daemon;
+mod init;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,8 +19,9 @@ use crate::server::Server;
     version,
     about = "A local authenticating reverse proxy: point curl at http://127.0.0.1:8080/<upstream>/... \
              and every request reaches the vendor with a live token.",
-    after_help = "Config is looked up in: --config FILE, $TOKENPROXY_CONFIG, ./tokenproxy.toml, \
-                  $XDG_CONFIG_HOME/tokenproxy/config.toml.\nLogs go to stderr; set TOKENPROXY_LOG \
+    after_help = "Config is looked up in: --config FILE, $TOKENPROXY_CONFIG (a path), \
+                  $TOKENPROXY_CONFIG_TOML (the whole config), ./tokenproxy.toml, \
+                  $XDG_CONFIG_HOME/tokenproxy/config.toml; `tokenproxy init` writes a starter one.\nLogs go to stderr; set TOKENPROXY_LOG \
                   (e.g. debug, or tokenproxy=debug) to change how much."
 )]
 pub struct Cli {
@@ -64,6 +66,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a commented starter config (one section per vendor).
+    Init {
+        /// Where to write it (default: $XDG_CONFIG_HOME/tokenproxy/config.toml).
+        #[arg(long, value_name = "FILE")]
+        path: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Exit 0 if the running tokenproxy answers /-/health (a container's HEALTHCHECK).
+    Health {
+        /// Ask this URL instead of the configured listen address.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
+    /// Run curl against an upstream with its token headers:
+    /// tokenproxy curl bigeval /api/v1/testcases -s
+    Curl {
+        /// The upstream, as named in the config.
+        name: String,
+        /// The path on the upstream's target.
+        path: String,
+        /// Further arguments for curl.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print shell completions: tokenproxy completions bash > /etc/bash_completion.d/tokenproxy
+    Completions { shell: clap_complete::Shell },
     /// Print a valid token for scripts, refreshing it first if needed:
     /// curl -H "Authorization: Bearer $(tokenproxy token NAME)" ...
     Token {
@@ -105,6 +135,37 @@ pub fn main() -> ExitCode {
         Command::Status { json } => with_config(cli.config.as_deref(), |config| {
             commands::status(config, json)
         }),
+        Command::Init { path, force } => {
+            let Some(path) = path.or_else(config::default_config_file) else {
+                eprintln!("tokenproxy: neither $XDG_CONFIG_HOME nor $HOME is set; pass --path");
+                return ExitCode::from(2);
+            };
+            match init::write(&path, force) {
+                Ok(()) => {
+                    println!(
+                        "wrote {}; edit it, then `tokenproxy check` and `tokenproxy run`",
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("tokenproxy: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Health { url } => block_on(commands::health(url, cli.config)),
+        Command::Curl { name, path, args } => with_config(cli.config.as_deref(), |config| {
+            commands::curl(config, name, path, args)
+        }),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tokenproxy", &mut script);
+            // A closed pipe (`| head`) is not worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            ExitCode::SUCCESS
+        }
         Command::Token { name } => with_config(cli.config.as_deref(), |config| {
             commands::token(config, name)
         }),

@@ -27,7 +27,7 @@ pub const DEFAULT_RETRY_BODY_LIMIT: u64 = 64 * 1024;
 /// A config that failed to load. Displays as one line: file, field, problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no config file found; looked for {looked}")]
+    #[error("no config file found; looked for {looked}. Create one with `tokenproxy init`")]
     NotFound { looked: String },
     #[error("{file}: cannot read: {source}")]
     Unreadable {
@@ -235,16 +235,24 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
     if let Some(path) = std::env::var_os("TOKENPROXY_CONFIG").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(path));
     }
+    if std::env::var_os(CONFIG_TOML_ENV).is_some_and(|text| !text.is_empty()) {
+        return Ok(PathBuf::from(format!("${CONFIG_TOML_ENV}")));
+    }
     let candidates = [Some(PathBuf::from("tokenproxy.toml")), xdg_config_file()];
     let candidates: Vec<PathBuf> = candidates.into_iter().flatten().collect();
     if let Some(found) = candidates.iter().find(|path| path.is_file()) {
         return Ok(found.clone());
     }
-    let looked = std::iter::once("--config, $TOKENPROXY_CONFIG".to_owned())
+    let looked = std::iter::once(format!("--config, $TOKENPROXY_CONFIG, ${CONFIG_TOML_ENV}"))
         .chain(candidates.iter().map(|p| p.display().to_string()))
         .collect::<Vec<_>>()
         .join(", ");
     Err(ConfigError::NotFound { looked })
+}
+
+/// Where `tokenproxy init` writes: `$XDG_CONFIG_HOME/tokenproxy/config.toml`.
+pub fn default_config_file() -> Option<PathBuf> {
+    xdg_config_file()
 }
 
 fn xdg_config_file() -> Option<PathBuf> {
@@ -255,9 +263,17 @@ fn xdg_config_file() -> Option<PathBuf> {
     Some(base.join("tokenproxy").join("config.toml"))
 }
 
-/// Reads, interpolates and validates the file at `path`.
+/// The whole config as one environment variable, for containers.
+pub const CONFIG_TOML_ENV: &str = "TOKENPROXY_CONFIG_TOML";
+
+/// Reads, interpolates and validates the file at `path` (or, for `$TOKENPROXY_CONFIG_TOML`,
+/// that variable's text).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
+    if file == format!("${CONFIG_TOML_ENV}") {
+        let text = std::env::var(CONFIG_TOML_ENV).unwrap_or_default();
+        return parse(&text, &file, &ProcessSources);
+    }
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
         file: file.clone(),
         source,
