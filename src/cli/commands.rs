@@ -371,20 +371,6 @@ fn human(duration: Duration) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_like_a_person_would_say_them() {
-        assert_eq!(human(Duration::from_secs(45)), "45s");
-        assert_eq!(human(Duration::from_secs(299)), "4m 59s");
-        assert_eq!(human(Duration::from_secs(86399)), "23h 59m");
-        assert_eq!(human(Duration::from_secs(62208000)), "720d");
-        assert_eq!(minutes_seconds(Duration::from_secs(299)), "4:59");
-    }
-}
-
 /// `tokenproxy health`: 0 when `/-/health` answers 200 (a container HEALTHCHECK, which has
 /// no curl). Without `--url`, the configured listen address; with no config, the default.
 pub async fn health(
@@ -489,5 +475,19 @@ pub async fn curl(
         Ok(())
     } else {
         Err(format!("curl exited with {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_a_person_would_say_them() {
+        assert_eq!(human(Duration::from_secs(45)), "45s");
+        assert_eq!(human(Duration::from_secs(299)), "4m 59s");
+        assert_eq!(human(Duration::from_secs(86399)), "23h 59m");
+        assert_eq!(human(Duration::from_secs(62208000)), "720d");
+        assert_eq!(minutes_seconds(Duration::from_secs(299)), "4:59");
     }
 }
