@@ -29,5 +29,11 @@ echo "== tests"
 cargo test --locked --all-targets
 cargo test --locked --doc
 
+echo "== Dockerfile lint (hadolint)"
+bash scripts/hadolint.sh
+
+echo "== Postman collection against tokenproxy demo (newman)"
+TOKENPROXY_BIN="${CARGO_TARGET_DIR:-target}/debug/tokenproxy" bash scripts/postman.sh
+
 echo "== fuzz (config parsing, path normalisation + routing), bounded"
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash scripts/fuzz.sh
