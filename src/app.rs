@@ -24,6 +24,17 @@ pub struct App {
     pub logins: Arc<Logins>,
     /// `http://host:port` of the main listener once bound, for login callbacks.
     pub public_base: OnceLock<String>,
+    /// Requests the browser guard refused, by reason (kept across reloads).
+    pub refusals: Arc<Refusals>,
+}
+
+/// Counts of the browser guard's refusals, by reason.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    pub foreign_host: std::sync::atomic::AtomicU64,
+    pub foreign_origin: std::sync::atomic::AtomicU64,
+    pub null_origin: std::sync::atomic::AtomicU64,
+    pub cross_site_fetch: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +118,9 @@ impl App {
             public_base: previous
                 .and_then(|app| app.public_base.get().cloned())
                 .map(OnceLock::from)
+                .unwrap_or_default(),
+            refusals: previous
+                .map(|app| Arc::clone(&app.refusals))
                 .unwrap_or_default(),
         })
     }

@@ -320,5 +320,16 @@ pub fn status(app: &App) -> serde_json::Value {
         .iter()
         .map(|upstream| upstream_status(app, upstream))
         .collect();
-    serde_json::json!({ "ready": app.ready(), "upstreams": upstreams })
+    use std::sync::atomic::Ordering::Relaxed;
+    let refusals = &app.refusals;
+    serde_json::json!({
+        "ready": app.ready(),
+        "upstreams": upstreams,
+        "browser_guard_refusals": {
+            "foreign_host": refusals.foreign_host.load(Relaxed),
+            "foreign_origin": refusals.foreign_origin.load(Relaxed),
+            "null_origin": refusals.null_origin.load(Relaxed),
+            "cross_site_fetch": refusals.cross_site_fetch.load(Relaxed),
+        },
+    })
 }

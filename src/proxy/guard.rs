@@ -29,6 +29,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Logs the refusal at debug level and counts it.
+    pub fn record(&self, app: &App) {
+        use std::sync::atomic::Ordering::Relaxed;
+        tracing::debug!(refusal = ?self, "browser guard refused a request");
+        let counter = match self {
+            Refusal::ForeignHost(_) => &app.refusals.foreign_host,
+            Refusal::ForeignOrigin(_) => &app.refusals.foreign_origin,
+            Refusal::NullOrigin => &app.refusals.null_origin,
+            Refusal::CrossSiteFetch(_) => &app.refusals.cross_site_fetch,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
     pub fn into_error(self) -> ProxyError {
         match self {
             Refusal::ForeignHost(host) => ProxyError::MisdirectedHost { host },

@@ -57,7 +57,7 @@ pub async fn handle(
         host.as_deref(),
         connection.local.map(|local| local.ip()),
     ) {
-        tracing::debug!(?refusal, "browser guard refused the request");
+        refusal.record(&app);
         return Ok(refusal.into_error().into_response());
     }
     let Some(path) = routes::normalize_path(request.uri().path()) else {
