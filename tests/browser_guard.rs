@@ -326,15 +326,15 @@ fetch("{proxy_url}/echo/app").then(r => r.json()).then(j => document.title = "do
         upstream.url()
     ))
     .await;
+    let attack_url = format!("{}/attack", attacker.url());
+    let app_url = format!("{}/app", app.url());
+    let pages = [attack_url.clone(), app_url.clone()];
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new("node")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("CHROMIUM", chromium)
-            .args([
-                "tests/interop/browser.mjs",
-                &format!("{}/attack", attacker.url()),
-                &format!("{}/app", app.url()),
-            ])
+            .arg("tests/interop/browser.mjs")
+            .args(&pages)
             .output()
             .unwrap()
     })
@@ -346,13 +346,8 @@ fetch("{proxy_url}/echo/app").then(r => r.json()).then(j => document.title = "do
         String::from_utf8_lossy(&output.stderr)
     );
     let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let titles: Vec<&str> = results
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert_eq!(titles, ["done", "done:/app"], "{results}");
+    assert_eq!(results[&attack_url], "done", "{results}");
+    assert_eq!(results[&app_url], "done:/app", "{results}");
     let seen: Vec<String> = upstream.requests().iter().map(|r| r.uri.clone()).collect();
     assert_eq!(
         seen,
