@@ -4,7 +4,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::StatusCode;
 use support::*;
@@ -162,23 +162,7 @@ client_secret = "{WRONG_SECRET}"
     let stderr = capture(child.stderr.take().unwrap());
     let stdout = capture(child.stdout.take().unwrap());
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = loop {
-        let found = stderr.lock().unwrap().iter().find_map(|line| {
-            line.split("listen=")
-                .nth(1)
-                .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
-        });
-        if let Some(addr) = found {
-            break addr;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no listening line: {:?}",
-            stderr.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let addr = listening_address(&stderr, Some(&mut child)).await;
 
     let mut tokens = Vec::new();
     for name in ["cc", "pw"] {

@@ -4,7 +4,6 @@
 mod support;
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use support::*;
 use tokenproxy::sim::echo;
@@ -106,17 +105,7 @@ async fn the_whole_config_from_the_environment_with_a_secret_file_and_health() {
         .spawn()
         .unwrap();
     let stderr = capture(child.stderr.take().unwrap());
-    let addr = loop {
-        let found = stderr.lock().unwrap().iter().find_map(|line| {
-            line.split("listen=")
-                .nth(1)
-                .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
-        });
-        if let Some(addr) = found {
-            break addr;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let addr = listening_address(&stderr, Some(&mut child)).await;
     let response = get(&format!("http://{addr}/api/x")).await;
     assert_eq!(
         echoed(&json(&response), "authorization"),

@@ -396,21 +396,7 @@ token = "{STATIC_TOKEN}"
         let stderr = capture(child.stderr.take().unwrap());
         (child, stdout, stderr)
     };
-    let addr = {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = daemon.2.lock().unwrap().iter().find_map(|line| {
-                line.split("listen=")
-                    .nth(1)
-                    .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
-            });
-            if let Some(addr) = found {
-                break addr;
-            }
-            assert!(std::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let addr = listening_address(&daemon.2, Some(&mut daemon.0)).await;
     let mut tokens = vec![STATIC_TOKEN.to_owned()];
     // Three rounds over 2-second tokens: grants, refreshes, rotations, all at trace level.
     for _ in 0..3 {

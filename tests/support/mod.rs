@@ -199,6 +199,42 @@ pub fn capture(
     lines
 }
 
+/// Waits (10 s at most) for the `listen=ADDR` start-up line in a child's captured stderr.
+/// With `child`, a child that exits first fails the test with its output.
+pub async fn listening_address(
+    stderr: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    mut child: Option<&mut std::process::Child>,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = stderr.lock().unwrap().iter().find_map(|line| {
+            line.split("listen=").nth(1).map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        });
+        if let Some(addr) = found {
+            return addr;
+        }
+        if let Some(child) = child.as_deref_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "tokenproxy exited with {status}: {:?}",
+                    stderr.lock().unwrap()
+                );
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tokenproxy did not start: {:?}",
+            stderr.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 impl Daemon {
     /// Starts `tokenproxy run` in `dir` and waits until it listens.
     pub async fn start(dir: &std::path::Path) -> Daemon {
@@ -209,26 +245,7 @@ impl Daemon {
             .spawn()
             .unwrap();
         let stderr = capture(child.stderr.take().unwrap());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let addr = loop {
-            let found = stderr.lock().unwrap().iter().find_map(|line| {
-                line.split("listen=")
-                    .nth(1)
-                    .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
-            });
-            if let Some(addr) = found {
-                break addr;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("daemon exited with {status}: {:?}", stderr.lock().unwrap());
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "daemon did not start: {:?}",
-                stderr.lock().unwrap()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        };
+        let addr = listening_address(&stderr, Some(&mut child)).await;
         Daemon {
             child,
             stderr,
