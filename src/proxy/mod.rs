@@ -465,11 +465,9 @@ async fn send(
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
+    // A clone of the map copies its tables whole; re-inserting header by header rehashes.
+    *request.headers_mut() = parts.headers.clone();
     let headers = request.headers_mut();
-    headers.reserve(parts.headers.len() + credential.headers.len());
-    for (name, value) in &parts.headers {
-        headers.append(name.clone(), value.clone());
-    }
     for (name, value) in &credential.headers {
         headers.append(name.clone(), value.clone());
     }
