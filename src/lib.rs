@@ -12,14 +12,17 @@
 //!   requests, and the background refresher.
 //! - [`login`]: logins that need a user (device code, browser callback).
 //! - [`store`]: the token file that survives restarts, and its one-owner lock.
-//! - [`routes`]: which upstream a request is for (listener, `Host`, path prefix).
-//! - [`proxy`]: the request path: route, credential, header rewrite, forward, answer;
-//!   and the `/-/` admin endpoints.
+//! - [`routes`]: which upstream a request is for (listener, `Host`, normalized path prefix).
+//! - [`proxy`]: the request path: admission (no open proxy), the browser guard, route,
+//!   credential, header rewrite, forward (401 and reset retries), answer; and the `/-/`
+//!   admin endpoints.
 //! - [`transport`]: the one pooled HTTP client (rustls), for forwarding and token requests.
 //! - [`problem`]: the proxy's own errors and their problem+json responses.
-//! - [`server`]: listeners, HTTP/1.1 + h2c, graceful shutdown.
+//! - [`server`]: listeners (TCP, Unix socket), the strict HTTP/1 framing guard in front of
+//!   hyper, HTTP/1.1 + h2c, limits, graceful shutdown, reloads (`ArcSwap<App>`).
 //! - [`app`]: the runtime state built from a config.
-//! - [`cli`], [`demo`]: the command line.
+//! - [`cli`], [`demo`]: the command line; one-shot commands talk to a running daemon's
+//!   admin endpoints, or to a server started for the command.
 //! - [`sim`]: simulated vendors (real HTTP servers) for tests and `tokenproxy demo`.
 //! - [`secret`]: the redacting type every secret and token is held in.
 
