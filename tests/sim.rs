@@ -4,12 +4,13 @@ mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::answer::Answer;
 use support::read_head;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -21,40 +22,6 @@ use tokio::net::TcpStream;
 use tokenproxy::sim::echo::{self, Recorded};
 use tokenproxy::sim::oauth::{self, ClientAuth, OAuthSimConfig, SimClient, TokenMode};
 use tokenproxy::sim::{bigeval, caepe, fnv1a64, jwt_claims, unsigned_jwt, Fnv1a};
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
-            panic!(
-                "not JSON ({error}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .map(|value| value.to_str().expect("ASCII header"))
-    }
-
-    /// Asserts an RFC 6749 5.2 error and returns its description.
-    fn assert_oauth_error(&self, status: u16, error: &str) -> String {
-        assert_eq!(self.status.as_u16(), status, "body: {:?}", self.body);
-        let json = self.json();
-        assert_eq!(json["error"], error, "body: {json}");
-        json["error_description"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
 
 async fn send(request: Request<Full<Bytes>>) -> Answer {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
@@ -385,31 +352,31 @@ async fn token_endpoint_error_paths_follow_rfc6749() {
         r#"{"grant_type":"client_credentials","client_id":"app","client_secret":"app-secret"}"#,
     ))
     .await;
-    let description = json_body.assert_oauth_error(400, "invalid_request");
+    let description = json_body.assert_error(400, "invalid_request");
     assert_eq!(description, "Missing form parameter: grant_type");
 
     post_form(&url, "client_id=app&client_secret=app-secret")
         .await
-        .assert_oauth_error(400, "invalid_request");
+        .assert_error(400, "invalid_request");
     post_form(
         &url,
         "grant_type=authorization_code&code=x&client_id=app&client_secret=app-secret",
     )
     .await
-    .assert_oauth_error(400, "unsupported_grant_type");
+    .assert_error(400, "unsupported_grant_type");
     post_form(
         &url,
         "grant_type=client_credentials&client_id=app&client_id=app&client_secret=app-secret",
     )
     .await
-    .assert_oauth_error(400, "invalid_request");
+    .assert_error(400, "invalid_request");
 
     let bad_secret = post_form(
         &url,
         "grant_type=client_credentials&client_id=app&client_secret=nope",
     )
     .await;
-    bad_secret.assert_oauth_error(401, "invalid_client");
+    bad_secret.assert_error(401, "invalid_client");
     assert_eq!(bad_secret.header("www-authenticate"), None);
     let bad_basic = post_form_with(
         &url,
@@ -417,7 +384,7 @@ async fn token_endpoint_error_paths_follow_rfc6749() {
         &[("authorization", &basic("app:nope"))],
     )
     .await;
-    bad_basic.assert_oauth_error(401, "invalid_client");
+    bad_basic.assert_error(401, "invalid_client");
     assert!(bad_basic
         .header("www-authenticate")
         .is_some_and(|value| value.starts_with("Basic")));
@@ -426,17 +393,17 @@ async fn token_endpoint_error_paths_follow_rfc6749() {
         "grant_type=client_credentials&client_id=stranger&client_secret=x",
     )
     .await
-    .assert_oauth_error(401, "invalid_client");
+    .assert_error(401, "invalid_client");
     post_form(&url, "grant_type=client_credentials")
         .await
-        .assert_oauth_error(401, "invalid_client");
+        .assert_error(401, "invalid_client");
     post_form_with(
         &url,
         "grant_type=client_credentials&client_secret=app-secret",
         &[("authorization", &basic("app:app-secret"))],
     )
     .await
-    .assert_oauth_error(400, "invalid_request");
+    .assert_error(400, "invalid_request");
 
     let wrong_password = post_form(
         &url,
@@ -444,7 +411,7 @@ async fn token_endpoint_error_paths_follow_rfc6749() {
     )
     .await;
     assert_eq!(
-        wrong_password.assert_oauth_error(400, "invalid_grant"),
+        wrong_password.assert_error(400, "invalid_grant"),
         "Invalid user credentials"
     );
     post_form(
@@ -452,10 +419,10 @@ async fn token_endpoint_error_paths_follow_rfc6749() {
         "grant_type=refresh_token&client_id=cli&refresh_token=made-up",
     )
     .await
-    .assert_oauth_error(400, "invalid_grant");
+    .assert_error(400, "invalid_grant");
     post_form(&url, "grant_type=client_credentials&client_id=cli")
         .await
-        .assert_oauth_error(400, "unauthorized_client");
+        .assert_error(400, "unauthorized_client");
 
     // The GET is not a token request; every POST is, whatever became of it.
     assert_eq!(sim.token_requests(), 12);
@@ -539,13 +506,13 @@ async fn refresh_tokens_rotate_and_a_used_one_is_refused_and_counted() {
         &format!("grant_type=refresh_token&client_id=cli&refresh_token={first}"),
     )
     .await
-    .assert_oauth_error(400, "invalid_grant");
+    .assert_error(400, "invalid_grant");
     assert_eq!(sim.used_refresh_token_reused(), 1);
 
     // Another client cannot use it either.
     post_form(&url, &format!("grant_type=refresh_token&client_id=app&client_secret=app-secret&refresh_token={second}"))
         .await
-        .assert_oauth_error(400, "invalid_grant");
+        .assert_error(400, "invalid_grant");
     let again = post_form(
         &url,
         &format!("grant_type=refresh_token&client_id=cli&refresh_token={second}"),
@@ -565,7 +532,7 @@ async fn refresh_tokens_rotate_and_a_used_one_is_refused_and_counted() {
         &format!("grant_type=refresh_token&client_id=cli&refresh_token={third}"),
     )
     .await
-    .assert_oauth_error(400, "invalid_grant");
+    .assert_error(400, "invalid_grant");
     assert_eq!(sim.used_refresh_token_reused(), 1, "revoked is not reused");
 }
 
@@ -590,7 +557,7 @@ async fn refresh_tokens_expire() {
         &format!("grant_type=refresh_token&client_id=cli&refresh_token={refresh}"),
     )
     .await;
-    expired.assert_oauth_error(400, "invalid_grant");
+    expired.assert_error(400, "invalid_grant");
 }
 
 async fn client_credentials_token(sim: &oauth::OAuthSim) -> String {
@@ -696,7 +663,7 @@ async fn token_modes_script_failures() {
     assert_eq!(
         post_form(&url, form)
             .await
-            .assert_oauth_error(400, "invalid_client"),
+            .assert_error(400, "invalid_client"),
         "disabled"
     );
 
@@ -741,7 +708,7 @@ async fn basic_only_servers_refuse_secrets_in_the_body() {
         "grant_type=client_credentials&client_id=app&client_secret=app-secret",
     )
     .await
-    .assert_oauth_error(401, "invalid_client");
+    .assert_error(401, "invalid_client");
     let ok = post_form_with(
         &url,
         "grant_type=client_credentials",
@@ -784,13 +751,13 @@ async fn bigeval_issues_long_lived_opaque_tokens_for_the_api_scope() {
         &format!("grant_type=client_credentials&{credentials}"),
     )
     .await
-    .assert_oauth_error(400, "invalid_scope");
+    .assert_error(400, "invalid_scope");
     post_form(
         &sim.token_url(),
         &format!("grant_type=password&username=u&password=p&scope=bigeval-api-v1&{credentials}"),
     )
     .await
-    .assert_oauth_error(400, "unsupported_grant_type");
+    .assert_error(400, "unsupported_grant_type");
     post_form_with(
         &sim.token_url(),
         "grant_type=client_credentials&scope=bigeval-api-v1",
@@ -800,7 +767,7 @@ async fn bigeval_issues_long_lived_opaque_tokens_for_the_api_scope() {
         )],
     )
     .await
-    .assert_oauth_error(401, "invalid_client");
+    .assert_error(401, "invalid_client");
 
     let api = get(
         &format!("{}/api/v1/testcases", sim.url()),
@@ -904,10 +871,10 @@ async fn caepe_service_account_and_keycloak_errors() {
         "grant_type=password&client_id=cape-client&username=ops&password=wrong",
     )
     .await
-    .assert_oauth_error(401, "invalid_grant");
+    .assert_error(401, "invalid_grant");
     post_form(&url, "grant_type=client_credentials&client_id=cape-client")
         .await
-        .assert_oauth_error(400, "unauthorized_client");
+        .assert_error(400, "unauthorized_client");
     let json_body = send(request(
         Method::POST,
         &url,
@@ -915,7 +882,7 @@ async fn caepe_service_account_and_keycloak_errors() {
         r#"{"grant_type":"password","client_id":"cape-client","username":"ops","password":"pw"}"#,
     ))
     .await;
-    json_body.assert_oauth_error(400, "invalid_request");
+    json_body.assert_error(400, "invalid_request");
 }
 
 #[tokio::test]
@@ -976,6 +943,6 @@ async fn caepe_tokens_expire_with_a_shortened_ttl_and_refresh_is_single_use() {
     );
     post_form(&url, &form)
         .await
-        .assert_oauth_error(400, "invalid_grant");
+        .assert_error(400, "invalid_grant");
     assert_eq!(sim.used_refresh_token_reused(), 1);
 }

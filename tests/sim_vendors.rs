@@ -1,83 +1,25 @@
 //! The BigAnimal, BigID and AMM simulators over real HTTP on 127.0.0.1: every endpoint's happy
 //! path and every documented error, with exact statuses and bodies.
 
+mod support;
+
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use support::answer::Answer;
 
 use tokenproxy::sim::amm::{self, AmmSimConfig};
 use tokenproxy::sim::biganimal::{self, BigAnimalSim, BigAnimalSimConfig, DEVICE_CODE_GRANT};
 use tokenproxy::sim::bigid::{self, BigIdMode, BigIdSimConfig};
 use tokenproxy::sim::jwt_claims;
 use tokenproxy::sim::oauth::parse_form;
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
-            panic!(
-                "not JSON ({error}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .map(|value| value.to_str().expect("ASCII header"))
-    }
-
-    /// Asserts an `{"error", "error_description"}` answer and returns the description.
-    fn assert_error(&self, status: u16, error: &str) -> String {
-        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
-        let json = self.json();
-        assert_eq!(json["error"], error, "body: {json}");
-        json["error_description"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    /// Asserts BigAnimal's API error shape and returns its message.
-    fn assert_api_error(&self, status: u16) -> String {
-        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
-        let json = self.json();
-        assert_eq!(json["error"]["status"], status, "body: {json}");
-        assert!(json["error"]["errors"].is_array(), "body: {json}");
-        json["error"]["message"]
-            .as_str()
-            .expect("message")
-            .to_owned()
-    }
-
-    /// The protected APIs' echo: 200, authorized, and what was asked.
-    fn assert_echo(&self, vendor: &str, method: &str, path: &str) -> Value {
-        assert_eq!(self.status, StatusCode::OK, "body: {}", self.text());
-        let json = self.json();
-        assert_eq!(json["vendor"], vendor);
-        assert_eq!(json["method"], method);
-        assert_eq!(json["path"], path);
-        assert_eq!(json["authorized"], true);
-        json
-    }
-}
 
 async fn send(
     method: Method,

@@ -2,6 +2,7 @@
 //! client, and request bodies. Upstreams and token servers are `tokenproxy::sim`.
 #![allow(dead_code)]
 
+pub mod answer;
 pub mod oidc;
 
 use std::net::SocketAddr;
