@@ -16,6 +16,13 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
+echo "== promtool for the metrics test (Debian's prometheus package)"
+if [ ! -x "${PROMTOOL:-/usr/bin/promtool}" ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 echo "== npm packages for the interop and browser tests (oidc-provider, puppeteer-core)"
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 

@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::config::{Config, ServerConfig, UpstreamConfig};
 use crate::login::Logins;
+use crate::metrics::RequestMetrics;
 use crate::providers::{Provider, ProviderError};
 use crate::routes::RouteTable;
 use crate::store::SharedStore;
@@ -15,6 +16,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub tokens: Arc<TokenCell>,
     pub transport: Transport,
+    /// Request counts and latencies (kept across reloads, by name).
+    pub metrics: Arc<RequestMetrics>,
 }
 
 pub struct App {
@@ -64,6 +67,10 @@ impl App {
     ) -> Result<App, BuildError> {
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {
+            let metrics = previous
+                .and_then(|app| app.upstream(&upstream.name))
+                .map(|old| Arc::clone(&old.metrics))
+                .unwrap_or_default();
             let kept = previous
                 .and_then(|app| app.upstream(&upstream.name))
                 .filter(|old| old.config.auth_key.expose() == upstream.auth_key.expose());
@@ -72,6 +79,7 @@ impl App {
                     config: upstream.clone(),
                     tokens: Arc::clone(&old.tokens),
                     transport: old.transport.clone(),
+                    metrics,
                 }));
                 continue;
             }
@@ -106,6 +114,7 @@ impl App {
                 config: upstream.clone(),
                 tokens: Arc::new(tokens),
                 transport,
+                metrics,
             }));
         }
         Ok(App {
@@ -165,6 +174,6 @@ impl App {
     pub fn ready(&self) -> bool {
         self.upstreams
             .iter()
-            .all(|upstream| upstream.tokens.state() == crate::tokens::TokenState::Valid)
+            .all(|upstream| upstream.tokens.has_valid_token())
     }
 }

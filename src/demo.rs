@@ -1,7 +1,8 @@
 //! `tokenproxy demo`: starts the simulated vendors in-process on loopback ports, writes a
 //! config for them, and serves it like `run` does, so a newcomer can try every upstream
-//! with curl and no vendor account. The BigAnimal device login is started at once and the
-//! simulator approves it by itself.
+//! with curl and no vendor account, starting from the status page. The BigAnimal device
+//! login is started at once and the simulator approves it by itself (unless
+//! `--manual-login`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -15,9 +16,9 @@ const BIGEVAL_CLIENT_SECRET: &str = "demo-bigeval-secret";
 const ORGANIZATION: &str = "acme";
 const ECHO_KEY: &str = "demo-access-key";
 
-pub async fn run(listen: SocketAddr) -> ExitCode {
+pub async fn run(listen: SocketAddr, manual_login: bool) -> ExitCode {
     let biganimal = biganimal::start(biganimal::BigAnimalSimConfig {
-        auto_approve: true,
+        auto_approve: !manual_login,
         interval: Duration::from_secs(1),
         ..biganimal::BigAnimalSimConfig::default()
     })
@@ -113,7 +114,7 @@ token = "{ECHO_KEY}"
     };
 
     // BigAnimal needs a device login; the simulator approves it on its first poll.
-    if let Some(upstream) = server.app().upstream("biganimal") {
+    if let Some(upstream) = server.app().upstream("biganimal").filter(|_| !manual_login) {
         let callback = server.app().callback_url("biganimal");
         if let Err(error) = server.app().logins.start(&upstream.tokens, &callback).await {
             tracing::warn!(error = %error, "demo: BigAnimal login did not start");
@@ -121,7 +122,11 @@ token = "{ECHO_KEY}"
     }
 
     let base = format!("http://{}", server.local_addr());
-    println!("tokenproxy demo: five simulated vendors on loopback, the proxy on {base}/");
+    println!("tokenproxy demo: open the status page: {base}/-/");
+    println!("Five simulated vendors run on loopback, the proxy on {base}/.");
+    if manual_login {
+        println!("BigAnimal is logged out: press Log in on its row, then approve the code at the simulator's page.");
+    }
     println!("Try (each answers 200 with a token the proxy obtained and injected):");
     println!("  curl -s {base}/biganimal/clusters          # BigAnimal: device login (auto-approved) + token exchange");
     println!("  curl -s {base}/bigid/api/v1/ds-connections # BigID: user token exchanged for a raw systemToken");

@@ -18,6 +18,7 @@
 //!   admin endpoints.
 //! - [`transport`]: the one pooled HTTP client (rustls), for forwarding and token requests.
 //! - [`problem`]: the proxy's own errors and their problem+json responses.
+//! - [`metrics`]: per-upstream atomics on the request path, encoded for `/-/metrics`.
 //! - [`server`]: listeners (TCP, Unix socket), the strict HTTP/1 framing guard in front of
 //!   hyper, HTTP/1.1 + h2c, limits, graceful shutdown, reloads (`ArcSwap<App>`).
 //! - [`app`]: the runtime state built from a config.
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod login;
+pub mod metrics;
 pub mod problem;
 pub mod providers;
 pub mod proxy;

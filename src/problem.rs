@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::metrics::UpstreamErrorKind;
 use crate::providers::ProviderError;
 use crate::transport::ProxyBody;
 
@@ -36,6 +37,8 @@ pub enum ProxyError {
     },
     #[error("upstream {upstream} is unreachable: {reason}")]
     UpstreamUnreachable { upstream: String, reason: String },
+    #[error("upstream {upstream}: the TLS handshake failed: {reason}")]
+    UpstreamTls { upstream: String, reason: String },
     #[error("upstream {upstream} did not answer within {after:?}")]
     UpstreamTimeout { upstream: String, after: Duration },
     #[error("upstream {upstream} could not be connected to within {after:?}")]
@@ -52,7 +55,9 @@ impl ProxyError {
             ProxyError::MisdirectedHost { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::CrossOrigin { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTls { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout { .. } | ProxyError::ConnectTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -71,6 +76,7 @@ impl ProxyError {
             | ProxyError::CrossOrigin { .. } => "http_request_denied",
             ProxyError::NoToken { .. } => "proxy_internal_response",
             ProxyError::UpstreamUnreachable { .. } => "destination_unavailable",
+            ProxyError::UpstreamTls { .. } => "tls_protocol_error",
             ProxyError::UpstreamTimeout { .. } => "http_response_timeout",
             ProxyError::ConnectTimeout { .. } => "connection_timeout",
         }
@@ -86,8 +92,27 @@ impl ProxyError {
             | ProxyError::CrossOrigin { .. } => None,
             ProxyError::NoToken { upstream, .. }
             | ProxyError::UpstreamUnreachable { upstream, .. }
+            | ProxyError::UpstreamTls { upstream, .. }
             | ProxyError::UpstreamTimeout { upstream, .. }
             | ProxyError::ConnectTimeout { upstream, .. } => Some(upstream),
+        }
+    }
+
+    /// What the metrics count this as, for errors on the way to a vendor.
+    pub fn upstream_error_kind(&self) -> Option<UpstreamErrorKind> {
+        match self {
+            ProxyError::NoRoute { .. }
+            | ProxyError::BadRequest { .. }
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::ClientKeyRequired
+            | ProxyError::MisdirectedHost { .. } => None,
+            ProxyError::CrossOrigin { .. } => Some(UpstreamErrorKind::RefusedByGuard),
+            ProxyError::NoToken { .. } => Some(UpstreamErrorKind::NoToken),
+            ProxyError::UpstreamUnreachable { .. } => Some(UpstreamErrorKind::Connect),
+            ProxyError::UpstreamTls { .. } => Some(UpstreamErrorKind::Tls),
+            ProxyError::UpstreamTimeout { .. } | ProxyError::ConnectTimeout { .. } => {
+                Some(UpstreamErrorKind::Timeout)
+            }
         }
     }
 

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use http::{Request, StatusCode};
+use http::StatusCode;
 use support::oidc::{post_form, query_param, OidcProvider};
 use support::*;
 use tokenproxy::sim::echo;
@@ -28,10 +28,6 @@ fn bearer(response: &http::Response<bytes::Bytes>) -> String {
         .first()
         .cloned()
         .unwrap_or_default()
-}
-
-async fn post(url: &str) -> http::Response<bytes::Bytes> {
-    send(Request::post(url).body(empty()).unwrap()).await
 }
 
 #[tokio::test]
@@ -104,7 +100,7 @@ scope = "openid offline_access api:read"
         "needs_login"
     );
 
-    let login = json(&post(&proxy.url("/-/upstreams/dev/login")).await);
+    let login = json(&post_action(&proxy.url("/-/upstreams/dev/login")).await);
     assert_eq!(login["method"], "device_code", "{login}");
     let user_code = login["user_code"].as_str().unwrap();
     assert!(login["verification_uri"]
@@ -212,7 +208,7 @@ async fn authorization_code_with_pkce_through_the_callback() {
             .replace("TOKEN", oidc.token_url()),
     )
     .await;
-    let login = json(&post(&proxy.url("/-/upstreams/interop/login")).await);
+    let login = json(&post_action(&proxy.url("/-/upstreams/interop/login")).await);
     assert_eq!(login["method"], "browser", "{login}");
     let authorize_url = login["authorize_url"].as_str().unwrap();
     assert_eq!(

@@ -179,12 +179,7 @@ async fn a_refused_client_stops_the_retries_and_asks_for_a_login() {
     );
     // Fixed at the vendor, a login (here: a direct token request) brings it back.
     sim.set_mode(TokenMode::Normal);
-    let login = send(
-        Request::post(proxy.url("/-/upstreams/api/login"))
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let login = post_action(&proxy.url("/-/upstreams/api/login")).await;
     assert_eq!(login.status(), StatusCode::OK);
     assert_eq!(get(&proxy.url("/api/x")).await.status(), StatusCode::OK);
 }

@@ -11,10 +11,6 @@ use tokenproxy::sim::amm::{self, AmmSimConfig};
 use tokenproxy::sim::biganimal::{self, BigAnimalSimConfig};
 use tokenproxy::sim::bigid::{self, BigIdMode, BigIdSimConfig};
 
-async fn post(url: &str) -> http::Response<bytes::Bytes> {
-    send(Request::post(url).body(empty()).unwrap()).await
-}
-
 async fn wait_for_state(proxy: &TestProxy, state: &str, within: Duration) -> serde_json::Value {
     let deadline = Instant::now() + within;
     loop {
@@ -53,7 +49,7 @@ async fn biganimal_device_login_exchange_and_rotating_refresh() {
 
     let before = get(&proxy.url("/biganimal/clusters")).await;
     assert_eq!(before.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let login = json(&post(&proxy.url("/-/upstreams/biganimal/login")).await);
+    let login = json(&post_action(&proxy.url("/-/upstreams/biganimal/login")).await);
     assert_eq!(login["method"], "device_code", "{login}");
     let user_code = login["user_code"].as_str().unwrap();
     assert!(login["verification_uri"]
@@ -89,7 +85,7 @@ async fn biganimal_denied_login_is_reported_and_a_new_login_works() {
     })
     .await;
     let proxy = TestProxy::start(&biganimal_config(&sim)).await;
-    let login = json(&post(&proxy.url("/-/upstreams/biganimal/login")).await);
+    let login = json(&post_action(&proxy.url("/-/upstreams/biganimal/login")).await);
     assert!(sim.deny(login["user_code"].as_str().unwrap()));
     // A denial is final: nothing is retried until a new login.
     let status = wait_for_state(&proxy, "needs_login", Duration::from_secs(5)).await;
@@ -99,7 +95,7 @@ async fn biganimal_denied_login_is_reported_and_a_new_login_works() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let again = json(&post(&proxy.url("/-/upstreams/biganimal/login")).await);
+    let again = json(&post_action(&proxy.url("/-/upstreams/biganimal/login")).await);
     assert!(sim.approve(again["user_code"].as_str().unwrap()));
     wait_for_state(&proxy, "valid", Duration::from_secs(5)).await;
     assert_eq!(
@@ -276,10 +272,14 @@ async fn amm_authorization_code_login_and_logout_revokes() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 
-    // The browser: GET /-/upstreams/amm/login redirects to AMM, which redirects back.
-    let to_vendor = get(&proxy.url("/-/upstreams/amm/login")).await;
-    assert_eq!(to_vendor.status(), StatusCode::FOUND);
-    let authorize = to_vendor.headers()["location"].to_str().unwrap().to_owned();
+    // A GET changes nothing (a link or an image cannot start a login).
+    let refused = get(&proxy.url("/-/upstreams/amm/login")).await;
+    assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // The status page's button: the login answers with AMM's authorize URL, the browser
+    // goes there, and AMM sends it back to the callback.
+    let login = json(&post_action(&proxy.url("/-/upstreams/amm/login")).await);
+    assert_eq!(login["method"], "browser", "{login}");
+    let authorize = login["authorize_url"].as_str().unwrap().to_owned();
     assert!(authorize.starts_with(&sim.authorize_url()), "{authorize}");
     let back = get(&authorize).await;
     assert_eq!(back.status(), StatusCode::FOUND);
@@ -300,7 +300,7 @@ async fn amm_authorization_code_login_and_logout_revokes() {
         StatusCode::OK
     );
 
-    let logout = json(&post(&proxy.url("/-/upstreams/amm/logout")).await);
+    let logout = json(&post_action(&proxy.url("/-/upstreams/amm/logout")).await);
     assert_eq!(logout["revoked"], true, "{logout}");
     assert_eq!(sim.expire_requests(), 1);
     assert_eq!(sim.valid_access_tokens(), 0);
@@ -314,7 +314,7 @@ async fn amm_authorization_code_login_and_logout_revokes() {
 async fn amm_implicit_grant_token_is_handed_over_by_the_callback_page() {
     let sim = amm::start(amm_sim_config()).await;
     let proxy = TestProxy::start(&amm_config(&sim, "implicit", "")).await;
-    let login = json(&post(&proxy.url("/-/upstreams/amm/login")).await);
+    let login = json(&post_action(&proxy.url("/-/upstreams/amm/login")).await);
     let back = get(login["authorize_url"].as_str().unwrap()).await;
     let callback = back.headers()["location"].to_str().unwrap().to_owned();
     let (page_url, fragment) = callback
@@ -421,7 +421,7 @@ async fn device_polling_waits_five_seconds_more_after_slow_down() {
         scripted_device_server(vec!["authorization_pending", "slow_down", "token"], 60).await;
     let upstream = tokenproxy::sim::echo::start().await;
     let proxy = TestProxy::start(&device_config(&server, &upstream.url())).await;
-    post(&proxy.url("/-/upstreams/dev/login")).await;
+    post_action(&proxy.url("/-/upstreams/dev/login")).await;
     wait_for_state(&proxy, "valid", Duration::from_secs(20)).await;
     let polls = polls.lock().unwrap().clone();
     assert_eq!(polls.len(), 3);
@@ -439,7 +439,7 @@ async fn an_expired_device_code_stops_polling_and_is_reported() {
     let (server, polls) = scripted_device_server(vec![], 3).await;
     let upstream = tokenproxy::sim::echo::start().await;
     let proxy = TestProxy::start(&device_config(&server, &upstream.url())).await;
-    post(&proxy.url("/-/upstreams/dev/login")).await;
+    post_action(&proxy.url("/-/upstreams/dev/login")).await;
     let status = wait_for_state(&proxy, "failed", Duration::from_secs(10)).await;
     assert!(
         status["upstreams"][0]["token"]["last_error"]

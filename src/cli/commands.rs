@@ -109,7 +109,8 @@ async fn wait_for_login(
     let terminal = std::io::stderr().is_terminal();
     loop {
         let token = upstream_status(admin, name).await?["token"].clone();
-        if token["refreshes"].as_u64().unwrap_or(0) > refreshes_before && token["state"] == "valid"
+        if token["refreshes"].as_u64().unwrap_or(0) > refreshes_before
+            && matches!(token["state"].as_str(), Some("valid" | "expiring"))
         {
             if terminal {
                 eprint!("\r\x1b[K");

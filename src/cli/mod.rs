@@ -44,6 +44,10 @@ enum Command {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
         listen: std::net::SocketAddr,
+        /// Leave BigAnimal logged out: log in from the status page (or `tokenproxy login
+        /// biganimal`) and approve the code at the simulator's page yourself.
+        #[arg(long)]
+        manual_login: bool,
     },
     /// Log in to an upstream: show a device code, or open the vendor's login page; kinds
     /// that need no user get a token now. Takes effect in a running daemon at once.
@@ -125,7 +129,10 @@ pub fn main() -> ExitCode {
             Ok(config) => block_on(serve(config)),
             Err(code) => code,
         },
-        Command::Demo { listen } => block_on(crate::demo::run(listen)),
+        Command::Demo {
+            listen,
+            manual_login,
+        } => block_on(crate::demo::run(listen, manual_login)),
         Command::Login { name, no_browser } => with_config(cli.config.as_deref(), |config| {
             commands::login(config, name, !no_browser)
         }),

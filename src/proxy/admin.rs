@@ -1,6 +1,7 @@
-//! tokenproxy's own endpoints under `/-/`, never forwarded: health, readiness, status,
-//! the per-upstream actions (`POST /-/upstreams/NAME/{login,logout,refresh}`) and the login
-//! callback (`/-/callback/NAME`).
+//! tokenproxy's own endpoints under `/-/`, never forwarded: the status page (`/-/` and its
+//! assets), health, readiness, status, metrics, the per-upstream actions
+//! (`POST /-/upstreams/NAME/{login,logout,refresh}`) and the login callback
+//! (`/-/callback/NAME`).
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -8,8 +9,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::guard::Verdict;
+use super::page;
 use crate::app::{App, Upstream};
-use crate::login::LoginStarted;
+use crate::metrics;
 use crate::problem::{json_response, ProxyError};
 use crate::providers::CallbackParams;
 use crate::transport::ProxyBody;
@@ -17,10 +20,25 @@ use crate::transport::ProxyBody;
 /// The largest body an admin endpoint reads (an implicit-grant fragment).
 const MAX_ADMIN_BODY: usize = 16 * 1024;
 
-pub async fn handle(app: &App, path: &str, request: Request<Incoming>) -> Response<ProxyBody> {
+/// The header every action must carry. No HTML form can send it, and a cross-site
+/// script can only after a CORS preflight, which the browser guard refuses.
+pub const ACTION_HEADER: &str = "tokenproxy-action";
+
+pub async fn handle(
+    app: &App,
+    path: &str,
+    verdict: &Verdict,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
     let segments: Vec<&str> = path.split('/').collect();
     let method = request.method().clone();
     let result = match (&method, segments.as_slice()) {
+        (&Method::GET | &Method::HEAD, [""]) => Ok(page::status_page(&status(app))),
+        (&Method::GET | &Method::HEAD, ["assets", name]) => {
+            page::asset(name).ok_or_else(|| ProxyError::NoRoute {
+                path: format!("/-/{path}"),
+            })
+        }
         (&Method::GET | &Method::HEAD, ["health"]) => {
             Ok(json(StatusCode::OK, serde_json::json!({"status": "ok"})))
         }
@@ -34,20 +52,64 @@ pub async fn handle(app: &App, path: &str, request: Request<Incoming>) -> Respon
             Ok(json(status, serde_json::json!({ "ready": ready })))
         }
         (&Method::GET | &Method::HEAD, ["status"]) => Ok(json(StatusCode::OK, status(app))),
-        (&Method::POST, ["upstreams", name, action]) => upstream_action(app, name, action).await,
-        (&Method::GET, ["upstreams", name, "login"]) => browser_login_redirect(app, name).await,
+        (&Method::GET | &Method::HEAD, ["metrics"]) => Ok(metrics_response(app, &request)),
+        (&Method::POST, ["upstreams", name, action]) => match action_allowed(verdict, &request) {
+            Ok(()) => upstream_action(app, name, action).await,
+            Err(error) => Err(error),
+        },
         (&Method::GET, ["callback", name]) => callback_get(app, name, request.uri().query()).await,
         (&Method::POST, ["callback", name]) => callback_post(app, name, request).await,
-        (_, ["health" | "ready" | "status"]) | (_, ["upstreams", _, _]) | (_, ["callback", _]) => {
-            Err(ProxyError::MethodNotAllowed {
-                method: method.to_string(),
-            })
-        }
+        (_, [""] | ["health" | "ready" | "status" | "metrics"] | ["assets", _])
+        | (_, ["upstreams", _, _])
+        | (_, ["callback", _]) => Err(ProxyError::MethodNotAllowed {
+            method: method.to_string(),
+        }),
         _ => Err(ProxyError::NoRoute {
             path: format!("/-/{path}"),
         }),
     };
     result.unwrap_or_else(ProxyError::into_response)
+}
+
+/// Actions change state, so they are same-origin only: the page's own origin (or no
+/// browser at all), and the action header.
+fn action_allowed(verdict: &Verdict, request: &Request<Incoming>) -> Result<(), ProxyError> {
+    if *verdict != Verdict::SameOrigin {
+        return Err(ProxyError::CrossOrigin {
+            reason: "actions are accepted from the status page's own origin only".into(),
+        });
+    }
+    if !request.headers().contains_key(ACTION_HEADER) {
+        return Err(ProxyError::CrossOrigin {
+            reason: format!(
+                "an action needs the header `{ACTION_HEADER}: 1` (the status page and the CLI send it)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn metrics_response(app: &App, request: &Request<Incoming>) -> Response<ProxyBody> {
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok());
+    let openmetrics = metrics::wants_openmetrics(accept);
+    let text = metrics::render(app, openmetrics);
+    let mut response = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    let content_type = if openmetrics {
+        metrics::OPENMETRICS_CONTENT_TYPE
+    } else {
+        metrics::PROMETHEUS_CONTENT_TYPE
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
@@ -113,55 +175,6 @@ async fn upstream_action(
             path: format!("/-/upstreams/{name}/{action}"),
         }),
     }
-}
-
-/// `GET /-/upstreams/NAME/login`: a link a user can open in a browser. Browser flows
-/// redirect to the vendor; device flows show the code to approve.
-async fn browser_login_redirect(app: &App, name: &str) -> Result<Response<ProxyBody>, ProxyError> {
-    let upstream = find(app, name)?;
-    let started = app
-        .logins
-        .start(&upstream.tokens, &app.callback_url(name))
-        .await
-        .map_err(|cause| no_token(name, cause))?;
-    Ok(match started {
-        LoginStarted::Browser { authorize_url } => {
-            let mut response = html(
-                StatusCode::FOUND,
-                &page("Redirecting", "<p>Redirecting to the login page…</p>"),
-            );
-            if let Ok(location) = HeaderValue::from_str(&authorize_url) {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            response
-        }
-        LoginStarted::DeviceCode(view) => {
-            let link = view
-                .verification_uri_complete
-                .as_deref()
-                .unwrap_or(&view.verification_uri);
-            html(
-                StatusCode::OK,
-                &page(
-                    &format!("Log in to {name}"),
-                    &format!(
-                        "<p>Enter this code:</p><p class=code>{code}</p><p>at <a href=\"{link}\" target=_blank rel=noopener>{uri}</a> within {minutes} minutes. tokenproxy notices by itself when you approve.</p>",
-                        code = escape(&view.user_code),
-                        link = escape(link),
-                        uri = escape(&view.verification_uri),
-                        minutes = view.expires_in.div_ceil(60),
-                    ),
-                ),
-            )
-        }
-        LoginStarted::Direct => html(
-            StatusCode::OK,
-            &page(
-                &format!("{name}: token obtained"),
-                "<p>No login needed: tokenproxy obtained a token.</p>",
-            ),
-        ),
-    })
 }
 
 /// The vendor's redirect back. Authorization codes arrive in the query. Implicit-grant
@@ -287,10 +300,12 @@ fn upstream_status(app: &App, upstream: &Upstream) -> serde_json::Value {
     let now = Instant::now();
     let config = &upstream.config;
     let current = upstream.tokens.current();
-    let expires_in = current
+    let expires_at = current
         .as_ref()
-        .and_then(|credential| credential.expires_at)
-        .map(|expires_at| expires_at.saturating_duration_since(now).as_secs());
+        .and_then(|credential| credential.expires_at);
+    let expires_in = expires_at.map(|at| at.saturating_duration_since(now).as_secs());
+    let expires_at_unix = expires_at
+        .map(|at| metrics::unix_seconds(std::time::SystemTime::now(), now, at).floor() as u64);
     let report = upstream.tokens.report();
     serde_json::json!({
         "name": config.name,
@@ -303,11 +318,16 @@ fn upstream_status(app: &App, upstream: &Upstream) -> serde_json::Value {
         "token": {
             "state": upstream.tokens.state(),
             "expires_in_seconds": expires_in,
+            "expires_at_unix": expires_at_unix,
             "last_refresh_unix": report.last_refresh.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
             "last_error": report.last_error,
             "refreshes": report.refreshes,
             "failures": report.failures,
             "requests_waited": report.requests_waited,
+        },
+        "requests": {
+            "total": upstream.metrics.total(),
+            "errors": upstream.metrics.errors(),
         },
         "pending_login": app.logins.pending_device(&config.name),
     })
@@ -323,6 +343,8 @@ pub fn status(app: &App) -> serde_json::Value {
     use std::sync::atomic::Ordering::Relaxed;
     let refusals = &app.refusals;
     serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "now_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs()),
         "ready": app.ready(),
         "upstreams": upstreams,
         "browser_guard_refusals": {

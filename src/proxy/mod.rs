@@ -10,6 +10,7 @@
 mod admin;
 mod guard;
 mod headers;
+mod page;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use crate::routes::{self, Route};
 use crate::tokens::{Credential, TokenUnavailable};
 use crate::transport::{error_chain, ProxyBody};
 
-pub use admin::status;
+pub use admin::{status, ACTION_HEADER};
 
 /// Where a connection came from and which listener it arrived on.
 #[derive(Debug, Clone)]
@@ -76,49 +77,75 @@ pub async fn handle(
     };
     // What is routed is exactly what is forwarded: the normalized path.
     let route = app.routes.route(dedicated, host.as_deref(), &path);
+    let routed_to = match route {
+        Route::Upstream { index, .. } => Some(&app.upstreams[index]),
+        _ => None,
+    };
+    // Counted from here to the response headers; the guard also counts a dropped request
+    // out of the in-flight gauge.
+    let in_flight = routed_to.map(|upstream| upstream.metrics.start());
+    let (response, error_kind) = match answer(&app, connection, request, route, &path, host).await {
+        Ok((mut response, Some(verdict))) => {
+            guard::decorate(response.headers_mut(), &verdict);
+            (response, None)
+        }
+        // The proxy's own preflight answer: its CORS headers stay.
+        Ok((response, None)) => (response, None),
+        Err(error) => {
+            let kind = error.upstream_error_kind();
+            (error.into_response(), kind)
+        }
+    };
+    if let Some(in_flight) = in_flight {
+        in_flight.finish(response.status(), error_kind);
+    }
+    Ok(response)
+}
+
+/// Everything after routing: the origin check, then the admin endpoint or the forward.
+/// The verdict comes back for the CORS decoration (`None`: a preflight answered here).
+async fn answer(
+    app: &App,
+    connection: Connection,
+    request: Request<Incoming>,
+    route: Route<'_>,
+    path: &str,
+    host: Option<String>,
+) -> Result<(Response<ProxyBody>, Option<guard::Verdict>), ProxyError> {
     let upstream_origins: &[String] = match route {
         Route::Upstream { index, .. } => &app.upstreams[index].config.allowed_origins,
         _ => &[],
     };
-    let verdict =
-        match guard::check_origin(&app, request.headers(), host.as_deref(), upstream_origins) {
-            Ok(verdict) => verdict,
-            Err(refusal) => {
-                tracing::debug!(?refusal, "browser guard refused the request");
-                return Ok(refusal.into_error().into_response());
-            }
-        };
+    let verdict = guard::check_origin(app, request.headers(), host.as_deref(), upstream_origins)
+        .map_err(|refusal| {
+            refusal.record(app);
+            refusal.into_error()
+        })?;
     if let guard::Verdict::Allowed(origin) = &verdict {
         if guard::is_preflight(&request) {
             // Answered here: a preflight is never forwarded, so never carries a token.
-            return Ok(guard::preflight_response(&request, origin.clone()));
+            return Ok((guard::preflight_response(&request, origin.clone()), None));
         }
     }
-    let mut response = match route {
+    let response = match route {
         Route::Admin(admin_path) => {
-            if let Err(error) = client_key_accepted(&app, &request, admin_path) {
-                return Ok(error.into_response());
-            }
+            client_key_accepted(app, &request, admin_path)?;
             let admin_path = admin_path.to_owned();
-            admin::handle(&app, &admin_path, request).await
+            admin::handle(app, &admin_path, &verdict, request).await
         }
-        Route::NotFound => ProxyError::NoRoute { path: path.clone() }.into_response(),
+        Route::NotFound => {
+            return Err(ProxyError::NoRoute {
+                path: path.to_owned(),
+            })
+        }
         Route::Upstream { index, path: rest } => {
-            if let Err(error) = client_key_accepted(&app, &request, "") {
-                return Ok(error.into_response());
-            }
-            let upstream = Arc::clone(&app.upstreams[index]);
-            let target = match target_uri(&upstream, rest, request.uri().query()) {
-                Ok(uri) => uri,
-                Err(error) => return Ok(error.into_response()),
-            };
-            forward(&upstream, connection, request, target, host)
-                .await
-                .unwrap_or_else(ProxyError::into_response)
+            client_key_accepted(app, &request, "")?;
+            let upstream = &app.upstreams[index];
+            let target = target_uri(upstream, rest, request.uri().query())?;
+            forward(upstream, connection, request, target, host).await?
         }
     };
-    guard::decorate(response.headers_mut(), &verdict);
-    Ok(response)
+    Ok((response, Some(verdict)))
 }
 
 /// Refuses what a reverse proxy must never act on: `CONNECT`, absolute-form targets naming
@@ -240,7 +267,7 @@ fn target_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Ur
 }
 
 async fn forward(
-    upstream: &Upstream,
+    upstream: &Arc<Upstream>,
     connection: Connection,
     mut request: Request<Incoming>,
     target: Uri,
@@ -509,9 +536,15 @@ fn send_error(
 ) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut timed_out = false;
+    let mut tls = false;
     while let Some(cause) = source {
+        tls |= cause.is::<rustls::Error>();
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+            // An io::Error's `source()` skips the error it wraps; rustls's is in there.
+            tls |= io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>());
         }
         source = cause.source();
     }
@@ -519,6 +552,11 @@ fn send_error(
         ProxyError::ConnectTimeout {
             upstream: name.to_owned(),
             after: upstream.config.connect_timeout,
+        }
+    } else if tls {
+        ProxyError::UpstreamTls {
+            upstream: name.to_owned(),
+            reason: error_chain(error),
         }
     } else {
         ProxyError::UpstreamUnreachable {

@@ -17,6 +17,7 @@ use http::{HeaderName, HeaderValue};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::metrics::TokenMetrics;
 use crate::providers::{Provider, ProviderError};
 use crate::secret::Secret;
 use crate::store::SharedStore;
@@ -76,14 +77,48 @@ pub struct TokenUnavailable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenState {
-    /// No token yet, the first request is under way.
+    /// No token yet, and none requested so far.
     Pending,
     Valid,
-    /// The last token request failed and there is no valid token.
+    /// A token request is under way.
+    Refreshing,
+    /// Still valid, but past the time it should have been replaced (the last refresh
+    /// failed, or the refresher is about to run).
+    Expiring,
+    /// No valid token; the token endpoint is left alone until the backoff ends.
+    BackingOff,
+    /// The last token request failed, there is no valid token, and a retry is due.
     Failed,
     Expired,
     /// A user has to log in (device code, browser), or log in again.
     NeedsLogin,
+}
+
+impl TokenState {
+    pub const ALL: [TokenState; 8] = [
+        TokenState::Pending,
+        TokenState::Valid,
+        TokenState::Refreshing,
+        TokenState::Expiring,
+        TokenState::BackingOff,
+        TokenState::Failed,
+        TokenState::Expired,
+        TokenState::NeedsLogin,
+    ];
+
+    /// The name used in `/-/status`, the metrics and the status page.
+    pub fn label(self) -> &'static str {
+        match self {
+            TokenState::Pending => "pending",
+            TokenState::Valid => "valid",
+            TokenState::Refreshing => "refreshing",
+            TokenState::Expiring => "expiring",
+            TokenState::BackingOff => "backing_off",
+            TokenState::Failed => "failed",
+            TokenState::Expired => "expired",
+            TokenState::NeedsLogin => "needs_login",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -118,6 +153,7 @@ pub struct TokenCell {
     wake: Notify,
     /// Set when a reload dropped this upstream: its refresher stops.
     retired: std::sync::atomic::AtomicBool,
+    metrics: Arc<TokenMetrics>,
 }
 
 impl TokenCell {
@@ -146,6 +182,7 @@ impl TokenCell {
             report: Mutex::new(TokenReport::default()),
             wake: Notify::new(),
             retired: std::sync::atomic::AtomicBool::new(false),
+            metrics: Arc::default(),
         }
     }
 
@@ -230,7 +267,17 @@ impl TokenCell {
     /// One token request. The caller holds the flight lock.
     async fn fetch(&self) -> Result<Arc<Credential>, TokenUnavailable> {
         let previous = self.current.load_full();
+        let started = Instant::now();
         let outcome = self.provider.obtain(previous.as_deref()).await;
+        // "Needs a login" is known without asking the vendor: not a token request.
+        if outcome.as_ref().err() != Some(&ProviderError::NeedsLogin) {
+            self.metrics.duration.observe(started.elapsed());
+            let counter = match &outcome {
+                Ok(_) => &self.metrics.succeeded,
+                Err(_) => &self.metrics.failed,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         let result = match outcome {
             Ok(credential) => {
                 let lifetime = credential.expires_at.map(|expires_at| {
@@ -355,6 +402,7 @@ impl TokenCell {
             report.refreshes += 1;
             report.last_error = None;
         }
+        self.metrics.logins.fetch_add(1, Ordering::Relaxed);
         tracing::info!(upstream = %self.upstream, "logged in");
         self.finished.fetch_add(1, Ordering::Release);
         self.wake.notify_waiters();
@@ -400,22 +448,49 @@ impl TokenCell {
     }
 
     pub fn state(&self) -> TokenState {
+        let now = Instant::now();
         let failure = self.last_failure.lock().expect("poisoned").clone();
-        match self.current.load().as_ref() {
-            Some(credential) if credential.is_valid_at(Instant::now()) => TokenState::Valid,
-            _ if failure.as_ref().is_some_and(|cause| {
-                *cause == ProviderError::NeedsLogin || cause.is_permanent()
-            }) =>
-            {
+        let refreshing = self.flight.try_lock().is_err();
+        let current = self.current.load();
+        if current
+            .as_ref()
+            .is_some_and(|credential| credential.is_valid_at(now))
+        {
+            let overdue = self.next_refresh().is_some_and(|at| at <= now);
+            return if refreshing {
+                TokenState::Refreshing
+            } else if failure.is_some() || overdue {
+                TokenState::Expiring
+            } else {
+                TokenState::Valid
+            };
+        }
+        if refreshing {
+            return TokenState::Refreshing;
+        }
+        match failure {
+            Some(cause) if cause == ProviderError::NeedsLogin || cause.is_permanent() => {
                 TokenState::NeedsLogin
             }
-            _ if failure.is_some() => TokenState::Failed,
+            Some(_) if self.backoff.lock().expect("poisoned").remaining().is_some() => {
+                TokenState::BackingOff
+            }
+            Some(_) => TokenState::Failed,
+            None if current.is_some() => TokenState::Expired,
             None if self.provider.login_method() != crate::providers::LoginMethod::Direct => {
                 TokenState::NeedsLogin
             }
-            Some(_) => TokenState::Expired,
             None => TokenState::Pending,
         }
+    }
+
+    /// There is a token that may be sent now.
+    pub fn has_valid_token(&self) -> bool {
+        self.valid_now().is_some()
+    }
+
+    pub fn metrics(&self) -> Arc<TokenMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     pub fn report(&self) -> TokenReport {

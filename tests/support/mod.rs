@@ -104,6 +104,17 @@ impl Body for PatternBody {
     }
 }
 
+/// An admin action (`POST /-/upstreams/NAME/ACTION`) as the status page and the CLI send it.
+pub async fn post_action(url: &str) -> http::Response<Bytes> {
+    send(
+        http::Request::post(url)
+            .header("tokenproxy-action", "1")
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+}
+
 pub async fn get(url: &str) -> Response<Bytes> {
     send(Request::get(url).body(empty()).unwrap()).await
 }

@@ -1,0 +1,525 @@
+//! Prometheus metrics for `/-/metrics`.
+//!
+//! The request path only touches plain atomics in [`RequestMetrics`] (one per upstream,
+//! kept across reloads): no lock, no label lookup, no allocation. A scrape reads them, and
+//! each token cell's figures, into a snapshot that `prometheus-client`'s encoder writes as
+//! OpenMetrics text; plain Prometheus text (`text/plain; version=0.0.4`) is derived from
+//! it for scrapers that do not ask for OpenMetrics.
+//!
+//! Label values are bounded: the upstream's configured name, a status code, and small
+//! fixed sets (error kind, refresh outcome, token state). Never a path, a client address,
+//! a token or a secret.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::tokens::TokenState;
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Status codes 100..=999, as `http::StatusCode` allows.
+const FIRST_CODE: usize = 100;
+const CODES: usize = 900;
+
+/// A latency histogram on atomics: one counter per bucket (not cumulative; summed at
+/// scrape) and the sum in nanoseconds.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+
+    /// `(sum in seconds, count, per-bucket counts)` as the encoder wants them (it makes
+    /// them cumulative itself).
+    fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(index, counter)| {
+                let bound = LATENCY_BUCKETS.get(index).copied().unwrap_or(f64::INFINITY);
+                (bound, counter.load(Relaxed))
+            })
+            .collect();
+        let count = buckets.iter().map(|(_, count)| count).sum();
+        let sum = Duration::from_nanos(self.sum_nanos.load(Relaxed)).as_secs_f64();
+        (sum, count, buckets)
+    }
+}
+
+/// Why tokenproxy could not get a vendor's answer to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// The vendor could not be reached, or the connection failed before an answer.
+    Connect,
+    /// Connecting or the response headers took longer than allowed.
+    Timeout,
+    /// The TLS handshake failed (certificate, protocol).
+    Tls,
+    /// The browser guard refused the request.
+    RefusedByGuard,
+    /// No valid token could be had.
+    NoToken,
+}
+
+impl UpstreamErrorKind {
+    const ALL: [UpstreamErrorKind; 5] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Tls,
+        UpstreamErrorKind::RefusedByGuard,
+        UpstreamErrorKind::NoToken,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Tls => "tls",
+            UpstreamErrorKind::RefusedByGuard => "refused_by_guard",
+            UpstreamErrorKind::NoToken => "no_token",
+        }
+    }
+}
+
+/// One upstream's request figures, updated on the request path.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    by_code: Box<[AtomicU64; CODES]>,
+    duration: Histogram,
+    errors: [AtomicU64; UpstreamErrorKind::ALL.len()],
+    inflight: AtomicI64,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        RequestMetrics {
+            by_code: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            duration: Histogram::default(),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            inflight: AtomicI64::new(0),
+        }
+    }
+}
+
+impl RequestMetrics {
+    /// Counts a request in flight until the returned guard records its answer.
+    pub fn start(&self) -> InFlight<'_> {
+        self.inflight.fetch_add(1, Relaxed);
+        InFlight {
+            metrics: self,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_code.iter().map(|count| count.load(Relaxed)).sum()
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.iter().map(|count| count.load(Relaxed)).sum()
+    }
+
+    fn count_error(&self, kind: UpstreamErrorKind) {
+        let index = UpstreamErrorKind::ALL
+            .iter()
+            .position(|known| *known == kind)
+            .expect("ALL lists every kind");
+        self.errors[index].fetch_add(1, Relaxed);
+    }
+}
+
+/// A request between its routing and its response headers.
+pub struct InFlight<'a> {
+    metrics: &'a RequestMetrics,
+    started: Instant,
+}
+
+impl InFlight<'_> {
+    /// Records the answer's status (and why there was no vendor answer, if so).
+    pub fn finish(self, status: StatusCode, error: Option<UpstreamErrorKind>) {
+        let metrics = self.metrics;
+        metrics.duration.observe(self.started.elapsed());
+        let index = usize::from(status.as_u16()).saturating_sub(FIRST_CODE);
+        if let Some(count) = metrics.by_code.get(index) {
+            count.fetch_add(1, Relaxed);
+        }
+        if let Some(kind) = error {
+            metrics.count_error(kind);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    // Also runs when the client went away before an answer: the gauge never leaks.
+    fn drop(&mut self) {
+        self.metrics.inflight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One upstream's token-request figures (rare: kept with its token cell).
+#[derive(Debug, Default)]
+pub struct TokenMetrics {
+    pub duration: Histogram,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    /// Credentials installed by a completed user login.
+    pub logins: AtomicU64,
+}
+
+/// `application/openmetrics-text` when the scraper's `Accept` lists it.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|accept| accept.contains("application/openmetrics-text"))
+}
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The whole exposition, in OpenMetrics or classic Prometheus text.
+pub fn render(app: &App, openmetrics: bool) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot::of(app)));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .expect("writing to a String cannot fail");
+    if openmetrics {
+        text
+    } else {
+        to_prometheus_text(&text)
+    }
+}
+
+/// Classic Prometheus text from OpenMetrics: counters are named with their `_total`
+/// suffix in `# HELP`/`# TYPE`, and `# UNIT` and `# EOF` are dropped.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut counters: Vec<&str> = Vec::new();
+    for line in openmetrics.lines() {
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" counter"))
+        {
+            counters.push(name);
+        }
+    }
+    let mut text = String::with_capacity(openmetrics.len() + counters.len() * 12);
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| line.strip_prefix(prefix).map(|rest| (prefix, rest)));
+        match descriptor {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                text.push_str(prefix);
+                text.push_str(name);
+                if counters.contains(&name) {
+                    text.push_str("_total");
+                }
+                text.push(' ');
+                text.push_str(tail);
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// Everything a scrape reports, read once.
+#[derive(Debug)]
+struct Snapshot {
+    upstreams: Vec<UpstreamSnapshot>,
+}
+
+#[derive(Debug)]
+struct UpstreamSnapshot {
+    name: String,
+    requests: Arc<RequestMetrics>,
+    tokens: Arc<TokenMetrics>,
+    state: TokenState,
+    expires_at_unix: Option<f64>,
+}
+
+impl Snapshot {
+    fn of(app: &App) -> Snapshot {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let upstreams = app
+            .upstreams
+            .iter()
+            .map(|upstream| UpstreamSnapshot {
+                name: upstream.config.name.clone(),
+                requests: Arc::clone(&upstream.metrics),
+                tokens: upstream.tokens.metrics(),
+                state: upstream.tokens.state(),
+                expires_at_unix: upstream
+                    .tokens
+                    .current()
+                    .and_then(|credential| credential.expires_at)
+                    .map(|expires_at| unix_seconds(wall, now, expires_at)),
+            })
+            .collect();
+        Snapshot { upstreams }
+    }
+}
+
+/// The wall-clock time of a monotonic instant.
+pub fn unix_seconds(wall_now: SystemTime, now: Instant, at: Instant) -> f64 {
+    let wall_at = if at >= now {
+        wall_now + (at - now)
+    } else {
+        wall_now - (now - at)
+    };
+    wall_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
+
+fn upstream_label(name: &str) -> Labels<'_> {
+    vec![("upstream", Cow::Borrowed(name))]
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_requests",
+            "Requests routed to an upstream, by the status code answered.",
+            None,
+            MetricType::Counter,
+        )?;
+        for upstream in &self.upstreams {
+            for (index, count) in upstream.requests.by_code.iter().enumerate() {
+                let count = count.load(Relaxed);
+                if count == 0 {
+                    continue;
+                }
+                let mut labels = upstream_label(&upstream.name);
+                labels.push(("code", Cow::Owned((index + FIRST_CODE).to_string())));
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_request_duration_seconds",
+            "Time from routing a request to its response headers.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for upstream in &self.upstreams {
+            let (sum, count, buckets) = upstream.requests.duration.read();
+            family
+                .encode_family(&upstream_label(&upstream.name))?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_upstream_errors",
+            "Requests that got no answer from the vendor, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for upstream in &self.upstreams {
+            for (kind, count) in UpstreamErrorKind::ALL.iter().zip(&upstream.requests.errors) {
+                let mut labels = upstream_label(&upstream.name);
+                labels.push(("kind", Cow::Borrowed(kind.label())));
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&count.load(Relaxed), None)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_token_refreshes",
+            "Token requests by outcome; `login` counts tokens installed by a user login.",
+            None,
+            MetricType::Counter,
+        )?;
+        for upstream in &self.upstreams {
+            let tokens = &upstream.tokens;
+            for (outcome, count) in [
+                ("success", &tokens.succeeded),
+                ("failure", &tokens.failed),
+                ("login", &tokens.logins),
+            ] {
+                let mut labels = upstream_label(&upstream.name);
+                labels.push(("outcome", Cow::Borrowed(outcome)));
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&count.load(Relaxed), None)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_token_request_duration_seconds",
+            "Time a token request to the vendor took.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for upstream in &self.upstreams {
+            let (sum, count, buckets) = upstream.tokens.duration.read();
+            family
+                .encode_family(&upstream_label(&upstream.name))?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_token_expiry_timestamp_seconds",
+            "When the current token expires (Unix time); absent for tokens without an expiry.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for upstream in &self.upstreams {
+            if let Some(expires_at) = upstream.expires_at_unix {
+                family
+                    .encode_family(&upstream_label(&upstream.name))?
+                    .encode_gauge(&expires_at.floor())?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_token_state",
+            "1 for the token's current state, 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for upstream in &self.upstreams {
+            for state in TokenState::ALL {
+                let mut labels = upstream_label(&upstream.name);
+                labels.push(("state", Cow::Borrowed(state.label())));
+                family
+                    .encode_family(&labels)?
+                    .encode_gauge(&i64::from(state == upstream.state))?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_inflight_requests",
+            "Requests waiting for the vendor's response headers.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for upstream in &self.upstreams {
+            family
+                .encode_family(&upstream_label(&upstream.name))?
+                .encode_gauge(&upstream.requests.inflight.load(Relaxed))?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_build_info",
+            "Always 1; the version is in the label.",
+            None,
+            MetricType::Gauge,
+        )?;
+        family
+            .encode_family(&vec![("version", env!("CARGO_PKG_VERSION"))])?
+            .encode_gauge(&1i64)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_counts_each_observation_in_one_bucket() {
+        let histogram = Histogram::default();
+        histogram.observe(Duration::from_micros(300));
+        histogram.observe(Duration::from_millis(3));
+        histogram.observe(Duration::from_secs(60));
+        let (sum, count, buckets) = histogram.read();
+        assert_eq!(count, 3);
+        assert!((sum - 60.0033).abs() < 1e-6, "{sum}");
+        assert_eq!(buckets[0], (0.0005, 1));
+        assert_eq!(buckets[3], (0.005, 1));
+        assert_eq!(buckets[LATENCY_BUCKETS.len() - 1], (30.0, 0));
+        assert_eq!(buckets.last().unwrap().1, 1);
+        assert!(buckets.last().unwrap().0.is_infinite());
+    }
+
+    #[test]
+    fn inflight_guard_counts_and_always_decrements() {
+        let metrics = RequestMetrics::default();
+        let first = metrics.start();
+        let second = metrics.start();
+        assert_eq!(metrics.inflight.load(Relaxed), 2);
+        first.finish(StatusCode::OK, None);
+        drop(second);
+        assert_eq!(metrics.inflight.load(Relaxed), 0);
+        assert_eq!(metrics.total(), 1);
+        metrics.start().finish(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(UpstreamErrorKind::NoToken),
+        );
+        assert_eq!(metrics.by_code[503 - FIRST_CODE].load(Relaxed), 1);
+        assert_eq!(metrics.errors(), 1);
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_with_total() {
+        let openmetrics = "# HELP tokenproxy_requests Requests.\n# TYPE tokenproxy_requests counter\n\
+                           tokenproxy_requests_total{upstream=\"a\",code=\"200\"} 3\n\
+                           # HELP tokenproxy_inflight_requests In flight.\n# TYPE tokenproxy_inflight_requests gauge\n\
+                           tokenproxy_inflight_requests{upstream=\"a\"} 0\n# EOF\n";
+        let text = to_prometheus_text(openmetrics);
+        assert_eq!(
+            text,
+            "# HELP tokenproxy_requests_total Requests.\n# TYPE tokenproxy_requests_total counter\n\
+             tokenproxy_requests_total{upstream=\"a\",code=\"200\"} 3\n\
+             # HELP tokenproxy_inflight_requests In flight.\n# TYPE tokenproxy_inflight_requests gauge\n\
+             tokenproxy_inflight_requests{upstream=\"a\"} 0\n"
+        );
+    }
+
+    #[test]
+    fn openmetrics_is_asked_for_by_accept() {
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some("text/plain")));
+        assert!(!wants_openmetrics(None));
+    }
+}
