@@ -1,6 +1,7 @@
 //! Which upstream a request is for: its own listener first, then its `Host`, then the
 //! longest path prefix. `/-/` is tokenproxy's own and is never forwarded.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::config::{normalize_host, UpstreamConfig};
@@ -12,18 +13,32 @@ pub const ADMIN_PREFIX: &str = "/-/";
 /// Encoded `/` (`%2F`) and `\` stay as they are and are not separators, so
 /// `/bigeval%2F..%2Famm/x` is one segment and matches no prefix. `None` for a path that is
 /// not origin-form (`*`, or not starting with `/`).
-pub fn normalize_path(path: &str) -> Option<String> {
+pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
     if !path.starts_with('/') {
         return None;
     }
+    // Nearly every path is already normal: no copy then.
+    let mut rest = path[1..].split('/').peekable();
+    let mut normal = true;
+    while let Some(segment) = rest.next() {
+        let last = rest.peek().is_none();
+        if (segment.is_empty() && !last) || is_dot_segment(segment) {
+            normal = false;
+            break;
+        }
+    }
+    if normal {
+        return Some(Cow::Borrowed(path));
+    }
     let mut segments: Vec<&str> = Vec::new();
     for segment in path.split('/') {
-        match segment.to_ascii_lowercase().as_str() {
-            "" | "." | "%2e" => {}
-            ".." | ".%2e" | "%2e." | "%2e%2e" => {
-                segments.pop();
-            }
-            _ => segments.push(segment),
+        if segment.is_empty() || is_single_dot(segment) {
+            continue;
+        }
+        if is_dot_segment(segment) {
+            segments.pop();
+        } else {
+            segments.push(segment);
         }
     }
     let mut normalized = String::with_capacity(path.len());
@@ -32,11 +47,23 @@ pub fn normalize_path(path: &str) -> Option<String> {
         normalized.push_str(segment);
     }
     // A trailing slash is meaningful to many APIs; keep it.
-    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
+    let trailing = path.ends_with('/') || path.rsplit('/').next().is_some_and(is_dot_segment);
     if normalized.is_empty() || trailing {
         normalized.push('/');
     }
-    Some(normalized)
+    Some(Cow::Owned(normalized))
+}
+
+/// `.` or `..`, also percent-encoded (`%2e`, any case).
+fn is_dot_segment(segment: &str) -> bool {
+    is_single_dot(segment)
+        || [".%2e", "%2e.", "%2e%2e", ".."]
+            .iter()
+            .any(|dots| segment.eq_ignore_ascii_case(dots))
+}
+
+fn is_single_dot(segment: &str) -> bool {
+    segment == "." || segment.eq_ignore_ascii_case("%2e")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +157,7 @@ mod tests {
 
     #[test]
     fn normalizes_dot_segments_and_empty_segments_once() {
-        let n = |p: &str| normalize_path(p).unwrap();
+        let n = |p: &str| normalize_path(p).unwrap().into_owned();
         assert_eq!(n("/bigeval/../amm/x"), "/amm/x");
         assert_eq!(n("/bigeval/%2e%2e/amm/x"), "/amm/x");
         assert_eq!(n("/bigeval/%2E./amm/x"), "/amm/x");
@@ -142,6 +169,10 @@ mod tests {
         assert_eq!(n("/bigeval%2F..%2Famm/x"), "/bigeval%2F..%2Famm/x");
         assert_eq!(n("/a%20b/c%2Fd"), "/a%20b/c%2Fd");
         assert_eq!(normalize_path("*"), None);
+        assert!(matches!(normalize_path("/a/b/"), Some(Cow::Borrowed(_))));
+        assert!(matches!(normalize_path("/a//b"), Some(Cow::Owned(_))));
+        assert_eq!(n("/a/%2E"), "/a/");
+        assert_eq!(n("/a/b/.%2E"), "/a/");
     }
 
     fn table(routes: &[(&str, Option<&str>)]) -> RouteTable {

@@ -255,14 +255,24 @@ fn signal(daemon: &Daemon, name: &str) {
 
 #[tokio::test]
 async fn sigterm_lets_a_slow_response_finish_and_exits_0() {
+    sigterm_drains("rel-sigterm", &[]).await;
+}
+
+/// One worker thread runs everything on the single-threaded scheduler: the same drain.
+#[tokio::test]
+async fn sigterm_drains_on_the_single_threaded_runtime_too() {
+    sigterm_drains("rel-sigterm-single", &[("TOKIO_WORKER_THREADS", "1")]).await;
+}
+
+async fn sigterm_drains(name: &str, env: &[(&str, &str)]) {
     let upstream = echo::start().await;
-    let dir = temp_dir("rel-sigterm");
+    let dir = temp_dir(name);
     std::fs::write(
         dir.join("tokenproxy.toml"),
         format!("[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"memory\"\n[upstreams.slow]\ntarget = \"{}/\"\n[upstreams.slow.auth]\nkind = \"static\"\ntoken = \"t\"\n", upstream.url()),
     )
     .unwrap();
-    let mut daemon = Daemon::start(&dir).await;
+    let mut daemon = Daemon::start_with_env(&dir, env).await;
     let url = daemon.url("/slow/x");
     let slow = tokio::spawn(async move {
         send(

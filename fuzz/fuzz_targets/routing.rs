@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
     );
     assert_eq!(
         normalize_path(&n).as_deref(),
-        Some(n.as_str()),
+        Some(&*n),
         "{path:?} -> {n:?}: normalising again changes it"
     );
 

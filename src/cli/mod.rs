@@ -209,10 +209,15 @@ fn load(explicit: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 }
 
 fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One worker asked for (a sidecar, the benchmark): a single-threaded scheduler does the
+    // same work without the multi-threaded one's cross-thread bookkeeping.
+    let single = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|threads| threads.trim() == "1");
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(future),
         Err(error) => {
             eprintln!("tokenproxy: cannot start the runtime: {error}");

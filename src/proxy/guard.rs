@@ -168,12 +168,18 @@ pub fn preflight_response<B>(request: &Request<B>, origin: HeaderValue) -> Respo
 
 /// Drops every `Access-Control-Allow-*` the vendor sent, and grants the allowed origin.
 pub fn decorate(headers: &mut HeaderMap, verdict: &Verdict) {
+    let vendor_cors = headers
+        .keys()
+        .any(|name| name.as_str().starts_with("access-control-allow-"));
     for name in [
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         header::ACCESS_CONTROL_ALLOW_METHODS,
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| vendor_cors)
+    {
         headers.remove(name);
     }
     if let Verdict::Allowed(origin) = verdict {

@@ -51,17 +51,20 @@ pub async fn handle(
     if let Err(error) = admissible(&app, &request, connection.local.map(|local| local.port())) {
         return Ok(error.into_response());
     }
-    let host = request_host(&request);
+    let host_value = request_host(&request);
+    let host = host_value.as_ref().and_then(|host| host.to_str().ok());
     if let Err(refusal) = guard::check_host(
         &app,
         &request,
-        host.as_deref(),
+        host,
         connection.local.map(|local| local.ip()),
     ) {
         refusal.record(&app);
         return Ok(refusal.into_error().into_response());
     }
-    let Some(path) = routes::normalize_path(request.uri().path()) else {
+    // A clone of the URI shares its bytes; the request itself moves on below.
+    let uri = request.uri().clone();
+    let Some(path) = routes::normalize_path(uri.path()) else {
         return Ok(ProxyError::BadRequest {
             reason: "the request target must be a path starting with /".into(),
         }
@@ -71,12 +74,17 @@ pub async fn handle(
         // The upstream owning this listener was removed by a reload.
         Some(name) => match app.index_of(name) {
             Some(index) => Some(index),
-            None => return Ok(ProxyError::NoRoute { path }.into_response()),
+            None => {
+                return Ok(ProxyError::NoRoute {
+                    path: path.into_owned(),
+                }
+                .into_response())
+            }
         },
         None => None,
     };
     // What is routed is exactly what is forwarded: the normalized path.
-    let route = app.routes.route(dedicated, host.as_deref(), &path);
+    let route = app.routes.route(dedicated, host, &path);
     let routed_to = match route {
         Route::Upstream { index, .. } => Some(&app.upstreams[index]),
         _ => None,
@@ -84,18 +92,19 @@ pub async fn handle(
     // Counted from here to the response headers; the guard also counts a dropped request
     // out of the in-flight gauge.
     let in_flight = routed_to.map(|upstream| upstream.metrics.start());
-    let (response, error_kind) = match answer(&app, connection, request, route, &path, host).await {
-        Ok((mut response, Some(verdict))) => {
-            guard::decorate(response.headers_mut(), &verdict);
-            (response, None)
-        }
-        // The proxy's own preflight answer: its CORS headers stay.
-        Ok((response, None)) => (response, None),
-        Err(error) => {
-            let kind = error.upstream_error_kind();
-            (error.into_response(), kind)
-        }
-    };
+    let (response, error_kind) =
+        match answer(&app, connection, request, route, &path, host_value.as_ref()).await {
+            Ok((mut response, Some(verdict))) => {
+                guard::decorate(response.headers_mut(), &verdict);
+                (response, None)
+            }
+            // The proxy's own preflight answer: its CORS headers stay.
+            Ok((response, None)) => (response, None),
+            Err(error) => {
+                let kind = error.upstream_error_kind();
+                (error.into_response(), kind)
+            }
+        };
     if let Some(in_flight) = in_flight {
         in_flight.finish(response.status(), error_kind);
     }
@@ -110,14 +119,15 @@ async fn answer(
     request: Request<Incoming>,
     route: Route<'_>,
     path: &str,
-    host: Option<String>,
+    host_value: Option<&HeaderValue>,
 ) -> Result<(Response<ProxyBody>, Option<guard::Verdict>), ProxyError> {
+    let host = host_value.and_then(|host| host.to_str().ok());
     let upstream_origins: &[String] = match route {
         Route::Upstream { index, .. } => &app.upstreams[index].config.allowed_origins,
         _ => &[],
     };
-    let verdict = guard::check_origin(app, request.headers(), host.as_deref(), upstream_origins)
-        .map_err(|refusal| {
+    let verdict =
+        guard::check_origin(app, request.headers(), host, upstream_origins).map_err(|refusal| {
             refusal.record(app);
             refusal.into_error()
         })?;
@@ -142,7 +152,7 @@ async fn answer(
             client_key_accepted(app, &request, "")?;
             let upstream = &app.upstreams[index];
             let target = target_uri(upstream, rest, request.uri().query())?;
-            forward(upstream, connection, request, target, host).await?
+            forward(upstream, connection, request, target, host_value.cloned()).await?
         }
     };
     Ok((response, Some(verdict)))
@@ -227,18 +237,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The host the client addressed: the request target's authority when it has one
 /// (HTTP/2 `:authority`, HTTP/1 absolute-form), else `Host`.
-fn request_host<B>(request: &Request<B>) -> Option<String> {
-    request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|host| host.to_str().ok())
-                .map(str::to_owned)
-        })
+fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
+    match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        // A clone of a header value shares its bytes.
+        None => request
+            .headers()
+            .get(header::HOST)
+            .filter(|host| host.to_str().is_ok())
+            .cloned(),
+    }
 }
 
 /// The target's base path plus the routed path, with the query exactly as received.
@@ -271,7 +279,7 @@ async fn forward(
     connection: Connection,
     mut request: Request<Incoming>,
     target: Uri,
-    original_host: Option<String>,
+    original_host: Option<HeaderValue>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let name = &upstream.config.name;
     let no_token = |unavailable: TokenUnavailable| ProxyError::NoToken {
@@ -305,7 +313,7 @@ async fn forward(
     headers::add_forwarded(
         headers,
         connection.client.map(|client| client.ip()),
-        original_host.and_then(|host| HeaderValue::from_str(&host).ok()),
+        original_host,
     );
     for (name, value) in &upstream.config.headers {
         headers.append(name.clone(), value.clone());

@@ -1,7 +1,7 @@
 //! A strict reader in front of hyper's HTTP/1 parser. hyper (through httparse) accepts bare
 //! LF line ends, which lets a request be read differently by a lenient and a strict parser
 //! along the way: a request-smuggling vector. This guard follows the request framing
-//! (head, `Content-Length` body, chunked body) byte by byte and, at the first bare LF in a
+//! (head, `Content-Length` body, chunked body) line by line and, at the first bare LF in a
 //! head, a chunk-size line or a trailer, turns that byte into NUL, which hyper refuses with
 //! a 400 before anything is forwarded. HTTP/2 (the prior-knowledge preface) and upgraded
 //! connections pass through untouched.
@@ -63,20 +63,24 @@ impl<T> StrictHttp1<T> {
         }
     }
 
-    /// Follows the framing over `data`, defusing bare LFs in place.
+    /// Follows the framing over `data`, defusing bare LFs in place. Lines are found with a
+    /// search for LF, not byte by byte; only header lines are looked into.
     fn inspect(&mut self, data: &mut [u8]) {
+        if self.seen < H2_PREFACE.len() {
+            let expected = &H2_PREFACE[self.seen..];
+            let overlap = expected.len().min(data.len());
+            if data[..overlap] == expected[..overlap] {
+                self.seen += overlap;
+                if self.seen == H2_PREFACE.len() {
+                    self.state = State::Passthrough;
+                    return;
+                }
+            } else {
+                self.seen = usize::MAX;
+            }
+        }
         let mut index = 0;
         while index < data.len() {
-            if self.seen < H2_PREFACE.len() {
-                if data[index] != H2_PREFACE[self.seen] {
-                    self.seen = usize::MAX;
-                } else {
-                    self.seen += 1;
-                    if self.seen == H2_PREFACE.len() {
-                        self.state = State::Passthrough;
-                    }
-                }
-            }
             match self.state {
                 State::Passthrough => return,
                 State::Body(remaining) => {
@@ -87,7 +91,6 @@ impl<T> StrictHttp1<T> {
                     } else {
                         State::Body(remaining - take)
                     };
-                    continue;
                 }
                 State::ChunkData(remaining) => {
                     let take = remaining.min((data.len() - index) as u64);
@@ -97,41 +100,56 @@ impl<T> StrictHttp1<T> {
                     } else {
                         State::ChunkData(remaining - take)
                     };
-                    continue;
                 }
                 State::Head { .. } | State::ChunkSize | State::ChunkDataEnd => {
-                    let byte = data[index];
-                    if byte == b'\n' && self.previous != b'\r' {
-                        // The defused byte makes hyper answer 400; nothing after it matters.
-                        data[index] = 0;
+                    let rest = &data[index..];
+                    let Some(at) = rest.iter().position(|byte| *byte == b'\n') else {
+                        self.take_line_bytes(index, data);
+                        return;
+                    };
+                    let newline = index + at;
+                    let before = if at > 0 {
+                        data[newline - 1]
+                    } else {
+                        self.previous
+                    };
+                    self.take_line_bytes(index, &data[..newline]);
+                    // A bare LF, or a head whose framing two parsers could read differently:
+                    // the defused byte makes hyper answer 400; nothing after it matters.
+                    if before != b'\r' || self.end_line() {
+                        data[newline] = 0;
                         self.state = State::Passthrough;
                         return;
                     }
-                    if self.line_byte(byte) {
-                        // Ambiguous framing: defused the same way.
-                        data[index] = 0;
-                        self.state = State::Passthrough;
-                        return;
-                    }
+                    self.previous = b'\n';
+                    index = newline + 1;
                 }
             }
-            self.previous = data[index];
-            index += 1;
         }
     }
 
-    /// Takes one byte of a line; true when the head just ended with framing that two
-    /// parsers could read differently (`Content-Length` and `Transfer-Encoding` together).
-    fn line_byte(&mut self, byte: u8) -> bool {
-        if byte != b'\n' {
-            if self.line.len() < MAX_LINE {
-                self.line.push(byte);
-            }
-            return false;
+    /// Appends `data[from..]` to the current line (bounded) and remembers its last byte.
+    fn take_line_bytes(&mut self, from: usize, data: &[u8]) {
+        let bytes = &data[from..];
+        if let Some(last) = bytes.last() {
+            self.previous = *last;
         }
-        // A whole line, without its CRLF.
-        let line = std::mem::take(&mut self.line);
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        let room = MAX_LINE.saturating_sub(self.line.len());
+        self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// A whole line arrived (its CRLF seen); true when the head just ended with framing
+    /// that two parsers could read differently (`Content-Length` and `Transfer-Encoding`).
+    fn end_line(&mut self) -> bool {
+        // Taken out and put back cleared, so the buffer is reused for every line.
+        let mut line = std::mem::take(&mut self.line);
+        let ambiguous = self.line_ended(line.strip_suffix(b"\r").unwrap_or(&line));
+        line.clear();
+        self.line = line;
+        ambiguous
+    }
+
+    fn line_ended(&mut self, line: &[u8]) -> bool {
         match self.state {
             State::Head { trailers } => {
                 if line.is_empty() {
@@ -172,19 +190,19 @@ impl<T> StrictHttp1<T> {
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             return;
         };
-        let name = String::from_utf8_lossy(&line[..colon])
-            .trim()
-            .to_ascii_lowercase();
-        let value = String::from_utf8_lossy(&line[colon + 1..])
-            .trim()
-            .to_ascii_lowercase();
-        match name.as_str() {
-            "content-length" => self.content_length = Some(value.parse().unwrap_or(u64::MAX)),
-            "transfer-encoding" => {
-                self.chunked |= value.split(',').any(|coding| coding.trim() == "chunked")
-            }
-            "upgrade" => self.upgrade = true,
-            _ => {}
+        let name = line[..colon].trim_ascii();
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let length = std::str::from_utf8(value)
+                .ok()
+                .and_then(|text| text.parse().ok());
+            self.content_length = Some(length.unwrap_or(u64::MAX));
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.chunked |= value
+                .split(|b| *b == b',')
+                .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            self.upgrade = true;
         }
     }
 

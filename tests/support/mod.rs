@@ -250,7 +250,13 @@ pub async fn listening_address(
 impl Daemon {
     /// Starts `tokenproxy run` in `dir` and waits until it listens.
     pub async fn start(dir: &std::path::Path) -> Daemon {
+        Daemon::start_with_env(dir, &[]).await
+    }
+
+    /// `start` with extra environment variables.
+    pub async fn start_with_env(dir: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = tokenproxy(dir)
+            .envs(env.iter().copied())
             .arg("run")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# A/B: two tokenproxy binaries (or one binary with two environments) behind the same nginx
+# origin, measured in alternating rounds so machine drift hits both alike. Prints req/s and
+# the proxy's CPU time per request (user and system, from /proc), per round and as medians.
+#
+#   bash bench/ab.sh OLD_BINARY NEW_BINARY            # e.g. a build of main against yours
+#   AB_PATH=/large AB_CONNS=128 bash bench/ab.sh A B   # 64 KiB bodies, 128 connections
+#
+# Settings: AB_ROUNDS (5), AB_SECONDS (5 per run), AB_CONNS (16), AB_PATH (/small),
+# AB_ENV_A / AB_ENV_B (extra environment, e.g. "TOKIO_WORKER_THREADS=2"). Both proxies run
+# with TOKIO_WORKER_THREADS=1 and, like bench/run.sh, servers on CPU 0 and wrk on CPU 1.
+# Needs nginx, wrk, taskset (bench/run.sh installs them). Loopback only; every run bounded.
+set -euo pipefail
+
+A=${1:?usage: bench/ab.sh OLD_BINARY NEW_BINARY}
+B=${2:?usage: bench/ab.sh OLD_BINARY NEW_BINARY}
+ROUNDS=${AB_ROUNDS:-5}
+SECONDS_PER_RUN=${AB_SECONDS:-5}
+CONNS=${AB_CONNS:-16}
+URL_PATH=${AB_PATH:-/small}
+
+TMP=$(mktemp -d /tmp/tokenproxy-ab.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+P_ORIGIN=$(free_port); P_A=$(free_port); P_B=$(free_port)
+
+mkdir -p "$TMP/www" "$TMP/ngx"; chmod 1777 "$TMP/ngx"; chmod 755 "$TMP" "$TMP/www"
+python3 -c 'import sys; sys.stdout.write(("tokenproxy-bench " * 8)[:99] + "\n")' >"$TMP/www/small"
+head -c 65536 /dev/zero | tr '\0' 'x' >"$TMP/www/large"
+chmod 644 "$TMP/www/"*
+cat >"$TMP/origin.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/origin.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nodelay on;
+  keepalive_timeout 120s;
+  keepalive_requests 1000000;
+  client_body_temp_path $TMP/ngx/body;
+  proxy_temp_path $TMP/ngx/proxy;
+  fastcgi_temp_path $TMP/ngx/fastcgi;
+  uwsgi_temp_path $TMP/ngx/uwsgi;
+  scgi_temp_path $TMP/ngx/scgi;
+  server { listen 127.0.0.1:$P_ORIGIN; root $TMP/www; }
+}
+EOF
+TOKEN=$(python3 -c 'import secrets,string; a=string.ascii_letters+string.digits; print("".join(secrets.choice(a) for _ in range(800)))')
+config() {
+  cat <<EOF
+[server]
+listen = "127.0.0.1:$1"
+[store]
+path = "memory"
+[upstreams.o]
+target = "http://127.0.0.1:$P_ORIGIN/"
+[upstreams.o.auth]
+kind = "static"
+token = "$TOKEN"
+headers = { Organization = "acme" }
+EOF
+}
+config "$P_A" >"$TMP/a.toml"
+config "$P_B" >"$TMP/b.toml"
+
+SRV=(taskset -c 0); CLI=(taskset -c 1)
+"${SRV[@]}" nginx -c "$TMP/origin.conf" -p "$TMP" 2>/dev/null & PIDS+=($!)
+# shellcheck disable=SC2086
+env TOKIO_WORKER_THREADS=1 ${AB_ENV_A:-} "${SRV[@]}" "$A" run --config "$TMP/a.toml" >"$TMP/a.log" 2>&1 & PID_A=$!; PIDS+=($PID_A)
+# shellcheck disable=SC2086
+env TOKIO_WORKER_THREADS=1 ${AB_ENV_B:-} "${SRV[@]}" "$B" run --config "$TMP/b.toml" >"$TMP/b.log" 2>&1 & PID_B=$!; PIDS+=($PID_B)
+for port in "$P_ORIGIN" "$P_A" "$P_B"; do
+  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/o$URL_PATH" 2>/dev/null && break; curl -fs -o /dev/null "http://127.0.0.1:$port$URL_PATH" 2>/dev/null && break; sleep 0.05; done
+done
+curl -fs -o /dev/null "http://127.0.0.1:$P_A/o$URL_PATH" || { cat "$TMP/a.log"; exit 1; }
+curl -fs -o /dev/null "http://127.0.0.1:$P_B/o$URL_PATH" || { cat "$TMP/b.log"; exit 1; }
+
+TCK=$(getconf CLK_TCK)
+measure() {   # NAME PID PORT -> "req/s user_us sys_us"
+  local pid=$2 port=$3 u0 s0 u1 s1 out
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  out=$(timeout $((SECONDS_PER_RUN + 10)) "${CLI[@]}" wrk -t1 -c"$CONNS" -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:$port/o$URL_PATH")
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  python3 - "$out" "$u0" "$s0" "$u1" "$s1" "$TCK" "$SECONDS_PER_RUN" <<'PY'
+import re, sys
+out, u0, s0, u1, s1, tck, secs = sys.argv[1], *map(float, sys.argv[2:])
+requests = int(re.search(r"(\d+) requests in", out).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+print(f"{requests / secs:.0f} {(u1 - u0) / tck / requests * 1e6:.2f} {(s1 - s0) / tck / requests * 1e6:.2f} {errors.group(1) if errors else 0}")
+PY
+}
+
+echo "A = $A ${AB_ENV_A:-}"
+echo "B = $B ${AB_ENV_B:-}"
+echo "path $URL_PATH, $CONNS connections, $SECONDS_PER_RUN s per run, $ROUNDS rounds, alternating"
+printf '%-6s %-3s %10s %10s %10s %8s\n' round bin "req/s" "user µs" "sys µs" non2xx
+: >"$TMP/results"
+for round in $(seq "$ROUNDS"); do
+  # Alternate which goes first, so neither always runs on a warmer machine.
+  if (( round % 2 )); then order=(A B); else order=(B A); fi
+  for which in "${order[@]}"; do
+    if [ "$which" = A ]; then line=$(measure A "$PID_A" "$P_A"); else line=$(measure B "$PID_B" "$P_B"); fi
+    echo "$which $line" >>"$TMP/results"
+    # shellcheck disable=SC2086
+    printf '%-6s %-3s %10s %10s %10s %8s\n' "$round" "$which" $line
+  done
+done
+python3 - "$TMP/results" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+med = {}
+for which in "AB":
+    mine = [r for r in rows if r[0] == which]
+    med[which] = [statistics.median(float(r[i]) for r in mine) for i in (1, 2, 3)]
+    print(f"median {which}: {med[which][0]:.0f} req/s, {med[which][1]:.2f} µs user + {med[which][2]:.2f} µs sys per request")
+print(f"B/A req/s: {med['B'][0] / med['A'][0]:.3f}; CPU per request B/A: {(med['B'][1] + med['B'][2]) / (med['A'][1] + med['A'][2]):.3f}")
+PY
