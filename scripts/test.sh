@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 export RUST_BACKTRACE=1
 
-echo "== Chromium for the browser-guard test (Debian's package)"
+echo "== Chromium for the browser-guard and status-page tests (Debian's package)"
 if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq

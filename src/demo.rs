@@ -128,7 +128,12 @@ token = "{ECHO_KEY}"
         println!("BigAnimal is logged out: press Log in on its row, then approve the code at the simulator's page.");
     }
     println!("Try (each answers 200 with a token the proxy obtained and injected):");
-    println!("  curl -s {base}/biganimal/clusters          # BigAnimal: device login (auto-approved) + token exchange");
+    let approval = if manual_login {
+        "log in on the status page first"
+    } else {
+        "auto-approved"
+    };
+    println!("  curl -s {base}/biganimal/clusters          # BigAnimal: device login ({approval}) + token exchange");
     println!("  curl -s {base}/bigid/api/v1/ds-connections # BigID: user token exchanged for a raw systemToken");
     println!("  curl -s {base}/bigeval/api/v1/testcases    # BiG EVAL: client credentials");
     println!("  curl -s {base}/caepe/api/v1/applications   # CAEPE: Keycloak password grant + Organization header");

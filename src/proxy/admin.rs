@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::guard::Verdict;
-use super::page;
+use super::page::{self, escape};
 use crate::app::{App, Upstream};
 use crate::metrics;
 use crate::problem::{json_response, ProxyError};
@@ -286,14 +286,6 @@ fn html(status: StatusCode, body: &str) -> Response<ProxyBody> {
         HeaderValue::from_static("no-referrer"),
     );
     response
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 fn upstream_status(app: &App, upstream: &Upstream) -> serde_json::Value {

@@ -1,15 +1,37 @@
 //! The status page at `/-/`: one row per upstream, rendered on the server so it reads
 //! without JavaScript; `status.js` keeps it live (polling `/-/status`) and drives the
-//! buttons. Self-contained: the stylesheet and script are served from the binary.
+//! buttons. Self-contained: the stylesheet and script are served from the binary, and the
+//! markup has no inline script or style, so the page's CSP can stay `default-src 'self'`.
+//!
+//! The markup here and the rows `status.js` builds for upstreams added by a reload share
+//! one shape: the class names below are that contract.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use serde_json::Value;
 
 use crate::transport::ProxyBody;
 
 const STYLESHEET: &str = include_str!("page/status.css");
 const SCRIPT: &str = include_str!("page/status.js");
+/// A key, so the browser asks for no `/favicon.ico` (which would be forwarded nowhere).
+const ICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 32 32\">\
+    <rect width=\"32\" height=\"32\" rx=\"7\" fill=\"#1f6feb\"/>\
+    <circle cx=\"12\" cy=\"16\" r=\"5.5\" fill=\"none\" stroke=\"#fff\" stroke-width=\"3\"/>\
+    <path d=\"M17 16h10m-3 0v5\" stroke=\"#fff\" stroke-width=\"3\" fill=\"none\"/></svg>";
+
+/// The table's columns; a login panel row spans them all.
+const COLUMNS: [&str; 8] = [
+    "Upstream",
+    "Route and target",
+    "Auth",
+    "Token",
+    "Last refresh",
+    "Last error",
+    "Requests",
+    "Actions",
+];
 
 /// `GET /-/`.
 pub fn status_page(status: &serde_json::Value) -> Response<ProxyBody> {
@@ -21,6 +43,7 @@ pub fn asset(name: &str) -> Option<Response<ProxyBody>> {
     match name {
         "status.css" => Some(respond("text/css; charset=utf-8", STYLESHEET.to_owned())),
         "status.js" => Some(respond("text/javascript; charset=utf-8", SCRIPT.to_owned())),
+        "icon.svg" => Some(respond("image/svg+xml", ICON.to_owned())),
         _ => None,
     }
 }
@@ -55,28 +78,546 @@ fn respond(content_type: &'static str, body: String) -> Response<ProxyBody> {
 }
 
 /// The whole page for a `/-/status` document.
-fn render(status: &serde_json::Value) -> String {
+fn render(status: &Value) -> String {
+    let now = status["now_unix"].as_u64().unwrap_or(0);
+    let upstreams: &[Value] = status["upstreams"].as_array().map_or(&[], Vec::as_slice);
     let mut rows = String::new();
-    for upstream in status["upstreams"].as_array().into_iter().flatten() {
-        let name = escape(upstream["name"].as_str().unwrap_or(""));
-        let state = escape(upstream["token"]["state"].as_str().unwrap_or(""));
-        rows.push_str(&format!(
-            "<tr data-upstream=\"{name}\"><th scope=row>{name}</th><td class=state>{state}</td></tr>"
-        ));
+    for upstream in upstreams {
+        rows.push_str(&row(upstream, now));
+        if has_login(upstream) {
+            rows.push_str(&login_row(upstream, now));
+        }
     }
+    let head: String = COLUMNS
+        .iter()
+        .map(|column| format!("<th scope=col>{column}</th>"))
+        .collect();
+    let ready = status["ready"].as_bool().unwrap_or(false);
+    let (ready_text, ready_flag) = if ready {
+        ("Ready: every upstream has a valid token", "true")
+    } else {
+        ("Not ready: an upstream has no valid token", "false")
+    };
+    let snapshot = utc(now).1;
     format!(
-        "<!doctype html><html lang=en><head><meta charset=utf-8>\
-         <meta name=viewport content=\"width=device-width\"><title>tokenproxy</title>\
-         <link rel=stylesheet href=\"/-/assets/status.css\"></head><body><main><h1>tokenproxy</h1>\
-         <table><thead><tr><th scope=col>Upstream</th><th scope=col>Token</th></tr></thead>\
-         <tbody>{rows}</tbody></table></main><script src=\"/-/assets/status.js\" defer></script></body></html>"
+        "<!doctype html>\n<html lang=en><head><meta charset=utf-8>\
+         <meta name=viewport content=\"width=device-width, initial-scale=1\">\
+         <meta name=color-scheme content=\"light dark\">\
+         <title>tokenproxy status</title>\
+         <link rel=icon href=\"/-/assets/icon.svg\" type=\"image/svg+xml\">\
+         <link rel=stylesheet href=\"/-/assets/status.css\">\
+         <script src=\"/-/assets/status.js\" defer></script></head>\n\
+         <body><header class=top><h1>tokenproxy</h1>\
+         <p class=summary><span id=ready data-ready={ready_flag}>{ready_text}</span>\
+         <span id=live data-live=snapshot>Snapshot of {snapshot}</span>\
+         <span class=version>version <span id=version>{version}</span></span></p></header>\n\
+         <main><noscript><p class=noscript>JavaScript is off: this is the state when the page \
+         loaded (reload to update), and the buttons do nothing. \
+         <code>tokenproxy status</code>, <code>login</code> and <code>logout</code> do the same \
+         from a terminal.</p></noscript>\
+         <p id=message class=message role=status aria-live=polite data-kind=none></p>\n\
+         <div class=table-wrap tabindex=0 role=region aria-label=Upstreams><table id=upstreams data-now=\"{now}\">\
+         <caption>Upstreams <span class=count>({count})</span></caption>\
+         <thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody></table></div>\
+         <p id=empty class=empty{empty_hidden}>No upstreams are configured.</p></main>\n\
+         <footer><p><span class=refusals>{refusals}</span> \
+         <span class=links>Raw: <a href=\"/-/status\">/-/status</a> \
+         <a href=\"/-/metrics\">/-/metrics</a></span></p></footer>\
+         </body></html>\n",
+        version = escape(status["version"].as_str().unwrap_or("")),
+        count = upstreams.len(),
+        empty_hidden = if upstreams.is_empty() { "" } else { " hidden" },
+        refusals = refusals(&status["browser_guard_refusals"]),
     )
 }
 
-fn escape(text: &str) -> String {
+/// The browser guard's counters, in words.
+fn refusals(counts: &Value) -> String {
+    let parts = [
+        ("foreign_host", "foreign Host"),
+        ("foreign_origin", "foreign Origin"),
+        ("null_origin", "Origin: null"),
+        ("cross_site_fetch", "cross-site fetch"),
+    ]
+    .map(|(key, label)| {
+        format!(
+            "{label} <span data-refusal={key}>{}</span>",
+            counts[key].as_u64().unwrap_or(0)
+        )
+    });
+    format!("Browser guard refusals: {}", parts.join(", "))
+}
+
+fn has_login(upstream: &Value) -> bool {
+    matches!(upstream["login"].as_str(), Some("device_code" | "browser"))
+}
+
+/// One upstream's row.
+fn row(upstream: &Value, now: u64) -> String {
+    let name = escape(text(&upstream["name"]));
+    let token = &upstream["token"];
+    let state = text(&token["state"]);
+    let login = text(&upstream["login"]);
+
+    let route: String = [
+        ("prefix", &upstream["prefix"]),
+        ("host", &upstream["host"]),
+        ("port", &upstream["listen"]),
+    ]
+    .iter()
+    .filter_map(|(class, value)| {
+        value
+            .as_str()
+            .map(|value| format!("<span class={class}>{}</span>", escape(value)))
+    })
+    .collect();
+    let login_label = match login {
+        "device_code" => "device login",
+        "browser" => "browser login",
+        _ => "",
+    };
+
+    let expires_at = token["expires_at_unix"].as_u64();
+    let expires = match expires_at {
+        Some(at) => expiry(at, now),
+        None if matches!(state, "valid" | "expiring" | "refreshing") => "no expiry".to_owned(),
+        None => String::new(),
+    };
+    let last_refresh = token["last_refresh_unix"].as_u64();
+    let refreshed = last_refresh.map_or("never".to_owned(), |at| ago(now.saturating_sub(at)));
+    let last_error = token["last_error"].as_str().unwrap_or("");
+    let errors = upstream["requests"]["errors"].as_u64().unwrap_or(0);
+
+    let mut actions = button("refresh", "Refresh now", &name);
+    if has_login(upstream) {
+        actions.push_str(&button("login", "Log in", &name));
+    }
+    actions.push_str(&button("logout", "Log out", &name));
+
+    format!(
+        "<tr data-upstream=\"{name}\" data-login=\"{login}\" data-state=\"{state}\">\
+         <th scope=row class=name>{name}</th>\
+         <td class=route><span class=paths>{route}</span><span class=target>{target}</span></td>\
+         <td class=auth><span class=kind>{kind}</span><span class=login-method>{login_label}</span></td>\
+         <td class=state data-state=\"{state}\"><span class=badge>{state_label}</span>\
+         <time class=countdown{expires_attrs}>{expires}</time></td>\
+         <td class=refreshed><time class=ago{refreshed_attrs}>{refreshed}</time>\
+         <span class=tally>{tally}</span></td>\
+         <td class=error><span class=last-error>{last_error}</span></td>\
+         <td class=\"num requests\"><span class=total>{requests}</span>\
+         <span class=errors data-count=\"{errors}\">{errors_text}</span></td>\
+         <td class=actions>{actions}</td></tr>\n",
+        login = escape(login),
+        state = escape(state),
+        target = escape(text(&upstream["target"])),
+        kind = escape(text(&upstream["kind"])),
+        state_label = escape(state_label(state)),
+        expires_attrs = time_attrs(expires_at),
+        refreshed_attrs = time_attrs(last_refresh),
+        tally = tally(token),
+        last_error = escape(last_error),
+        requests = upstream["requests"]["total"].as_u64().unwrap_or(0),
+        errors = errors,
+        errors_text = plural(errors, "error", "errors"),
+    )
+}
+
+/// The row under an upstream that can log in: the device code to approve (or, from the
+/// script, the browser login in progress). Hidden while no login is pending.
+fn login_row(upstream: &Value, now: u64) -> String {
+    let name = escape(text(&upstream["name"]));
+    let pending = &upstream["pending_login"];
+    let hidden = if pending.is_object() { "" } else { " hidden" };
+    let user_code = escape(text(&pending["user_code"]));
+    let uri = text(&pending["verification_uri"]);
+    let link = pending["verification_uri_complete"].as_str().unwrap_or(uri);
+    // Only a web address becomes a link (the CSP would stop a `javascript:` one anyway).
+    let link = if link.starts_with("https://") || link.starts_with("http://") {
+        link
+    } else {
+        "#"
+    };
+    let code_expires_at = pending["expires_in"].as_u64().map(|secs| now + secs);
+    format!(
+        "<tr class=login-row data-login-for=\"{name}\"{hidden}><td colspan={columns}>\
+         <div class=\"login-panel device\"{hidden}>\
+         <p class=login-intro>To log in to <b class=login-name>{name}</b>, open \
+         <a class=verification href=\"{link}\" target=_blank rel=\"noopener noreferrer\">{uri}</a> \
+         and approve this code:</p>\
+         <p class=user-code>{user_code}</p>\
+         <p class=login-note>The code expires in <time class=code-countdown{code_attrs}>{code_expires}</time>. \
+         This row turns valid by itself once you approve.</p></div>\
+         <div class=\"login-panel browser\" hidden>\
+         <p class=login-intro>Continue the login to <b class=login-name>{name}</b> in the tab \
+         that opened. No new tab? <a class=authorize href=\"#\" target=_blank rel=\"noopener noreferrer\">Open the \
+         vendor's login page</a>.</p>\
+         <p class=login-note>The vendor sends you back to tokenproxy, and this row turns valid by itself.</p>\
+         <p><button type=button data-action=dismiss>Hide</button></p></div>\
+         </td></tr>\n",
+        columns = COLUMNS.len(),
+        link = escape(link),
+        uri = escape(uri),
+        code_attrs = time_attrs(code_expires_at),
+        code_expires = code_expires_at.map_or(String::new(), |at| duration(at.saturating_sub(now))),
+    )
+}
+
+fn button(action: &str, label: &str, name: &str) -> String {
+    // The hidden name gives each button a name of its own for screen readers
+    // ("Log in biganimal"), still starting with the visible label.
+    format!(
+        "<button type=button data-action={action}>{label}<span class=visually-hidden> {name}</span></button>"
+    )
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or("")
+}
+
+fn state_label(state: &str) -> &str {
+    match state {
+        "backing_off" => "backing off",
+        "needs_login" => "needs login",
+        other => other,
+    }
+}
+
+fn tally(token: &Value) -> String {
+    let count = |key: &str| token[key].as_u64().unwrap_or(0);
+    let mut parts = vec![plural(count("refreshes"), "refresh", "refreshes")];
+    if count("failures") > 0 {
+        parts.push(plural(count("failures"), "failure", "failures"));
+    }
+    parts.join(" · ")
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// ` data-at=.. datetime=.. title=..` for a `<time>` at unix second `at`, if any.
+fn time_attrs(at: Option<u64>) -> String {
+    at.map_or(String::new(), |at| {
+        let (iso, human) = utc(at);
+        format!(" data-at=\"{at}\" datetime=\"{iso}\" title=\"{human}\"")
+    })
+}
+
+/// Time left until `at`, as `status.js` writes it too.
+fn expiry(at: u64, now: u64) -> String {
+    if at <= now {
+        return "expired".to_owned();
+    }
+    format!("expires in {}", duration(at - now))
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs} s"),
+        60..=3599 => format!("{} min {} s", secs / 60, secs % 60),
+        3600..=86399 => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+        _ => format!("{} d {} h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs} s ago"),
+        60..=3599 => format!("{} min ago", secs / 60),
+        3600..=86399 => format!("{} h ago", secs / 3600),
+        _ => format!("{} d ago", secs / 86400),
+    }
+}
+
+/// Unix seconds as RFC 3339 (`datetime`) and as a reader's UTC time (`title`).
+fn utc(unix: u64) -> (String, String) {
+    let (days, secs) = (unix / 86400, unix % 86400);
+    let (year, month, day) = civil_from_days(days);
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    (
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z"),
+        format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC"),
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// HTML-escapes text for element content and quoted attributes.
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&#39;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_790_000_000;
+
+    fn upstream(name: &str, login: &str, state: &str) -> Value {
+        json!({
+            "name": name, "prefix": format!("/{name}"), "host": null, "listen": null,
+            "target": "http://127.0.0.1:40000/", "kind": "static", "login": login,
+            "token": {"state": state, "expires_in_seconds": null, "expires_at_unix": null,
+                      "last_refresh_unix": null, "last_error": null,
+                      "refreshes": 0, "failures": 0, "requests_waited": 0},
+            "requests": {"total": 0, "errors": 0},
+            "pending_login": null,
+        })
+    }
+
+    fn sample() -> Value {
+        let mut direct = upstream("bigeval", "direct", "valid");
+        direct["host"] = "bigeval.localhost".into();
+        direct["listen"] = "127.0.0.1:9001".into();
+        direct["kind"] = "bigeval".into();
+        direct["token"]["expires_at_unix"] = (NOW + 123).into();
+        direct["token"]["expires_in_seconds"] = 123.into();
+        direct["token"]["last_refresh_unix"] = (NOW - 12).into();
+        direct["token"]["refreshes"] = 3.into();
+        direct["requests"] = json!({"total": 10, "errors": 1});
+
+        let mut device = upstream("biganimal", "device_code", "needs_login");
+        device["kind"] = "biganimal".into();
+        device["pending_login"] = json!({
+            "user_code": "ABCD-EFGH", "verification_uri": "http://127.0.0.1:4000/activate",
+            "verification_uri_complete": "http://127.0.0.1:4000/activate?user_code=ABCD-EFGH",
+            "expires_in": 590, "interval": 5,
+        });
+
+        let mut hostile = upstream("<script>alert(1)</script>", "browser", "failed");
+        hostile["target"] = "http://x/\"><img src=x onerror=alert(2)>".into();
+        hostile["token"]["last_error"] =
+            "token endpoint said <script>alert(3)</script> & 'more'".into();
+        hostile["token"]["failures"] = 1.into();
+
+        json!({
+            "version": "0.1.0", "now_unix": NOW, "ready": false,
+            "upstreams": [direct, device, hostile, upstream("echo", "direct", "pending")],
+            "browser_guard_refusals": {"foreign_host": 2, "foreign_origin": 0, "null_origin": 0, "cross_site_fetch": 1},
+        })
+    }
+
+    /// The page cut into each upstream's part: its row and its login row, if any.
+    fn parts(html: &str) -> Vec<&str> {
+        html.split("<tr data-upstream=").skip(1).collect()
+    }
+
+    #[test]
+    fn renders_a_row_per_upstream_with_its_values() {
+        let html = render(&sample());
+        let parts = parts(&html);
+        assert_eq!(parts.len(), 4, "{html}");
+        let direct = parts[0];
+        assert!(direct.starts_with("\"bigeval\""), "{direct}");
+        for expected in [
+            "<th scope=row class=name>bigeval</th>",
+            "<span class=prefix>/bigeval</span>",
+            "<span class=host>bigeval.localhost</span>",
+            "<span class=port>127.0.0.1:9001</span>",
+            "<span class=target>http://127.0.0.1:40000/</span>",
+            "<td class=state data-state=\"valid\"><span class=badge>valid</span>",
+            ">expires in 2 min 3 s</time>",
+            "datetime=\"2026-09-21T14:15:23Z\"",
+            ">12 s ago</time>",
+            "datetime=\"2026-09-21T14:13:08Z\"",
+            "<span class=tally>3 refreshes</span>",
+            "<td class=\"num requests\"><span class=total>10</span>\
+             <span class=errors data-count=\"1\">1 error</span></td>",
+        ] {
+            assert!(direct.contains(expected), "{expected} in {direct}");
+        }
+        assert!(parts[1].contains("data-state=\"needs_login\"><span class=badge>needs login<"));
+        assert!(parts[3].contains(">pending</span>") && parts[3].contains(">never</time>"));
+        assert!(html.contains("<caption>Upstreams <span class=count>(4)</span></caption>"));
+        assert!(html.contains("foreign Host <span data-refusal=foreign_host>2</span>"));
+        assert!(html.contains("data-ready=false"));
+        for column in COLUMNS {
+            assert!(html.contains(&format!("<th scope=col>{column}</th>")));
+        }
+    }
+
+    #[test]
+    fn every_value_from_the_status_is_escaped() {
+        let html = render(&sample());
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(!html.contains("<img"), "{html}");
+        assert!(
+            html.contains("<th scope=row class=name>&lt;script&gt;alert(1)&lt;/script&gt;</th>")
+        );
+        assert!(html.contains("data-upstream=\"&lt;script&gt;alert(1)&lt;/script&gt;\""));
+        assert!(html.contains("http://x/&quot;&gt;&lt;img src=x onerror=alert(2)&gt;"));
+        assert!(html.contains(
+            "token endpoint said &lt;script&gt;alert(3)&lt;/script&gt; &amp; &#39;more&#39;"
+        ));
+    }
+
+    #[test]
+    fn log_in_only_where_a_user_logs_in() {
+        let html = render(&sample());
+        let parts = parts(&html);
+        let logins: Vec<bool> = parts
+            .iter()
+            .map(|part| part.contains("data-action=login>Log in"))
+            .collect();
+        assert_eq!(logins, [false, true, true, false]);
+        for part in &parts {
+            assert!(part.contains("<button type=button data-action=refresh>Refresh now"));
+            assert!(part.contains("<button type=button data-action=logout>Log out"));
+        }
+        assert!(parts[1].contains("<tr class=login-row data-login-for=\"biganimal\">"));
+        assert!(
+            parts[2].contains("data-login-for=\"&lt;script&gt;alert(1)&lt;/script&gt;\" hidden>")
+        );
+        assert!(!parts[0].contains("login-row") && !parts[3].contains("login-row"));
+    }
+
+    #[test]
+    fn a_pending_device_login_shows_its_code_and_link() {
+        let html = render(&sample());
+        let device = parts(&html)[1];
+        assert!(
+            device.contains("<p class=user-code>ABCD-EFGH</p>"),
+            "{device}"
+        );
+        assert!(device.contains(
+            "<a class=verification href=\"http://127.0.0.1:4000/activate?user_code=ABCD-EFGH\" \
+             target=_blank rel=\"noopener noreferrer\">http://127.0.0.1:4000/activate</a>"
+        ));
+        assert!(device.contains(">9 min 50 s</time>"), "{device}");
+    }
+
+    #[test]
+    fn the_page_has_no_inline_script_style_or_handler() {
+        let html = render(&sample());
+        assert!(!html.contains("<style"));
+        for tag in tags(&html) {
+            let (name, attributes) = tag;
+            for (attribute, _) in &attributes {
+                assert!(
+                    !attribute.starts_with("on") && attribute != "style",
+                    "<{name} {attribute}> in {html}"
+                );
+            }
+            if name == "script" {
+                let src = attributes.iter().find(|(a, _)| a == "src");
+                assert_eq!(
+                    src.map(|(_, v)| v.as_str()),
+                    Some("/-/assets/status.js"),
+                    "{html}"
+                );
+            }
+            if name == "link" {
+                let href = attributes.iter().find(|(a, _)| a == "href").unwrap();
+                assert!(href.1.starts_with("/-/assets/"), "{html}");
+            }
+        }
+        // Every <script> is empty: its code comes from `src`.
+        assert_eq!(
+            html.matches("<script").count(),
+            html.matches("></script>").count()
+        );
+    }
+
+    /// Start tags with their attributes, quoted values honoured (so text inside a value
+    /// never reads as an attribute).
+    fn tags(html: &str) -> Vec<(String, Vec<(String, String)>)> {
+        let mut found = Vec::new();
+        let mut rest = html;
+        while let Some(start) = rest.find('<') {
+            rest = &rest[start + 1..];
+            if rest.starts_with('/') || rest.starts_with('!') {
+                continue;
+            }
+            let name_end = rest.find(|c: char| c.is_whitespace() || c == '>').unwrap();
+            let name = rest[..name_end].to_ascii_lowercase();
+            rest = &rest[name_end..];
+            let mut attributes = Vec::new();
+            loop {
+                rest = rest.trim_start();
+                if let Some(after) = rest.strip_prefix('>') {
+                    rest = after;
+                    break;
+                }
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || c == '>' || c == '=')
+                    .unwrap();
+                let attribute = rest[..end].to_ascii_lowercase();
+                rest = &rest[end..];
+                let mut value = String::new();
+                if let Some(after) = rest.strip_prefix('=') {
+                    if let Some(quoted) = after.strip_prefix('"') {
+                        let close = quoted.find('"').unwrap();
+                        value = quoted[..close].to_owned();
+                        rest = &quoted[close + 1..];
+                    } else {
+                        let end = after.find(|c: char| c.is_whitespace() || c == '>').unwrap();
+                        value = after[..end].to_owned();
+                        rest = &after[end..];
+                    }
+                }
+                attributes.push((attribute, value));
+            }
+            found.push((name, attributes));
+        }
+        found
+    }
+
+    #[test]
+    fn an_empty_or_odd_status_still_renders() {
+        let html = render(&json!({}));
+        assert!(html.contains("<p id=empty class=empty>No upstreams are configured.</p>"));
+        assert!(!html.contains("<tr data-upstream"));
+        let html = render(&json!({"upstreams": [{"name": 7}], "now_unix": "x"}));
+        assert!(html.contains("<tr data-upstream=\"\""), "{html}");
+    }
+
+    #[test]
+    fn times_read_like_status_js_writes_them() {
+        assert_eq!(expiry(NOW + 42, NOW), "expires in 42 s");
+        assert_eq!(expiry(NOW + 3599, NOW), "expires in 59 min 59 s");
+        assert_eq!(expiry(NOW + 7260, NOW), "expires in 2 h 1 min");
+        assert_eq!(expiry(NOW + 90000, NOW), "expires in 1 d 1 h");
+        assert_eq!(expiry(NOW, NOW), "expired");
+        assert_eq!(ago(59), "59 s ago");
+        assert_eq!(ago(60), "1 min ago");
+        assert_eq!(ago(7200), "2 h ago");
+        assert_eq!(utc(0).0, "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400).0, "2000-02-29T00:00:00Z");
+        assert_eq!(utc(NOW).1, "2026-09-21 14:13:20 UTC");
+    }
+
+    #[test]
+    fn assets_are_served_with_their_types() {
+        for (name, content_type) in [
+            ("status.css", "text/css; charset=utf-8"),
+            ("status.js", "text/javascript; charset=utf-8"),
+            ("icon.svg", "image/svg+xml"),
+        ] {
+            let response = asset(name).expect(name);
+            assert_eq!(response.headers()[header::CONTENT_TYPE], content_type);
+            assert_eq!(
+                response.headers()[header::X_CONTENT_TYPE_OPTIONS],
+                "nosniff"
+            );
+        }
+        assert!(asset("nope").is_none());
+        assert!(asset("../page.rs").is_none());
+    }
 }

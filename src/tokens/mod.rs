@@ -381,9 +381,12 @@ impl TokenCell {
             tracing::warn!(upstream = %self.upstream, error = %cause, "token request failed");
         }
         *self.last_failure.lock().expect("poisoned") = Some(cause.clone());
-        let mut report = self.report.lock().expect("poisoned");
-        report.failures += 1;
-        report.last_error = Some(cause.to_string());
+        // Waiting for a user is no failed token request.
+        if *cause != ProviderError::NeedsLogin {
+            let mut report = self.report.lock().expect("poisoned");
+            report.failures += 1;
+            report.last_error = Some(cause.to_string());
+        }
         retry_after
     }
 

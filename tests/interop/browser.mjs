@@ -3,17 +3,9 @@
 // something starting with "done", and prints {"<url>": "<title>"} as one JSON line.
 //
 //   node tests/interop/browser.mjs http://127.0.0.1:PORT/attack http://127.0.0.1:PORT2/app
-import puppeteer from 'puppeteer-core';
+import { launchChromium } from './chromium.mjs';
 
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-const browser = await puppeteer.launch({
-  executablePath,
-  headless: true,
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
+const browser = await launchChromium();
 const results = {};
 try {
   for (const url of process.argv.slice(2)) {
