@@ -337,6 +337,7 @@ fn build(
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
+        .http1_writev(false)
         .build(https);
     Ok(Transport { client })
 }
