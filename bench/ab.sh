@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A/B: two tokenproxy binaries (or one binary with two environments) behind the same nginx
 # origin, measured in alternating rounds so machine drift hits both alike. Prints req/s and
-# the proxy's CPU time per request (user and system, from /proc), per round and as medians.
+# the proxy's CPU time per request (user and system, from /proc), per round and as medians,
+# and each proxy's RSS at the end.
 #
 #   bash bench/ab.sh OLD_BINARY NEW_BINARY            # e.g. a build of main against yours
 #   AB_PATH=/large AB_CONNS=128 bash bench/ab.sh A B   # 64 KiB bodies, 128 connections
@@ -114,6 +115,7 @@ for round in $(seq "$ROUNDS"); do
     printf '%-6s %-3s %10s %10s %10s %8s\n' "$round" "$which" $line
   done
 done
+echo "RSS after the runs: A $(awk '/VmRSS/ {print $2, $3}' "/proc/$PID_A/status"), B $(awk '/VmRSS/ {print $2, $3}' "/proc/$PID_B/status")"
 python3 - "$TMP/results" <<'PY'
 import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]

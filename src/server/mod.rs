@@ -331,7 +331,6 @@ async fn accept_loop(
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .writev(false)
         // Slow or idle clients may not hold a connection open forever (slowloris).
         .header_read_timeout(limits.header_read_timeout)
         // Header blocks over the limit get 431.
