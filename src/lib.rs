@@ -14,8 +14,8 @@
 //! - [`store`]: the token file that survives restarts, and its one-owner lock.
 //! - [`routes`]: which upstream a request is for (listener, `Host`, normalized path prefix).
 //! - [`proxy`]: the request path: admission (no open proxy), the browser guard, route,
-//!   credential, header rewrite, forward (401 and reset retries), answer; and the `/-/`
-//!   admin endpoints.
+//!   credential, header rewrite, forward (401 and reset retries), answer, counted in the
+//!   metrics; and the `/-/` admin endpoints: status page, status, metrics, actions.
 //! - [`transport`]: the one pooled HTTP client (rustls), for forwarding and token requests.
 //! - [`problem`]: the proxy's own errors and their problem+json responses.
 //! - [`metrics`]: per-upstream atomics on the request path, encoded for `/-/metrics`.

@@ -5,7 +5,7 @@
 //!    `X-Forwarded-*` in;
 //! 4. send on the pooled transport, bounded by the response-header timeout;
 //! 5. answer: the vendor's response streamed back (or a tunnel for `Upgrade`), or a
-//!    problem+json for the proxy's own failures.
+//!    problem+json for the proxy's own failures; the upstream's metrics count it.
 
 mod admin;
 mod guard;
