@@ -331,6 +331,15 @@ async fn a_slow_upstream_is_a_504_problem() {
     .await;
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(json(&response)["upstream"], "slow");
+    let metrics = String::from_utf8(get(&proxy.url("/-/metrics")).await.body().to_vec()).unwrap();
+    assert!(
+        metrics.contains("tokenproxy_upstream_errors_total{upstream=\"slow\",kind=\"timeout\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tokenproxy_requests_total{upstream=\"slow\",code=\"504\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

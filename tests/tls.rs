@@ -72,6 +72,21 @@ async fn without_the_ca_the_upstream_is_refused_with_a_502() {
     let detail = json(&response)["detail"].as_str().unwrap().to_owned();
     assert!(detail.to_lowercase().contains("certificate"), "{detail}");
     assert_eq!(upstream.request_count(), 0);
+    // A failed handshake is told apart from a refused connection, in the answer and the metrics.
+    assert_eq!(
+        response.headers()["proxy-status"],
+        "tokenproxy; error=tls_protocol_error"
+    );
+    let metrics = String::from_utf8(get(&proxy.url("/-/metrics")).await.body().to_vec()).unwrap();
+    assert!(
+        metrics.contains("tokenproxy_upstream_errors_total{upstream=\"private\",kind=\"tls\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("tokenproxy_upstream_errors_total{upstream=\"private\",kind=\"connect\"} 0"),
+        "{metrics}"
+    );
     let _ = std::fs::remove_file(&ca.pem_path);
 }
 

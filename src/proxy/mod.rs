@@ -535,6 +535,17 @@ async fn tunnel(
     }
 }
 
+/// A rustls error, also inside (nested) `io::Error`s, whose `source()` skips what they wrap.
+fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    if error.is::<rustls::Error>() {
+        return true;
+    }
+    error
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+        .is_some_and(|inner| is_tls_failure(inner))
+}
+
 /// A connect timeout is the vendor not answering (504); anything else before a response
 /// is the vendor being unreachable (502).
 fn send_error(
@@ -546,13 +557,9 @@ fn send_error(
     let mut timed_out = false;
     let mut tls = false;
     while let Some(cause) = source {
-        tls |= cause.is::<rustls::Error>();
+        tls |= is_tls_failure(cause);
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
-            // An io::Error's `source()` skips the error it wraps; rustls's is in there.
-            tls |= io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>());
         }
         source = cause.source();
     }
