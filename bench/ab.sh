@@ -89,21 +89,23 @@ TCK=$(getconf CLK_TCK)
 measure() {   # NAME PID PORT -> "req/s user_us sys_us"
   local pid=$2 port=$3 u0 s0 u1 s1 out
   read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-  out=$(timeout $((SECONDS_PER_RUN + 10)) "${CLI[@]}" wrk -t1 -c"$CONNS" -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:$port/o$URL_PATH")
+  out=$(timeout $((SECONDS_PER_RUN + 10)) "${CLI[@]}" wrk --latency -t1 -c"$CONNS" -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:$port/o$URL_PATH")
   read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
   python3 - "$out" "$u0" "$s0" "$u1" "$s1" "$TCK" "$SECONDS_PER_RUN" <<'PY'
 import re, sys
 out, u0, s0, u1, s1, tck, secs = sys.argv[1], *map(float, sys.argv[2:])
 requests = int(re.search(r"(\d+) requests in", out).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-print(f"{requests / secs:.0f} {(u1 - u0) / tck / requests * 1e6:.2f} {(s1 - s0) / tck / requests * 1e6:.2f} {errors.group(1) if errors else 0}")
+p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)] if p99 else float("nan")
+print(f"{requests / secs:.0f} {(u1 - u0) / tck / requests * 1e6:.2f} {(s1 - s0) / tck / requests * 1e6:.2f} {errors.group(1) if errors else 0} {p99_ms:.3f}")
 PY
 }
 
 echo "A = $A ${AB_ENV_A:-}"
 echo "B = $B ${AB_ENV_B:-}"
 echo "path $URL_PATH, $CONNS connections, $SECONDS_PER_RUN s per run, $ROUNDS rounds, alternating"
-printf '%-6s %-3s %10s %10s %10s %8s\n' round bin "req/s" "user µs" "sys µs" non2xx
+printf '%-6s %-3s %10s %10s %10s %8s %8s\n' round bin "req/s" "user µs" "sys µs" non2xx "p99 ms"
 : >"$TMP/results"
 for round in $(seq "$ROUNDS"); do
   # Alternate which goes first, so neither always runs on a warmer machine.
@@ -112,7 +114,7 @@ for round in $(seq "$ROUNDS"); do
     if [ "$which" = A ]; then line=$(measure A "$PID_A" "$P_A"); else line=$(measure B "$PID_B" "$P_B"); fi
     echo "$which $line" >>"$TMP/results"
     # shellcheck disable=SC2086
-    printf '%-6s %-3s %10s %10s %10s %8s\n' "$round" "$which" $line
+    printf '%-6s %-3s %10s %10s %10s %8s %8s\n' "$round" "$which" $line
   done
 done
 echo "RSS after the runs: A $(awk '/VmRSS/ {print $2, $3}' "/proc/$PID_A/status"), B $(awk '/VmRSS/ {print $2, $3}' "/proc/$PID_B/status")"
@@ -122,7 +124,7 @@ rows = [line.split() for line in open(sys.argv[1])]
 med = {}
 for which in "AB":
     mine = [r for r in rows if r[0] == which]
-    med[which] = [statistics.median(float(r[i]) for r in mine) for i in (1, 2, 3)]
-    print(f"median {which}: {med[which][0]:.0f} req/s, {med[which][1]:.2f} µs user + {med[which][2]:.2f} µs sys per request")
+    med[which] = [statistics.median(float(r[i]) for r in mine) for i in (1, 2, 3, 5)]
+    print(f"median {which}: {med[which][0]:.0f} req/s, {med[which][1]:.2f} µs user + {med[which][2]:.2f} µs sys per request, p99 {med[which][3]:.2f} ms")
 print(f"B/A req/s: {med['B'][0] / med['A'][0]:.3f}; CPU per request B/A: {(med['B'][1] + med['B'][2]) / (med['A'][1] + med['A'][2]):.3f}")
 PY
