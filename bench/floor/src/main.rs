@@ -1,7 +1,9 @@
 //! `tokenproxy-bench-floor run --config FILE`: reads `listen` and the first `target` from a
 //! tokenproxy config (as `bench/ab.sh` writes it) and proxies `/o/...` to the target with an
 //! 800-byte bearer token and `Organization: acme`. No routing, checks, metrics or retries:
-//! the stack's own cost per request.
+//! the stack's own cost per request. With `FLOOR_AFFINITY=1` it uses no pool: each client
+//! connection has its own upstream connection (`hyper::client::conn::http1`), the leanest
+//! way hyper can proxy.
 
 use std::convert::Infallible;
 
@@ -60,6 +62,10 @@ fn main() {
             .http1_writev(false)
             .build::<_, Incoming>(https);
         let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+        if std::env::var_os("FLOOR_AFFINITY").is_some() {
+            affinity(listener, origin, token).await;
+            return;
+        }
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -94,4 +100,57 @@ fn main() {
             });
         }
     });
+}
+
+/// `FLOOR_AFFINITY=1`: no pool. Each client connection gets its own upstream connection
+/// (`hyper::client::conn::http1`), used for that client's requests one after another.
+async fn affinity(listener: tokio::net::TcpListener, origin: String, token: HeaderValue) {
+    let authority = origin.trim_start_matches("http://").to_owned();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (authority, token) = (authority.clone(), token.clone());
+        tokio::spawn(async move {
+            let Ok(upstream) = tokio::net::TcpStream::connect(&authority).await else {
+                return;
+            };
+            let _ = upstream.set_nodelay(true);
+            let Ok((sender, connection)) = hyper::client::conn::http1::Builder::new()
+                .writev(false)
+                .handshake::<_, Incoming>(TokioIo::new(upstream))
+                .await
+            else {
+                return;
+            };
+            tokio::spawn(connection);
+            let sender = std::sync::Arc::new(tokio::sync::Mutex::new(sender));
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                let sender = std::sync::Arc::clone(&sender);
+                let path = request.uri().path().strip_prefix("/o").unwrap_or("/");
+                if let Ok(uri) = path.parse::<Uri>() {
+                    *request.uri_mut() = uri;
+                }
+                let headers = request.headers_mut();
+                headers.insert("authorization", token.clone());
+                headers.insert("organization", HeaderValue::from_static("acme"));
+                async move {
+                    let mut sender = sender.lock().await;
+                    let _ = sender.ready().await;
+                    let response = match sender.send_request(request).await {
+                        Ok(response) => response.map(|body| body.boxed_unsync()),
+                        Err(_) => Response::builder()
+                            .status(502)
+                            .body(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync())
+                            .unwrap(),
+                    };
+                    Ok::<Response<Body>, Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
