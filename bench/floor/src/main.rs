@@ -80,19 +80,8 @@ fn main() {
                     if let Ok(uri) = uri {
                         *request.uri_mut() = uri;
                     }
-                    let headers = request.headers_mut();
-                    headers.insert("authorization", token.clone());
-                    headers.insert("organization", HeaderValue::from_static("acme"));
-                    async move {
-                        let response = match client.request(request).await {
-                            Ok(response) => response.map(|body| body.boxed_unsync()),
-                            Err(_) => Response::builder()
-                                .status(502)
-                                .body(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync())
-                                .unwrap(),
-                        };
-                        Ok::<Response<Body>, Infallible>(response)
-                    }
+                    inject(&mut request, &token);
+                    async move { Ok::<_, Infallible>(answer(client.request(request).await)) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -132,25 +121,38 @@ async fn affinity(listener: tokio::net::TcpListener, origin: String, token: Head
                 if let Ok(uri) = path.parse::<Uri>() {
                     *request.uri_mut() = uri;
                 }
-                let headers = request.headers_mut();
-                headers.insert("authorization", token.clone());
-                headers.insert("organization", HeaderValue::from_static("acme"));
+                inject(&mut request, &token);
                 async move {
                     let mut sender = sender.lock().await;
                     let _ = sender.ready().await;
-                    let response = match sender.send_request(request).await {
-                        Ok(response) => response.map(|body| body.boxed_unsync()),
-                        Err(_) => Response::builder()
-                            .status(502)
-                            .body(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync())
-                            .unwrap(),
-                    };
-                    Ok::<Response<Body>, Infallible>(response)
+                    Ok::<_, Infallible>(answer(sender.send_request(request).await))
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// The two headers every proxy in the benchmark injects.
+fn inject(request: &mut Request<Incoming>, token: &HeaderValue) {
+    let headers = request.headers_mut();
+    headers.insert("authorization", token.clone());
+    headers.insert("organization", HeaderValue::from_static("acme"));
+}
+
+/// The vendor's answer streamed back, or a bare 502.
+fn answer<E>(result: Result<Response<Incoming>, E>) -> Response<Body> {
+    match result {
+        Ok(response) => response.map(|body| body.boxed_unsync()),
+        Err(_) => Response::builder()
+            .status(502)
+            .body(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap(),
     }
 }
