@@ -157,11 +157,8 @@ impl RequestMetrics {
     }
 
     fn count_error(&self, kind: UpstreamErrorKind) {
-        let index = UpstreamErrorKind::ALL
-            .iter()
-            .position(|known| *known == kind)
-            .expect("ALL lists every kind");
-        self.errors[index].fetch_add(1, Relaxed);
+        // `ALL` lists the kinds in declaration order, so a kind's discriminant is its slot.
+        self.errors[kind as usize].fetch_add(1, Relaxed);
     }
 }
 
@@ -512,6 +509,13 @@ mod tests {
              # HELP tokenproxy_inflight_requests In flight.\n# TYPE tokenproxy_inflight_requests gauge\n\
              tokenproxy_inflight_requests{upstream=\"a\"} 0\n"
         );
+    }
+
+    #[test]
+    fn every_error_kind_has_its_own_slot() {
+        for (slot, kind) in UpstreamErrorKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, slot, "{kind:?}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{Request, StatusCode};
 use support::*;
 use tokenproxy::sim::echo;
-use tokenproxy::sim::oauth::{self, OAuthSimConfig, SimClient, TokenMode};
+use tokenproxy::sim::oauth::{self, TokenMode};
 
 const CLIENT_SECRET: &str = "metrics-client-secret-never-shown";
 const STATIC_TOKEN: &str = "metrics-static-token-never-shown";
@@ -22,15 +22,7 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let sim = oauth::start(OAuthSimConfig {
-        vendor: "generic".into(),
-        token_path: "/oauth/token".into(),
-        clients: vec![SimClient::confidential("svc", CLIENT_SECRET)],
-        allow_client_credentials: true,
-        access_ttl: TOKEN_TTL,
-        ..OAuthSimConfig::default()
-    })
-    .await;
+    let sim = client_credentials_sim(CLIENT_SECRET, TOKEN_TTL).await;
     let echo = echo::start().await;
     // A port nothing listens on: connections are refused.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -38,15 +30,7 @@ async fn fixture() -> Fixture {
         .local_addr()
         .unwrap();
     let proxy = TestProxy::start(&format!(
-        r#"
-[upstreams.api]
-target = "{api}/"
-[upstreams.api.auth]
-kind = "client_credentials"
-token_url = "{token_url}"
-client_id = "svc"
-client_secret = "{CLIENT_SECRET}"
-
+        r#"{api}
 [upstreams.echo]
 target = "{echo}/"
 [upstreams.echo.auth]
@@ -59,8 +43,7 @@ target = "http://{closed}/"
 kind = "static"
 token = "{STATIC_TOKEN}"
 "#,
-        api = sim.url(),
-        token_url = sim.token_url(),
+        api = client_credentials_upstream("api", &sim, CLIENT_SECRET),
         echo = echo.url(),
     ))
     .await;

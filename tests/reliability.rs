@@ -9,21 +9,11 @@ use std::time::{Duration, Instant};
 use http::{Request, StatusCode};
 use support::*;
 use tokenproxy::sim::echo;
-use tokenproxy::sim::oauth::{self, OAuthSimConfig, SimClient, TokenMode};
+use tokenproxy::sim::oauth::{self, TokenMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn cc_server() -> oauth::OAuthSim {
-    oauth::start(OAuthSimConfig {
-        token_path: "/oauth/token".into(),
-        clients: vec![SimClient {
-            id: "svc".into(),
-            secret: Some("svc-secret".into()),
-        }],
-        allow_client_credentials: true,
-        access_ttl: Duration::from_secs(300),
-        ..OAuthSimConfig::default()
-    })
-    .await
+    client_credentials_sim("svc-secret", Duration::from_secs(300)).await
 }
 
 fn cc_upstream(name: &str, target: &str, token_url: &str) -> String {

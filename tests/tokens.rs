@@ -13,36 +13,12 @@ use tokenproxy::sim::{bigeval, caepe};
 
 const SECRET: &str = "cc-secret-do-not-print";
 
-/// A generic client-credentials server whose protected API is on the same origin.
 async fn cc_server(ttl: Duration) -> oauth::OAuthSim {
-    oauth::start(OAuthSimConfig {
-        vendor: "generic".into(),
-        token_path: "/oauth/token".into(),
-        clients: vec![SimClient {
-            id: "svc".into(),
-            secret: Some(SECRET.into()),
-        }],
-        allow_client_credentials: true,
-        access_ttl: ttl,
-        ..OAuthSimConfig::default()
-    })
-    .await
+    client_credentials_sim(SECRET, ttl).await
 }
 
 fn cc_config(sim: &oauth::OAuthSim) -> String {
-    format!(
-        r#"
-[upstreams.api]
-target = "{}/"
-[upstreams.api.auth]
-kind = "client_credentials"
-token_url = "{}"
-client_id = "svc"
-client_secret = "{SECRET}"
-"#,
-        sim.url(),
-        sim.token_url()
-    )
+    client_credentials_upstream("api", sim, SECRET)
 }
 
 #[tokio::test]

@@ -74,8 +74,7 @@ pub struct TokenUnavailable {
 }
 
 /// What `/-/status` and the start-up log say about a token. Never the token itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenState {
     /// No token yet, and none requested so far.
     Pending,
@@ -94,6 +93,12 @@ pub enum TokenState {
     NeedsLogin,
 }
 
+impl serde::Serialize for TokenState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.label())
+    }
+}
+
 impl TokenState {
     pub const ALL: [TokenState; 8] = [
         TokenState::Pending,
@@ -106,7 +111,7 @@ impl TokenState {
         TokenState::NeedsLogin,
     ];
 
-    /// The name used in `/-/status`, the metrics and the status page.
+    /// The one name used in `/-/status`, the metrics and the status page.
     pub fn label(self) -> &'static str {
         match self {
             TokenState::Pending => "pending",

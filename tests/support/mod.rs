@@ -104,6 +104,38 @@ impl Body for PatternBody {
     }
 }
 
+/// A generic client-credentials token server (client `svc` with `secret`) whose protected
+/// API is on the same origin.
+pub async fn client_credentials_sim(
+    secret: &str,
+    ttl: std::time::Duration,
+) -> tokenproxy::sim::oauth::OAuthSim {
+    use tokenproxy::sim::oauth::{self, OAuthSimConfig, SimClient};
+    oauth::start(OAuthSimConfig {
+        vendor: "generic".into(),
+        token_path: "/oauth/token".into(),
+        clients: vec![SimClient::confidential("svc", secret)],
+        allow_client_credentials: true,
+        access_ttl: ttl,
+        ..OAuthSimConfig::default()
+    })
+    .await
+}
+
+/// Upstream `name` of kind `client_credentials` against `sim`'s token endpoint and API.
+pub fn client_credentials_upstream(
+    name: &str,
+    sim: &tokenproxy::sim::oauth::OAuthSim,
+    secret: &str,
+) -> String {
+    format!(
+        "[upstreams.{name}]\ntarget = \"{}/\"\n[upstreams.{name}.auth]\nkind = \"client_credentials\"\n\
+         token_url = \"{}\"\nclient_id = \"svc\"\nclient_secret = \"{secret}\"\n",
+        sim.url(),
+        sim.token_url()
+    )
+}
+
 /// An admin action (`POST /-/upstreams/NAME/ACTION`) as the status page and the CLI send it.
 pub async fn post_action(url: &str) -> http::Response<Bytes> {
     send(
