@@ -40,6 +40,28 @@ pub struct Connection {
     pub local: Option<SocketAddr>,
     /// The upstream owning this listener, for per-upstream `listen` ports.
     pub dedicated: Option<Arc<str>>,
+    /// The client's IP as header text, formatted once per connection for
+    /// `X-Forwarded-For`.
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl Connection {
+    pub fn new(
+        client: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        dedicated: Option<Arc<str>>,
+    ) -> Self {
+        let forwarded_for = client.and_then(|client| {
+            // An IP address is always valid header text.
+            HeaderValue::from_str(&client.ip().to_string()).ok()
+        });
+        Connection {
+            client,
+            local,
+            dedicated,
+            forwarded_for,
+        }
+    }
 }
 
 /// Handles one request. Never fails: every error becomes a response here.
@@ -310,11 +332,7 @@ async fn forward(
     for (name, _) in credential.headers.iter().chain(&upstream.config.headers) {
         headers.remove(name);
     }
-    headers::add_forwarded(
-        headers,
-        connection.client.map(|client| client.ip()),
-        original_host,
-    );
+    headers::add_forwarded(headers, connection.forwarded_for, original_host);
     for (name, value) in &upstream.config.headers {
         headers.append(name.clone(), value.clone());
     }

@@ -362,11 +362,7 @@ async fn accept_loop(
             }
         };
         let app = Arc::clone(&app);
-        let connection_info = Connection {
-            client,
-            local,
-            dedicated: dedicated.clone(),
-        };
+        let connection_info = Connection::new(client, local, dedicated.clone());
         let service = service_fn(move |request| {
             proxy::handle(app.load_full(), connection_info.clone(), request)
         });
