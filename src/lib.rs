@@ -16,7 +16,8 @@
 //! - [`proxy`]: the request path: admission (no open proxy), the browser guard, route,
 //!   credential, header rewrite, forward (401 and reset retries), answer, counted in the
 //!   metrics; and the `/-/` admin endpoints: status page, status, metrics, actions.
-//! - [`transport`]: the one pooled HTTP client (rustls), for forwarding and token requests.
+//! - [`transport`]: the one pooled HTTP client (rustls), for forwarding and token requests;
+//!   cleartext upstream connections that follow the client connection (`affinity`).
 //! - [`problem`]: the proxy's own errors and their problem+json responses.
 //! - [`metrics`]: per-upstream atomics on the request path, encoded for `/-/metrics`.
 //! - [`server`]: listeners (TCP, Unix socket), the strict HTTP/1 framing guard in front of

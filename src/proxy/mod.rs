@@ -27,12 +27,13 @@ use crate::app::{App, Upstream};
 use crate::problem::ProxyError;
 use crate::routes::{self, Route};
 use crate::tokens::{Credential, TokenUnavailable};
-use crate::transport::{error_chain, ProxyBody};
+use crate::transport::{error_chain, Affinity, BoxError, ProxyBody, SendError};
 
 pub use admin::{status, ACTION_HEADER};
 
-/// Where a connection came from and which listener it arrived on.
-#[derive(Debug, Clone)]
+/// Where a connection came from, which listener it arrived on, and the upstream
+/// connection it holds.
+#[derive(Clone)]
 pub struct Connection {
     /// `None` for a Unix-socket client.
     pub client: Option<SocketAddr>,
@@ -43,6 +44,8 @@ pub struct Connection {
     /// The client's IP as header text, formatted once per connection for
     /// `X-Forwarded-For`.
     forwarded_for: Option<HeaderValue>,
+    /// The upstream connection its requests to a cleartext upstream reuse.
+    affinity: Arc<Affinity>,
 }
 
 impl Connection {
@@ -60,6 +63,7 @@ impl Connection {
             local,
             dedicated,
             forwarded_for,
+            affinity: Arc::default(),
         }
     }
 }
@@ -317,6 +321,8 @@ async fn forward(
         None
     };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    // An upgraded connection is never reused, so upgrades take a pooled one.
+    let affinity = upgrade.is_none().then_some(&*connection.affinity);
 
     let (mut parts, body) = request.into_parts();
     parts.uri = target;
@@ -349,11 +355,11 @@ async fn forward(
     };
 
     let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let mut response = match send(upstream, &parts, &credential, body).await {
+    let mut response = match send(upstream, &parts, &credential, body, affinity).await {
         Err(SendFailure::Reset(error)) if idempotent && replay.is_some() => {
             tracing::debug!(upstream = %name, error = %error, "connection reset; retrying once on a fresh connection");
             let body = full(replay.clone().unwrap_or_default());
-            send(upstream, &parts, &credential, body)
+            send(upstream, &parts, &credential, body, affinity)
                 .await
                 .map_err(|failure| failure.into_error(name, upstream))?
         }
@@ -371,7 +377,7 @@ async fn forward(
                 .map_err(no_token)?;
             if !Arc::ptr_eq(&fresh, &credential) {
                 tracing::info!(upstream = %name, "401 from the upstream; retrying with a new token");
-                response = send(upstream, &parts, &fresh, full(bytes))
+                response = send(upstream, &parts, &fresh, full(bytes), affinity)
                     .await
                     .map_err(|failure| failure.into_error(name, upstream))?;
             }
@@ -487,9 +493,9 @@ fn full(bytes: Bytes) -> ProxyBody {
 enum SendFailure {
     Timeout(std::time::Duration),
     /// The connection failed before any response byte, after it was established.
-    Reset(hyper_util::client::legacy::Error),
-    /// Could not connect, or another failure.
-    Failed(hyper_util::client::legacy::Error),
+    Reset(BoxError),
+    /// Could not connect.
+    Connect(BoxError),
 }
 
 impl SendFailure {
@@ -499,9 +505,8 @@ impl SendFailure {
                 upstream: name.to_owned(),
                 after,
             },
-            SendFailure::Reset(error) | SendFailure::Failed(error) => {
-                send_error(name, upstream, &error)
-            }
+            SendFailure::Reset(error) => send_error(name, upstream, &*error, false),
+            SendFailure::Connect(error) => send_error(name, upstream, &*error, true),
         }
     }
 }
@@ -513,6 +518,7 @@ async fn send(
     parts: &http::request::Parts,
     credential: &Credential,
     body: ProxyBody,
+    affinity: Option<&Affinity>,
 ) -> Result<Response<Incoming>, SendFailure> {
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
@@ -525,11 +531,11 @@ async fn send(
         headers.append(name.clone(), value.clone());
     }
     let timeout = upstream.config.response_header_timeout;
-    match tokio::time::timeout(timeout, upstream.transport.request(request)).await {
+    match tokio::time::timeout(timeout, upstream.transport.send(request, affinity)).await {
         Err(_elapsed) => Err(SendFailure::Timeout(timeout)),
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(error)) if error.is_connect() => Err(SendFailure::Failed(error)),
-        Ok(Err(error)) => Err(SendFailure::Reset(error)),
+        Ok(Err(SendError::Connect(error))) => Err(SendFailure::Connect(error)),
+        Ok(Err(SendError::Broken(error))) => Err(SendFailure::Reset(error)),
     }
 }
 
@@ -569,7 +575,8 @@ fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
 fn send_error(
     name: &str,
     upstream: &Upstream,
-    error: &hyper_util::client::legacy::Error,
+    error: &(dyn std::error::Error + 'static),
+    connecting: bool,
 ) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut timed_out = false;
@@ -581,7 +588,7 @@ fn send_error(
         }
         source = cause.source();
     }
-    if error.is_connect() && timed_out {
+    if connecting && timed_out {
         ProxyError::ConnectTimeout {
             upstream: name.to_owned(),
             after: upstream.config.connect_timeout,

@@ -1,6 +1,9 @@
 //! The one HTTP client: a pooled keep-alive hyper-util client over rustls, used both to
 //! forward requests and to call token endpoints. Upstreams share one pool unless they need
-//! different TLS roots (`ca_file`) or connect timeouts.
+//! different TLS roots (`ca_file`) or connect timeouts. Forwarded requests to cleartext
+//! upstreams use connections that follow the client connection instead (`affinity`).
+
+mod affinity;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,14 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Scheme;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
+
+pub use affinity::Affinity;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -38,18 +45,45 @@ pub enum TransportBuildError {
     ClientCert { path: PathBuf, reason: String },
 }
 
-/// A pooled client. Cheap to clone; clones share the pool.
+/// A pooled client. Cheap to clone; clones share the pool and the idle connections.
 #[derive(Clone)]
 pub struct Transport {
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    /// Cleartext connections for `affinity`, with the same socket settings as the pool's.
+    http: HttpConnector,
+    idle: Arc<affinity::IdleConnections>,
+}
+
+/// Why a forwarded request got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection to the upstream could be made.
+    Connect(BoxError),
+    /// The connection failed before a response arrived.
+    Broken(BoxError),
 }
 
 impl Transport {
-    pub fn request(
+    /// Forwards `request` (absolute-form). From a client connection (`affinity`), a
+    /// cleartext request goes over the upstream connection that client connection holds;
+    /// HTTPS and everything else over the shared pool.
+    pub async fn send(
         &self,
         request: Request<ProxyBody>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        self.client.request(request)
+        affinity: Option<&Affinity>,
+    ) -> Result<Response<Incoming>, SendError> {
+        match affinity {
+            Some(affinity) if request.uri().scheme() == Some(&Scheme::HTTP) => {
+                affinity::send(&self.http, &self.idle, affinity, request).await
+            }
+            _ => self.client.request(request).await.map_err(|error| {
+                if error.is_connect() {
+                    SendError::Connect(error.into())
+                } else {
+                    SendError::Broken(error.into())
+                }
+            }),
+        }
     }
 
     /// Sends a small buffered request (token endpoints, discovery, exchanges) and reads the
@@ -332,7 +366,7 @@ fn build(
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(http.clone());
 
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -343,7 +377,11 @@ fn build(
         // bodies into per-connection buffers cost 13 MB of RSS at 128 connections.
         .http1_writev(false)
         .build(https);
-    Ok(Transport { client })
+    Ok(Transport {
+        client,
+        http,
+        idle: Arc::default(),
+    })
 }
 
 /// `insecure_skip_verify`: accepts any certificate, but still checks that the handshake is
