@@ -167,7 +167,8 @@ async fn answer(
         Route::Admin(admin_path) => {
             client_key_accepted(app, &request, admin_path)?;
             let admin_path = admin_path.to_owned();
-            admin::handle(app, &admin_path, &verdict, request).await
+            // Boxed: proxied requests' futures need not carry the admin endpoints' state.
+            Box::pin(admin::handle(app, &admin_path, &verdict, request)).await
         }
         Route::NotFound => {
             return Err(ProxyError::NoRoute {

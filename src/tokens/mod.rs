@@ -209,7 +209,9 @@ impl TokenCell {
             return Err(unavailable);
         }
         self.report.lock().expect("poisoned").requests_waited += 1;
-        self.obtain(false).await
+        // Boxed: every request's future would otherwise carry the token request's state,
+        // which only the rare request that has to wait for a token needs.
+        Box::pin(self.obtain(false)).await
     }
 
     /// Gets a new credential even if the current one is still valid (the refresher).
@@ -266,7 +268,8 @@ impl TokenCell {
             }
         }
         tracing::info!(upstream = %self.upstream, "the upstream refused the current token; getting a new one");
-        self.fetch().await
+        // Boxed for the same reason as in `credential`.
+        Box::pin(self.fetch()).await
     }
 
     /// One token request. The caller holds the flight lock.

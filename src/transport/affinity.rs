@@ -204,7 +204,9 @@ pub(super) async fn send(
         };
         let mut held = match reused {
             Some(held) => held,
-            None => connect(connector, idle, &authority).await?,
+            // Boxed: the connect state (resolver, connect attempts) is large, and only the
+            // first request of a client connection, at most, needs it.
+            None => Box::pin(connect(connector, idle, &authority)).await?,
         };
         if let Err(error) = held.sender.ready().await {
             if reuse {
