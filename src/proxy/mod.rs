@@ -279,11 +279,13 @@ fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
 /// The target's base path plus the routed path, with the query exactly as received.
 fn target_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
     let target = &upstream.config.target;
+    let slash = !path.starts_with('/');
+    // Exactly the length: a string without spare room becomes the URI's bytes as it is.
     let mut path_and_query = String::with_capacity(
-        target.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1) + 1,
+        target.base_path.len() + usize::from(slash) + path.len() + query.map_or(0, |q| q.len() + 1),
     );
     path_and_query.push_str(&target.base_path);
-    if !path.starts_with('/') {
+    if slash {
         path_and_query.push('/');
     }
     path_and_query.push_str(path);
@@ -339,8 +341,10 @@ async fn forward(
     for (name, _) in credential.headers.iter().chain(&upstream.config.headers) {
         headers.remove(name);
     }
+    // Room for what is added, in one step.
+    headers.reserve(3 + upstream.config.headers.len() + credential.headers.len());
     headers::add_forwarded(headers, connection.forwarded_for, original_host);
-    for (name, value) in &upstream.config.headers {
+    for (name, value) in upstream.config.headers.iter().chain(&credential.headers) {
         headers.append(name.clone(), value.clone());
     }
 
@@ -351,16 +355,16 @@ async fn forward(
         None => replayable(body, upstream.config.retry_body_limit).await?,
     };
     let (body, replay) = match replay {
-        Replay::Kept(bytes) => (full(bytes.clone()), Some(bytes)),
+        Replay::Kept(bytes) => (replay_body(&bytes), Some(bytes)),
         Replay::Streaming(body) => (body, None),
     };
 
     let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let mut response = match send(upstream, &parts, &credential, body, affinity).await {
+    let mut response = match send(upstream, &parts, body, affinity).await {
         Err(SendFailure::Reset(error)) if idempotent && replay.is_some() => {
             tracing::debug!(upstream = %name, error = %error, "connection reset; retrying once on a fresh connection");
-            let body = full(replay.clone().unwrap_or_default());
-            send(upstream, &parts, &credential, body, affinity)
+            let body = replay_body(replay.as_ref().unwrap_or(&Bytes::new()));
+            send(upstream, &parts, body, affinity)
                 .await
                 .map_err(|failure| failure.into_error(name, upstream))?
         }
@@ -378,7 +382,13 @@ async fn forward(
                 .map_err(no_token)?;
             if !Arc::ptr_eq(&fresh, &credential) {
                 tracing::info!(upstream = %name, "401 from the upstream; retrying with a new token");
-                response = send(upstream, &parts, &fresh, full(bytes), affinity)
+                swap_credential(
+                    &mut parts.headers,
+                    &credential,
+                    &fresh,
+                    &upstream.config.headers,
+                );
+                response = send(upstream, &parts, replay_body(&bytes), affinity)
                     .await
                     .map_err(|failure| failure.into_error(name, upstream))?;
             }
@@ -484,10 +494,38 @@ impl http_body::Body for Prepended {
     }
 }
 
-fn full(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes)
+/// A kept request body, to send (again). An empty one costs no allocation.
+fn replay_body(bytes: &Bytes) -> ProxyBody {
+    if bytes.is_empty() {
+        return http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+    }
+    Full::new(bytes.clone())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// Replaces `previous`'s headers with `fresh`'s. A configured header that shares a name
+/// with one of them is kept.
+fn swap_credential(
+    headers: &mut http::HeaderMap,
+    previous: &Credential,
+    fresh: &Credential,
+    configured: &[(header::HeaderName, HeaderValue)],
+) {
+    let previous_names = || previous.headers.iter().map(|(name, _)| name);
+    for name in previous_names() {
+        headers.remove(name);
+    }
+    for (name, value) in configured {
+        if previous_names().any(|previous| previous == name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    for (name, value) in &fresh.headers {
+        headers.append(name.clone(), value.clone());
+    }
 }
 
 /// Why a send got no response.
@@ -512,12 +550,11 @@ impl SendFailure {
     }
 }
 
-/// One attempt: the prepared request with `credential`'s headers, bounded by the
+/// One attempt: the prepared request (credential included), bounded by the
 /// response-header timeout.
 async fn send(
     upstream: &Upstream,
     parts: &http::request::Parts,
-    credential: &Credential,
     body: ProxyBody,
     affinity: Option<&Affinity>,
 ) -> Result<Response<Incoming>, SendFailure> {
@@ -525,12 +562,9 @@ async fn send(
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
-    // A clone of the map copies its tables whole; re-inserting header by header rehashes.
+    // Kept for a retry. A clone of the map copies its tables whole; re-inserting header
+    // by header rehashes.
     *request.headers_mut() = parts.headers.clone();
-    let headers = request.headers_mut();
-    for (name, value) in &credential.headers {
-        headers.append(name.clone(), value.clone());
-    }
     let timeout = upstream.config.response_header_timeout;
     match tokio::time::timeout(timeout, upstream.transport.send(request, affinity)).await {
         Err(_elapsed) => Err(SendFailure::Timeout(timeout)),
@@ -604,5 +638,53 @@ fn send_error(
             upstream: name.to_owned(),
             reason: error_chain(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn credential(pairs: &[(&'static str, &'static str)]) -> Credential {
+        let headers = pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    header::HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            })
+            .collect();
+        Credential::without_expiry(Secret::new("t"), headers)
+    }
+
+    #[test]
+    fn a_new_credential_replaces_the_old_ones_headers_and_keeps_configured_ones() {
+        let old = credential(&[("authorization", "Bearer old"), ("organization", "acme")]);
+        let fresh = credential(&[("authorization", "Bearer new"), ("organization", "acme")]);
+        let configured = [(
+            header::HeaderName::from_static("organization"),
+            HeaderValue::from_static("configured"),
+        )];
+        let mut headers = http::HeaderMap::new();
+        headers.append("accept", HeaderValue::from_static("*/*"));
+        headers.append("organization", HeaderValue::from_static("configured"));
+        for (name, value) in &old.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        swap_credential(&mut headers, &old, &fresh, &configured);
+        let values = |name| -> Vec<&str> {
+            let mut values: Vec<&str> = headers
+                .get_all(name)
+                .iter()
+                .map(|value| value.to_str().unwrap())
+                .collect();
+            values.sort_unstable();
+            values
+        };
+        assert_eq!(values("authorization"), ["Bearer new"]);
+        assert_eq!(values("organization"), ["acme", "configured"]);
+        assert_eq!(values("accept"), ["*/*"]);
     }
 }
