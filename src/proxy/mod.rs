@@ -3,7 +3,8 @@
 //! 2. credential: the upstream's current token, read without waiting while it is valid;
 //! 3. rewrite: target URL, hop-by-hop headers out, client `Authorization` out, token and
 //!    `X-Forwarded-*` in;
-//! 4. send on the pooled transport, bounded by the response-header timeout;
+//! 4. send on the transport (for a cleartext upstream, the connection the client
+//!    connection holds; else the pool), bounded by the response-header timeout;
 //! 5. answer: the vendor's response streamed back (or a tunnel for `Upgrade`), or a
 //!    problem+json for the proxy's own failures; the upstream's metrics count it.
 
@@ -35,14 +36,12 @@ pub use admin::{status, ACTION_HEADER};
 /// connection it holds.
 #[derive(Clone)]
 pub struct Connection {
-    /// `None` for a Unix-socket client.
-    pub client: Option<SocketAddr>,
     /// The address the client connected to (`None` on the Unix socket).
     pub local: Option<SocketAddr>,
     /// The upstream owning this listener, for per-upstream `listen` ports.
     pub dedicated: Option<Arc<str>>,
     /// The client's IP as header text, formatted once per connection for
-    /// `X-Forwarded-For`.
+    /// `X-Forwarded-For` (`None` for a Unix-socket client).
     forwarded_for: Option<HeaderValue>,
     /// The upstream connection its requests to a cleartext upstream reuse.
     affinity: Arc<Affinity>,
@@ -59,7 +58,6 @@ impl Connection {
             HeaderValue::from_str(&client.ip().to_string()).ok()
         });
         Connection {
-            client,
             local,
             dedicated,
             forwarded_for,
