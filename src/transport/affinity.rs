@@ -56,7 +56,7 @@ impl Held {
     }
 
     fn belongs_to(&self, idle: &Arc<IdleConnections>, authority: &Authority) -> bool {
-        Weak::ptr_eq(&self.home, &Arc::downgrade(idle)) && self.authority == *authority
+        std::ptr::eq(self.home.as_ptr(), Arc::as_ptr(idle)) && self.authority == *authority
     }
 }
 
