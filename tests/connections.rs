@@ -74,12 +74,6 @@ impl CountingUpstream {
     }
 }
 
-fn upstream_config(name: &str, target: &str, token: &str) -> String {
-    format!(
-        "[upstreams.{name}]\ntarget = \"{target}\"\n[upstreams.{name}.auth]\nkind = \"static\"\ntoken = \"{token}\"\n"
-    )
-}
-
 /// One keep-alive client connection to the proxy, used for requests one after another.
 async fn client_connection(proxy: &TestProxy) -> http1::SendRequest<TestBody> {
     let stream = TcpStream::connect(proxy.addr()).await.unwrap();
@@ -107,7 +101,7 @@ async fn get_on(
 #[tokio::test]
 async fn a_keep_alive_client_uses_one_upstream_connection() {
     let upstream = CountingUpstream::start().await;
-    let proxy = TestProxy::start(&upstream_config("api", &upstream.url, "token-a")).await;
+    let proxy = TestProxy::start(&static_upstream("api", &upstream.url, "token-a", "")).await;
     let mut client = client_connection(&proxy).await;
     for _ in 0..5 {
         let (status, body) = get_on(&mut client, &proxy, "/api/x").await;
@@ -120,7 +114,7 @@ async fn a_keep_alive_client_uses_one_upstream_connection() {
 #[tokio::test]
 async fn clients_connecting_once_per_request_reuse_idle_upstream_connections() {
     let upstream = CountingUpstream::start().await;
-    let proxy = TestProxy::start(&upstream_config("api", &upstream.url, "token-a")).await;
+    let proxy = TestProxy::start(&static_upstream("api", &upstream.url, "token-a", "")).await;
     for _ in 0..4 {
         // `get` opens a new client connection and closes it after the answer, like `curl`.
         let response = get(&proxy.url("/api/x")).await;
@@ -135,8 +129,8 @@ async fn clients_connecting_once_per_request_reuse_idle_upstream_connections() {
 async fn a_client_switching_upstreams_sends_each_token_only_to_its_own_upstream() {
     let first = CountingUpstream::start().await;
     let second = CountingUpstream::start().await;
-    let config = upstream_config("first", &first.url, "token-first")
-        + &upstream_config("second", &second.url, "token-second");
+    let config = static_upstream("first", &first.url, "token-first", "")
+        + &static_upstream("second", &second.url, "token-second", "");
     let proxy = TestProxy::start(&config).await;
     let mut client = client_connection(&proxy).await;
     for _ in 0..3 {
@@ -183,7 +177,7 @@ async fn closing_upstream() -> (String, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn an_upstream_closing_idle_connections_costs_no_request() {
     let (url, connections) = closing_upstream().await;
-    let proxy = TestProxy::start(&upstream_config("api", &url, "token-a")).await;
+    let proxy = TestProxy::start(&static_upstream("api", &url, "token-a", "")).await;
     let mut client = client_connection(&proxy).await;
     for method in ["GET", "POST", "GET", "POST"] {
         // Long enough for the upstream to have closed the connection the last request used.

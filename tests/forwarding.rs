@@ -13,10 +13,9 @@ use tokio::net::TcpStream;
 
 const TOKEN: &str = "static-token-0123456789";
 
+/// `support::static_upstream` with this file's token.
 fn static_upstream(name: &str, target: &str, extra: &str) -> String {
-    format!(
-        "[upstreams.{name}]\ntarget = \"{target}\"\n{extra}\n[upstreams.{name}.auth]\nkind = \"static\"\ntoken = \"{TOKEN}\"\n"
-    )
+    support::static_upstream(name, target, TOKEN, extra)
 }
 
 #[tokio::test]

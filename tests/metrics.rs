@@ -29,23 +29,11 @@ async fn fixture() -> Fixture {
         .unwrap()
         .local_addr()
         .unwrap();
-    let proxy = TestProxy::start(&format!(
-        r#"{api}
-[upstreams.echo]
-target = "{echo}/"
-[upstreams.echo.auth]
-kind = "static"
-token = "{STATIC_TOKEN}"
-
-[upstreams.down]
-target = "http://{closed}/"
-[upstreams.down.auth]
-kind = "static"
-token = "{STATIC_TOKEN}"
-"#,
-        api = client_credentials_upstream("api", &sim, CLIENT_SECRET),
-        echo = echo.url(),
-    ))
+    let proxy = TestProxy::start(
+        &(client_credentials_upstream("api", &sim, CLIENT_SECRET)
+            + &static_upstream("echo", &format!("{}/", echo.url()), STATIC_TOKEN, "")
+            + &static_upstream("down", &format!("http://{closed}/"), STATIC_TOKEN, "")),
+    )
     .await;
     Fixture {
         sim,

@@ -14,8 +14,9 @@ use tokenproxy::sim::echo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// `support::static_upstream` with the target's root as the base path.
 fn static_upstream(name: &str, target: &str, token: &str, extra: &str) -> String {
-    format!("[upstreams.{name}]\ntarget = \"{target}/\"\n{extra}\n[upstreams.{name}.auth]\nkind = \"static\"\ntoken = \"{token}\"\n")
+    support::static_upstream(name, &format!("{target}/"), token, extra)
 }
 
 /// Sends raw bytes; returns the status line of the answer (or what happened instead).

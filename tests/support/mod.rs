@@ -122,6 +122,13 @@ pub async fn client_credentials_sim(
     .await
 }
 
+/// Upstream `name` with a `static` token; `extra` lines go into its table.
+pub fn static_upstream(name: &str, target: &str, token: &str, extra: &str) -> String {
+    format!(
+        "[upstreams.{name}]\ntarget = \"{target}\"\n{extra}\n[upstreams.{name}.auth]\nkind = \"static\"\ntoken = \"{token}\"\n"
+    )
+}
+
 /// Upstream `name` of kind `client_credentials` against `sim`'s token endpoint and API.
 pub fn client_credentials_upstream(
     name: &str,
