@@ -317,90 +317,104 @@ fn upstream_label(name: &str) -> Labels<'_> {
     vec![("upstream", Cow::Borrowed(name))]
 }
 
-impl Collector for Snapshot {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut family = encoder.encode_descriptor(
-            "tokenproxy_requests",
-            "Requests routed to an upstream, by the status code answered.",
-            None,
-            MetricType::Counter,
-        )?;
+impl Snapshot {
+    /// One histogram per upstream.
+    fn encode_histograms(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        histogram: impl Fn(&UpstreamSnapshot) -> &Histogram,
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
         for upstream in &self.upstreams {
-            for (index, count) in upstream.requests.by_code.iter().enumerate() {
-                let count = count.load(Relaxed);
-                if count == 0 {
-                    continue;
-                }
+            let (sum, count, buckets) = histogram(upstream).read();
+            family
+                .encode_family(&upstream_label(&upstream.name))?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+
+    /// Counters per upstream and one more label, whose values and counts `counts` lists.
+    fn encode_counters<'s, I>(
+        &'s self,
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        counts: impl Fn(&'s UpstreamSnapshot) -> I,
+    ) -> Result<(), std::fmt::Error>
+    where
+        I: Iterator<Item = (Cow<'s, str>, u64)>,
+    {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for upstream in &self.upstreams {
+            for (value, count) in counts(upstream) {
                 let mut labels = upstream_label(&upstream.name);
-                labels.push(("code", Cow::Owned((index + FIRST_CODE).to_string())));
+                labels.push((label, value));
                 family
                     .encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
             }
         }
+        Ok(())
+    }
+}
 
-        let mut family = encoder.encode_descriptor(
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_counters(
+            &mut encoder,
+            "tokenproxy_requests",
+            "Requests routed to an upstream, by the status code answered.",
+            "code",
+            |upstream| {
+                let by_code = upstream.requests.by_code.iter().enumerate();
+                by_code.filter_map(|(index, count)| {
+                    let count = count.load(Relaxed);
+                    (count > 0).then(|| (Cow::Owned((index + FIRST_CODE).to_string()), count))
+                })
+            },
+        )?;
+        self.encode_histograms(
+            &mut encoder,
             "tokenproxy_request_duration_seconds",
             "Time from routing a request to its response headers.",
-            None,
-            MetricType::Histogram,
+            |upstream| &upstream.requests.duration,
         )?;
-        for upstream in &self.upstreams {
-            let (sum, count, buckets) = upstream.requests.duration.read();
-            family
-                .encode_family(&upstream_label(&upstream.name))?
-                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-        }
-
-        let mut family = encoder.encode_descriptor(
+        self.encode_counters(
+            &mut encoder,
             "tokenproxy_upstream_errors",
             "Requests that got no answer from the vendor, by reason.",
-            None,
-            MetricType::Counter,
+            "kind",
+            |upstream| {
+                let errors = UpstreamErrorKind::ALL.iter().zip(&upstream.requests.errors);
+                errors.map(|(kind, count)| (Cow::Borrowed(kind.label()), count.load(Relaxed)))
+            },
         )?;
-        for upstream in &self.upstreams {
-            for (kind, count) in UpstreamErrorKind::ALL.iter().zip(&upstream.requests.errors) {
-                let mut labels = upstream_label(&upstream.name);
-                labels.push(("kind", Cow::Borrowed(kind.label())));
-                family
-                    .encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&count.load(Relaxed), None)?;
-            }
-        }
-
-        let mut family = encoder.encode_descriptor(
+        self.encode_counters(
+            &mut encoder,
             "tokenproxy_token_refreshes",
             "Token requests by outcome; `login` counts tokens installed by a user login.",
-            None,
-            MetricType::Counter,
+            "outcome",
+            |upstream| {
+                let tokens = &upstream.tokens;
+                [
+                    ("success", &tokens.succeeded),
+                    ("failure", &tokens.failed),
+                    ("login", &tokens.logins),
+                ]
+                .into_iter()
+                .map(|(outcome, count)| (Cow::Borrowed(outcome), count.load(Relaxed)))
+            },
         )?;
-        for upstream in &self.upstreams {
-            let tokens = &upstream.tokens;
-            for (outcome, count) in [
-                ("success", &tokens.succeeded),
-                ("failure", &tokens.failed),
-                ("login", &tokens.logins),
-            ] {
-                let mut labels = upstream_label(&upstream.name);
-                labels.push(("outcome", Cow::Borrowed(outcome)));
-                family
-                    .encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&count.load(Relaxed), None)?;
-            }
-        }
-
-        let mut family = encoder.encode_descriptor(
+        self.encode_histograms(
+            &mut encoder,
             "tokenproxy_token_request_duration_seconds",
             "Time a token request to the vendor took.",
-            None,
-            MetricType::Histogram,
+            |upstream| &upstream.tokens.duration,
         )?;
-        for upstream in &self.upstreams {
-            let (sum, count, buckets) = upstream.tokens.duration.read();
-            family
-                .encode_family(&upstream_label(&upstream.name))?
-                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-        }
 
         let mut family = encoder.encode_descriptor(
             "tokenproxy_token_expiry_timestamp_seconds",
