@@ -35,6 +35,10 @@ pub enum ProxyError {
         cause: ProviderError,
         retry_after: Option<Duration>,
     },
+    #[error(
+        "upstream {upstream} sends the fixed token from its config: there is nothing to {action}"
+    )]
+    StaticToken { upstream: String, action: String },
     #[error("upstream {upstream} is unreachable: {reason}")]
     UpstreamUnreachable { upstream: String, reason: String },
     #[error("upstream {upstream}: the TLS handshake failed: {reason}")]
@@ -55,6 +59,7 @@ impl ProxyError {
             ProxyError::MisdirectedHost { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::CrossOrigin { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::StaticToken { .. } => StatusCode::CONFLICT,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTls { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -68,9 +73,9 @@ impl ProxyError {
     fn proxy_status(&self) -> &'static str {
         match self {
             ProxyError::NoRoute { .. } => "destination_not_found",
-            ProxyError::BadRequest { .. } | ProxyError::MethodNotAllowed { .. } => {
-                "http_request_error"
-            }
+            ProxyError::BadRequest { .. }
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::StaticToken { .. } => "http_request_error",
             ProxyError::ClientKeyRequired
             | ProxyError::MisdirectedHost { .. }
             | ProxyError::CrossOrigin { .. } => "http_request_denied",
@@ -91,6 +96,7 @@ impl ProxyError {
             | ProxyError::MisdirectedHost { .. }
             | ProxyError::CrossOrigin { .. } => None,
             ProxyError::NoToken { upstream, .. }
+            | ProxyError::StaticToken { upstream, .. }
             | ProxyError::UpstreamUnreachable { upstream, .. }
             | ProxyError::UpstreamTls { upstream, .. }
             | ProxyError::UpstreamTimeout { upstream, .. }
@@ -105,7 +111,8 @@ impl ProxyError {
             | ProxyError::BadRequest { .. }
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::ClientKeyRequired
-            | ProxyError::MisdirectedHost { .. } => None,
+            | ProxyError::MisdirectedHost { .. }
+            | ProxyError::StaticToken { .. } => None,
             ProxyError::CrossOrigin { .. } => Some(UpstreamErrorKind::RefusedByGuard),
             ProxyError::NoToken { .. } => Some(UpstreamErrorKind::NoToken),
             ProxyError::UpstreamUnreachable { .. } => Some(UpstreamErrorKind::Connect),
@@ -160,12 +167,10 @@ impl ProxyError {
 }
 
 fn login_hint(upstream: &str, cause: &ProviderError) -> String {
-    match cause {
-        ProviderError::NeedsLogin => format!(
-            "; log in with `tokenproxy login {upstream}`, or POST /-/upstreams/{upstream}/login"
-        ),
-        _ => String::new(),
-    }
+    cause
+        .hint(upstream)
+        .map(|hint| format!("; {hint}"))
+        .unwrap_or_default()
 }
 
 pub fn problem_response(status: StatusCode, problem: &serde_json::Value) -> Response<ProxyBody> {

@@ -68,26 +68,23 @@ client_auth = "basic"
     assert_eq!(stats["token_errors"], serde_json::json!({}), "{stats}");
 }
 
+/// Upstream `dev`: a device login at oidc-provider's public `device-client`; `extra` lines
+/// follow its auth table.
+fn device_upstream(oidc: &OidcProvider, echo: &str, extra: &str) -> String {
+    format!(
+        "[upstreams.dev]\ntarget = \"{echo}/\"\n[upstreams.dev.auth]\nkind = \"device_code\"\n\
+         device_authorization_url = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"device-client\"\n\
+         scope = \"openid offline_access api:read\"\n{extra}",
+        oidc.device_authorization_url(),
+        oidc.token_url()
+    )
+}
+
 #[tokio::test]
 async fn device_code_login_then_rotating_refresh() {
     let oidc = OidcProvider::start_with(&[("ACCESS_TTL", "2")]).await;
     let upstream = echo::start().await;
-    let proxy = TestProxy::start(&format!(
-        r#"
-[upstreams.dev]
-target = "{echo}/"
-[upstreams.dev.auth]
-kind = "device_code"
-device_authorization_url = "{device}"
-token_url = "{token}"
-client_id = "device-client"
-scope = "openid offline_access api:read"
-"#,
-        echo = upstream.url(),
-        device = oidc.device_authorization_url(),
-        token = oidc.token_url()
-    ))
-    .await;
+    let proxy = TestProxy::start(&device_upstream(&oidc, &upstream.url(), "")).await;
 
     let before = get(&proxy.url("/dev/x")).await;
     assert_eq!(before.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -256,4 +253,104 @@ async fn authorization_code_with_pkce_through_the_callback() {
 
     // The code was used once; replaying the callback does nothing.
     assert_eq!(get(&callback).await.status(), StatusCode::BAD_REQUEST);
+}
+
+/// RFC 7662 introspection at oidc-provider: whether the server still takes `token`.
+async fn active(oidc: &OidcProvider, token: &str, client: &[(&str, &str)]) -> bool {
+    let endpoint = oidc.discovery()["introspection_endpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut form = vec![("token", token)];
+    form.extend_from_slice(client);
+    let (status, answer) = post_form(&endpoint, &form, None).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["active"] == true
+}
+
+#[tokio::test]
+async fn logout_revokes_at_the_rfc_7009_endpoint_and_says_so_only_then() {
+    let oidc = OidcProvider::start().await;
+    let upstream = echo::start().await;
+    let revocation = oidc.discovery()["revocation_endpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let proxy = TestProxy::start(&format!(
+        r#"
+[upstreams.revoking]
+target = "{echo}/"
+[upstreams.revoking.auth]
+kind = "client_credentials"
+token_url = "{token}"
+client_id = "cc-client"
+client_secret = "cc-secret"
+scope = "api:read"
+revocation_url = "{revocation}"
+
+[upstreams.plain]
+target = "{echo}/"
+[upstreams.plain.auth]
+kind = "client_credentials"
+token_url = "{token}"
+client_id = "cc-client"
+client_secret = "cc-secret"
+scope = "api:read"
+"#,
+        echo = upstream.url(),
+        token = oidc.token_url()
+    ))
+    .await;
+    let client = [("client_id", "cc-client"), ("client_secret", "cc-secret")];
+    for (name, revokes) in [("revoking", true), ("plain", false)] {
+        let sent = bearer(&get(&proxy.url(&format!("/{name}/x"))).await);
+        let token = sent.strip_prefix("Bearer ").unwrap().to_owned();
+        assert!(active(&oidc, &token, &client).await, "{name}");
+        let logout = json(&post_action(&proxy.url(&format!("/-/upstreams/{name}/logout"))).await);
+        assert_eq!(logout["revoked"], revokes, "{name}: {logout}");
+        assert_eq!(
+            logout["revocation_error"],
+            serde_json::Value::Null,
+            "{logout}"
+        );
+        // The server agrees with what logout said.
+        assert_eq!(active(&oidc, &token, &client).await, !revokes, "{name}");
+        assert_eq!(logout["token"]["state"], "logged_out", "{logout}");
+    }
+}
+
+#[tokio::test]
+async fn logout_revokes_the_refresh_token_of_a_device_login() {
+    let oidc = OidcProvider::start().await;
+    let store = temp_dir("interop-revoke").join("tokens.json");
+    let upstream = echo::start().await;
+    let extra = format!(
+        "revocation_url = \"{}\"\n[store]\npath = \"{}\"\n",
+        oidc.discovery()["revocation_endpoint"].as_str().unwrap(),
+        store.display()
+    );
+    let proxy = TestProxy::start(&device_upstream(&oidc, &upstream.url(), &extra)).await;
+    let login = json(&post_action(&proxy.url("/-/upstreams/dev/login")).await);
+    oidc.approve_device(login["user_code"].as_str().unwrap())
+        .await;
+    wait_until_ready(&proxy, Duration::from_secs(15)).await;
+    let sent = bearer(&get(&proxy.url("/dev/x")).await);
+    let token = sent.strip_prefix("Bearer ").unwrap().to_owned();
+    let client = [("client_id", "device-client")];
+    assert!(active(&oidc, &token, &client).await);
+
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&store).unwrap()).unwrap();
+    let refresh_token = stored["upstreams"]["dev"]["refresh_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no refresh token stored: {stored}"))
+        .to_owned();
+    assert!(active(&oidc, &refresh_token, &client).await);
+
+    let logout = json(&post_action(&proxy.url("/-/upstreams/dev/logout")).await);
+    assert_eq!(logout["revoked"], true, "{logout}");
+    assert_eq!(logout["token"]["state"], "needs_login", "{logout}");
+    assert!(!active(&oidc, &token, &client).await);
+    // The refresh token is dead too: nobody can mint new tokens from the old grant.
+    assert!(!active(&oidc, &refresh_token, &client).await);
 }

@@ -164,7 +164,7 @@ async fn a_refused_client_stops_the_retries_and_asks_for_a_login() {
     assert_eq!(sim.token_requests(), 1, "a permanent error is not retried");
     let status = json(&get(&proxy.url("/-/status")).await);
     assert_eq!(
-        status["upstreams"][0]["token"]["state"], "needs_login",
+        status["upstreams"][0]["token"]["state"], "invalid_credentials",
         "{status}"
     );
     // Fixed at the vendor, a login (here: a direct token request) brings it back.

@@ -201,25 +201,7 @@ async fn device_login_from_the_command_line_takes_effect_in_the_running_daemon()
         .unwrap();
     let stdout = capture(login.stdout.take().unwrap());
     let stderr = capture(login.stderr.take().unwrap());
-    let code = {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = stdout.lock().unwrap().iter().find_map(|line| {
-                line.strip_prefix("and enter the code:")
-                    .map(|code| code.trim().to_owned())
-            });
-            if let Some(code) = found {
-                break code;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no code printed: {:?} {:?}",
-                stdout.lock().unwrap(),
-                stderr.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let code = printed_device_code(&stdout, &stderr).await;
     assert!(
         sim.approve(&code),
         "the printed code is the simulator's: {code}"

@@ -14,6 +14,9 @@ use crate::store::Store;
 /// A token that expires sooner than this is refreshed before `token` prints it.
 const TOKEN_MIN_LIFETIME: Duration = Duration::from_secs(60);
 
+/// How long `login` waits, past a device code's expiry, for the poller's report.
+const LOGIN_REPORT_GRACE: Duration = Duration::from_secs(5);
+
 /// How long `login` waits for a browser login to come back.
 const BROWSER_LOGIN_WAIT: Duration = Duration::from_secs(300);
 
@@ -66,8 +69,12 @@ async fn run_login(admin: &Admin, name: &str, open_browser: bool) -> Result<(), 
             if open_browser {
                 open_in_browser(complete.unwrap_or(uri));
             }
+            // The poller reports the code's expiry itself, in words that say so; this
+            // deadline only guards against a poller that never reports (a last poll may
+            // take the whole token request timeout).
             let expires_in = Duration::from_secs(body["expires_in"].as_u64().unwrap_or(600));
-            wait_for_login(admin, name, refreshes_before, expires_in, "approval").await
+            let within = expires_in + crate::transport::TOKEN_REQUEST_TIMEOUT + LOGIN_REPORT_GRACE;
+            wait_for_login(admin, name, refreshes_before, within, "approval").await
         }
         Some("browser") => {
             let url = body["authorize_url"].as_str().unwrap_or_default();
@@ -153,12 +160,56 @@ pub async fn logout(config: Config, name: String) -> Result<(), String> {
     if !status.is_success() {
         return Err(detail(status, &body));
     }
-    if body["revoked"] == true {
-        println!("{name}: logged out; the token was revoked at the vendor and forgotten");
-    } else {
-        println!("{name}: logged out; the stored tokens are forgotten");
-    }
+    println!("{}", logout_message(name.as_str(), &body));
     Ok(())
+}
+
+/// What logging out did, in the same words as the status page: "revoked" only when the
+/// vendor's revocation endpoint accepted it.
+fn logout_message(name: &str, body: &serde_json::Value) -> String {
+    if body["revoked"] == true {
+        return format!(
+            "{name}: logged out; the vendor revoked the token and tokenproxy forgot it"
+        );
+    }
+    if body["had_token"] != true {
+        return format!("{name}: logged out; there was no token to forget");
+    }
+    let until = match body["still_valid_until_unix"].as_u64() {
+        Some(at) => format!("stays valid until {}", utc_time(at)),
+        None => "stays valid until the vendor expires it".to_owned(),
+    };
+    let failed = match body["revocation_error"].as_str() {
+        Some(error) => format!(" (revocation failed: {error})"),
+        None => String::new(),
+    };
+    format!("{name}: logged out; forgotten here; the vendor's token {until}{failed}")
+}
+
+/// `2026-11-30 18:04:05 UTC`, from Unix seconds (civil-from-days, proleptic Gregorian).
+fn utc_time(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let seconds = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
 }
 
 pub async fn status(config: Config, json: bool) -> Result<(), String> {
@@ -397,24 +448,32 @@ pub async fn health(
             std::net::SocketAddr::new(ip, listen.port())
         )
     });
-    let healthy = async {
+    let checked = async {
         let transport = crate::transport::Transports::new()
             .get(&Default::default(), Duration::from_secs(2))
-            .ok()?;
-        let request = http::Request::get(&url).body(Vec::new()).ok()?;
+            .map_err(|error| error.to_string())?;
+        let request = http::Request::get(&url)
+            .body(Vec::new())
+            .map_err(|_| "not a URL".to_owned())?;
         let response = transport
             .send_buffered(request, Duration::from_secs(3))
             .await
-            .ok()?;
-        Some(response.status() == http::StatusCode::OK)
+            .map_err(|error| match error {
+                crate::transport::TokenHttpError::Unreachable { reason, .. } => reason,
+                other => other.to_string(),
+            })?;
+        match response.status() {
+            http::StatusCode::OK => Ok(()),
+            status => Err(format!("answered HTTP {}", status.as_u16())),
+        }
     }
-    .await
-    .unwrap_or(false);
-    if healthy {
-        std::process::ExitCode::SUCCESS
-    } else {
-        eprintln!("tokenproxy: {url} is not healthy");
-        std::process::ExitCode::FAILURE
+    .await;
+    match checked {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("tokenproxy: {url} is not healthy: {why}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -490,5 +549,33 @@ mod tests {
         assert_eq!(human(Duration::from_secs(86399)), "23h 59m");
         assert_eq!(human(Duration::from_secs(62208000)), "720d");
         assert_eq!(minutes_seconds(Duration::from_secs(299)), "4:59");
+    }
+
+    #[test]
+    fn utc_times_from_unix_seconds() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_time(951_868_799), "2000-02-29 23:59:59 UTC");
+        assert_eq!(utc_time(1_796_061_845), "2026-11-30 18:04:05 UTC");
+    }
+
+    #[test]
+    fn logout_says_revoked_only_when_the_vendor_did() {
+        let said = |body: serde_json::Value| logout_message("api", &body);
+        assert_eq!(
+            said(serde_json::json!({"revoked": true, "had_token": true})),
+            "api: logged out; the vendor revoked the token and tokenproxy forgot it"
+        );
+        assert_eq!(
+            said(serde_json::json!({"revoked": false, "had_token": true, "still_valid_until_unix": 1_796_061_845u64})),
+            "api: logged out; forgotten here; the vendor's token stays valid until 2026-11-30 18:04:05 UTC"
+        );
+        assert_eq!(
+            said(serde_json::json!({"revoked": false, "had_token": true, "revocation_error": "token endpoint answered HTTP 503"})),
+            "api: logged out; forgotten here; the vendor's token stays valid until the vendor expires it (revocation failed: token endpoint answered HTTP 503)"
+        );
+        assert_eq!(
+            said(serde_json::json!({"revoked": false, "had_token": false})),
+            "api: logged out; there was no token to forget"
+        );
     }
 }

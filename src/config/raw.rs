@@ -88,6 +88,7 @@ pub struct RawAuth {
     pub pkce: Option<bool>,
     pub params_in: Option<String>,
     pub expire_url: Option<String>,
+    pub revocation_url: Option<String>,
     pub provider_url: Option<String>,
     pub exchange_url: Option<String>,
     pub user_token: Option<String>,

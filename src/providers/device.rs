@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep_until, Instant};
 
 use crate::secret::Secret;
 use crate::transport::TOKEN_REQUEST_TIMEOUT;
@@ -80,9 +80,10 @@ pub async fn authorize(
     })
 }
 
-/// Polls until the user approves (the tokens), denies (`access_denied`) or the code
-/// expires (`expired_token`). Network trouble while polling is retried until the code
-/// expires: the user may still be approving.
+/// Polls until the user approves (the tokens), denies (`LoginDenied`) or the code
+/// expires (`LoginExpired`). Network trouble while polling is retried until the code
+/// expires: the user may still be approving. The error codes count whatever status they
+/// come with: RFC 8628 says 400, Auth0 sends `slow_down` as 429 and pending as 403.
 pub async fn poll(
     endpoint: &TokenEndpoint,
     authorization: &DeviceAuthorization,
@@ -90,12 +91,10 @@ pub async fn poll(
     let deadline = authorization.issued_at + authorization.expires_in;
     let mut interval = authorization.interval;
     loop {
-        sleep(interval).await;
+        // The last wait ends at the deadline, so an expired code is reported when it expires.
+        sleep_until((Instant::now() + interval).min(deadline)).await;
         if Instant::now() >= deadline {
-            return Err(ProviderError::OAuth {
-                error: "expired_token".into(),
-                description: Some("the device code expired before it was approved".into()),
-            });
+            return Err(ProviderError::LoginExpired);
         }
         let request = endpoint.form_request(
             &endpoint.spec().token_url,
@@ -119,14 +118,18 @@ pub async fn poll(
         if response.status().is_success() {
             return super::parse_token_json(response.body(), sent_at);
         }
-        match super::error_answer(&response) {
-            ProviderError::OAuth { error, .. } if error == "authorization_pending" => {}
-            ProviderError::OAuth { error, .. } if error == "slow_down" => {
+        let refused = super::error_answer(&response);
+        match refused.oauth_code() {
+            Some("authorization_pending") => {}
+            Some("slow_down") => {
                 interval += SLOW_DOWN_STEP;
                 tracing::debug!(?interval, "token endpoint asked to slow down");
             }
-            ProviderError::Status { .. } => {}
-            refused => return Err(refused),
+            Some("expired_token") => return Err(ProviderError::LoginExpired),
+            Some("access_denied") => return Err(ProviderError::LoginDenied),
+            // An outage or a rate limit without a code: the user may still approve.
+            _ if matches!(refused, ProviderError::Status { .. }) => {}
+            _ => return Err(refused),
         }
     }
 }

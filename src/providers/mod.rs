@@ -14,6 +14,7 @@ pub mod device;
 mod fields;
 mod jwt;
 mod oauth;
+mod revocation;
 mod static_token;
 
 use std::time::Duration;
@@ -300,13 +301,23 @@ impl Provider {
         }
     }
 
-    /// Revokes a credential at the vendor where it offers that (AMM).
-    pub async fn revoke(&self, credential: &Credential) -> Result<(), ProviderError> {
+    /// Revokes a credential at the vendor where it offers that (AMM, `revocation_url`).
+    pub async fn revoke(&self, credential: &Credential) -> Result<Revocation, ProviderError> {
         match self {
             Provider::OAuth(grant) => grant.revoke(credential).await,
-            _ => Ok(()),
+            _ => Ok(Revocation::NotOffered),
         }
     }
+}
+
+/// What logging out did at the vendor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The vendor's revocation endpoint accepted it: the token is dead.
+    Revoked,
+    /// The vendor has no revocation endpoint (or none is configured): the token stays
+    /// valid until it expires.
+    NotOffered,
 }
 
 /// Why a token could not be obtained. Carries no secret and no response body, so it can be
@@ -314,8 +325,10 @@ impl Provider {
 /// can be told the same outcome.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    #[error("token endpoint unreachable: {0}")]
-    Unreachable(String),
+    /// `url` has no query and no userinfo; `reason` is the cause a person can act on
+    /// ("connection refused"), not the client library's wrapping.
+    #[error("token endpoint {url} unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
     #[error("token endpoint did not answer within {0:?}")]
     Timeout(Duration),
     #[error("token endpoint answered HTTP {status}{}", error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())]
@@ -335,6 +348,12 @@ pub enum ProviderError {
     Malformed(String),
     #[error("no token yet: this upstream needs a login")]
     NeedsLogin,
+    /// RFC 8628 `expired_token`, or the code's `expires_in` passed unapproved.
+    #[error("the login code expired before anyone approved it")]
+    LoginExpired,
+    /// RFC 8628 / RFC 6749 `access_denied`: the person said no.
+    #[error("the login was denied at the vendor")]
+    LoginDenied,
 }
 
 impl ProviderError {
@@ -342,6 +361,7 @@ impl ProviderError {
     /// itself. Retries stop until a login (or a config change).
     pub fn is_permanent(&self) -> bool {
         match self {
+            ProviderError::LoginExpired | ProviderError::LoginDenied => true,
             ProviderError::OAuth { error, .. } => matches!(
                 error.as_str(),
                 "invalid_client"
@@ -354,10 +374,46 @@ impl ProviderError {
         }
     }
 
+    /// The vendor refuses the configured client itself: only a config change helps, not a
+    /// login.
+    pub fn is_bad_client(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::OAuth { error, .. }
+                if matches!(error.as_str(), "invalid_client" | "unauthorized_client" | "unsupported_grant_type")
+        )
+    }
+
+    /// What a person can do about it, for errors a new login fixes.
+    pub fn hint(&self, upstream: &str) -> Option<String> {
+        match self {
+            ProviderError::NeedsLogin => Some(format!(
+                "log in with `tokenproxy login {upstream}`, Log in on the status page, or POST /-/upstreams/{upstream}/login"
+            )),
+            ProviderError::LoginExpired | ProviderError::LoginDenied => Some(format!(
+                "start again with `tokenproxy login {upstream}` or Log in on the status page"
+            )),
+            _ if self.is_bad_client() => Some(format!(
+                "check client_id, client_secret and the grant of upstreams.{upstream}.auth"
+            )),
+            _ => None,
+        }
+    }
+
     /// How long the server asked us to wait, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ProviderError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The OAuth `error` code, whatever status it came with: device polls get
+    /// `slow_down` as 400 (RFC 8628) or as 429 (Auth0).
+    pub fn oauth_code(&self) -> Option<&str> {
+        match self {
+            ProviderError::OAuth { error, .. } => Some(error),
+            ProviderError::Status { error, .. } => error.as_deref(),
             _ => None,
         }
     }
@@ -393,6 +449,26 @@ pub(crate) fn error_answer(response: &http::Response<Vec<u8>>) -> ProviderError 
     }
 }
 
+/// What is wrong with a 200 answer that should hold a token, in a person's words: never
+/// the body, which could hold a token.
+pub(crate) fn token_json_error(path: &str, error: &serde_json::Error) -> ProviderError {
+    use serde_json::error::Category;
+    let text = error.to_string();
+    ProviderError::Malformed(match error.classify() {
+        Category::Syntax | Category::Eof => "the answer is not JSON".to_owned(),
+        Category::Data => match text
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+        {
+            Some((field, _)) => format!("no {field} in the token endpoint's answer"),
+            // serde's other messages quote the value, which may be a token: say where only.
+            None if path == "." => "a field has the wrong type or value".to_owned(),
+            None => format!("`{path}` has the wrong type or value"),
+        },
+        Category::Io => "the answer could not be read".to_owned(),
+    })
+}
+
 /// A successful token answer outside the `oauth2` crate (device polls): RFC 6749 5.1.
 pub(crate) fn parse_token_json(
     body: &[u8],
@@ -405,9 +481,8 @@ pub(crate) fn parse_token_json(
         refresh_token: Option<String>,
         refresh_expires_in: Option<u64>,
     }
-    let answer: TokenJson = serde_json::from_slice(body).map_err(|error| {
-        ProviderError::Malformed(format!("{:?} error in the token answer", error.classify()))
-    })?;
+    let answer: TokenJson =
+        serde_json::from_slice(body).map_err(|error| token_json_error(".", &error))?;
     Ok(oauth::TokenSet {
         access_token: Secret::new(answer.access_token),
         refresh_token: answer.refresh_token.map(Secret::new),
@@ -418,4 +493,42 @@ pub(crate) fn parse_token_json(
             .map(Duration::from_secs),
         sent_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_error(body: &str) -> String {
+        match parse_token_json(body.as_bytes(), Instant::now()) {
+            Err(ProviderError::Malformed(reason)) => reason,
+            other => panic!("not malformed: {:?}", other.map(|set| set.lifetime)),
+        }
+    }
+
+    #[test]
+    fn a_broken_token_answer_is_described_without_its_values() {
+        assert_eq!(
+            parse_error(r#"{"token_type":"Bearer"}"#),
+            "no access_token in the token endpoint's answer"
+        );
+        assert_eq!(parse_error("<html>login</html>"), "the answer is not JSON");
+        let wrong = parse_error(r#"{"access_token":"t","expires_in":"secret-value"}"#);
+        assert_eq!(wrong, "a field has the wrong type or value");
+    }
+
+    #[test]
+    fn slow_down_counts_whatever_status_it_comes_with() {
+        let as_429 = ProviderError::Status {
+            status: 429,
+            retry_after: None,
+            error: Some("slow_down".into()),
+        };
+        let as_400 = ProviderError::OAuth {
+            error: "slow_down".into(),
+            description: None,
+        };
+        assert_eq!(as_429.oauth_code(), Some("slow_down"));
+        assert_eq!(as_400.oauth_code(), Some("slow_down"));
+    }
 }

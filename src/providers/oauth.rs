@@ -29,7 +29,7 @@ use crate::transport::{QueryParams, TokenHttpError, Transport};
 use super::browser::{self, BrowserLogin, CallbackParams, ResponseType};
 use super::device::{self, DeviceAuthorization};
 use super::fields::AuthFields;
-use super::{injection, AuthSpec, Injection, ProviderError, TokenSourceSpec};
+use super::{injection, AuthSpec, Injection, ProviderError, Revocation, TokenSourceSpec};
 
 /// When the server sends no `expires_in`, how long a token is assumed to live.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -106,6 +106,8 @@ pub struct OAuthSpec {
     pub default_ttl: Duration,
     /// AMM-style revocation: `POST {expire_url}?access_token=...` on logout.
     pub expire_url: Option<String>,
+    /// RFC 7009 revocation on logout.
+    pub revocation_url: Option<String>,
 }
 
 /// What a vendor preset fills in before the user's own settings.
@@ -206,6 +208,7 @@ pub(super) fn spec(
         return Err(fields.error("default_ttl", "must be longer than zero"));
     }
     let expire_url = fields.url("expire_url")?.or(defaults.expire_url);
+    let revocation_url = fields.url("revocation_url")?;
     Ok(AuthSpec {
         kind: fields.kind().to_owned(),
         source: TokenSourceSpec::OAuth(Box::new(OAuthSpec {
@@ -221,6 +224,7 @@ pub(super) fn spec(
             },
             default_ttl,
             expire_url,
+            revocation_url,
         })),
         injection: injection(fields, defaults.extra_headers, "Bearer")?,
         refresh_skew: None,
@@ -487,14 +491,7 @@ pub fn provider_error(error: GrantError) -> ProviderError {
         },
         RequestTokenError::Request(error) => error.into(),
         RequestTokenError::Parse(error, _body) => {
-            let inner = error.inner();
-            ProviderError::Malformed(format!(
-                "invalid JSON at `{}` (line {}, column {}: {:?} error)",
-                error.path(),
-                inner.line(),
-                inner.column(),
-                inner.classify()
-            ))
+            super::token_json_error(&error.path().to_string(), error.inner())
         }
         RequestTokenError::Other(reason) => ProviderError::Malformed(reason),
     }
@@ -503,7 +500,9 @@ pub fn provider_error(error: GrantError) -> ProviderError {
 impl From<TokenHttpError> for ProviderError {
     fn from(error: TokenHttpError) -> Self {
         match error {
-            TokenHttpError::Unreachable(reason) => ProviderError::Unreachable(reason),
+            TokenHttpError::Unreachable { url, reason } => {
+                ProviderError::Unreachable { url, reason }
+            }
             TokenHttpError::Timeout(after) => ProviderError::Timeout(after),
             TokenHttpError::Status {
                 status,
@@ -528,6 +527,7 @@ pub struct OAuthGrant {
     injection: Injection,
     default_ttl: Duration,
     expire_url: Option<String>,
+    revocation_url: Option<String>,
 }
 
 impl OAuthGrant {
@@ -542,6 +542,7 @@ impl OAuthGrant {
             injection,
             default_ttl: spec.default_ttl,
             expire_url: spec.expire_url.clone(),
+            revocation_url: spec.revocation_url.clone(),
         })
     }
 
@@ -665,13 +666,15 @@ impl OAuthGrant {
         answer.into_credential(&self.injection, self.default_ttl, None)
     }
 
-    /// Revokes the credential where the server offers it (AMM's `expire`).
-    pub async fn revoke(&self, credential: &Credential) -> Result<(), ProviderError> {
-        match &self.expire_url {
-            Some(expire_url) => {
-                super::amm::expire(&self.endpoint, expire_url, &credential.token).await
-            }
-            None => Ok(()),
+    /// Revokes the credential where the server offers it: AMM's `expire`, or RFC 7009.
+    pub async fn revoke(&self, credential: &Credential) -> Result<Revocation, ProviderError> {
+        if let Some(expire_url) = &self.expire_url {
+            super::amm::expire(&self.endpoint, expire_url, &credential.token).await?;
+        } else if let Some(revocation_url) = &self.revocation_url {
+            super::revocation::revoke(&self.endpoint, revocation_url, credential).await?;
+        } else {
+            return Ok(Revocation::NotOffered);
         }
+        Ok(Revocation::Revoked)
     }
 }

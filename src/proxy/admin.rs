@@ -14,7 +14,7 @@ use super::page::{self, escape};
 use crate::app::{App, Upstream};
 use crate::metrics;
 use crate::problem::{json_response, ProxyError};
-use crate::providers::CallbackParams;
+use crate::providers::{CallbackParams, LoginMethod, Revocation};
 use crate::transport::ProxyBody;
 
 /// The largest body an admin endpoint reads (an implicit-grant fragment).
@@ -137,6 +137,12 @@ async fn upstream_action(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upstream = find(app, name)?;
     let tokens = &upstream.tokens;
+    if !tokens.provider().refreshes() && matches!(action, "login" | "refresh" | "logout") {
+        return Err(ProxyError::StaticToken {
+            upstream: name.to_owned(),
+            action: action.to_owned(),
+        });
+    }
     match action {
         "login" => {
             let started = app
@@ -157,18 +163,32 @@ async fn upstream_action(
         }
         "logout" => {
             app.logins.cancel(name);
-            let revoked = match tokens.forget().await {
-                Some(credential) => match tokens.provider().revoke(&credential).await {
-                    Ok(()) => true,
+            let forgotten = tokens.forget().await;
+            let (revoked, revocation_error) = match &forgotten {
+                Some(credential) => match tokens.provider().revoke(credential).await {
+                    Ok(revocation) => (revocation == Revocation::Revoked, None),
                     Err(error) => {
                         tracing::warn!(upstream = %name, error = %error, "revocation failed; the token is forgotten anyway");
-                        false
+                        (false, Some(error.to_string()))
                     }
                 },
-                None => false,
+                None => (false, None),
             };
+            // What a client that copied the token can still do with it.
+            let still_valid_until = forgotten
+                .as_ref()
+                .filter(|_| !revoked)
+                .and_then(|credential| credential.expires_at)
+                .filter(|&at| at > Instant::now())
+                .map(|at| {
+                    metrics::unix_seconds(std::time::SystemTime::now(), Instant::now(), at).floor()
+                        as u64
+                });
             let mut body = upstream_status(app, upstream);
+            body["had_token"] = forgotten.is_some().into();
             body["revoked"] = revoked.into();
+            body["still_valid_until_unix"] = still_valid_until.into();
+            body["revocation_error"] = revocation_error.into();
             Ok(json(StatusCode::OK, body))
         }
         _ => Err(ProxyError::NoRoute {
@@ -307,6 +327,7 @@ fn upstream_status(app: &App, upstream: &Upstream) -> serde_json::Value {
         "target": config.target.uri.to_string(),
         "kind": config.auth.kind,
         "login": upstream.tokens.provider().login_method(),
+        "actions": actions(upstream),
         "token": {
             "state": upstream.tokens.state(),
             "expires_in_seconds": expires_in,
@@ -323,6 +344,18 @@ fn upstream_status(app: &App, upstream: &Upstream) -> serde_json::Value {
         },
         "pending_login": app.logins.pending_device(&config.name),
     })
+}
+
+/// The actions an upstream offers: a static token has none.
+fn actions(upstream: &Upstream) -> Vec<&'static str> {
+    let provider = upstream.tokens.provider();
+    if !provider.refreshes() {
+        return Vec::new();
+    }
+    match provider.login_method() {
+        LoginMethod::Direct => vec!["refresh", "logout"],
+        LoginMethod::DeviceCode | LoginMethod::Browser => vec!["refresh", "login", "logout"],
+    }
 }
 
 /// Per upstream: route, target, kind, token state and timings. Never a token.

@@ -188,11 +188,22 @@ fn row(upstream: &Value, now: u64) -> String {
     let last_error = token["last_error"].as_str().unwrap_or("");
     let errors = upstream["requests"]["errors"].as_u64().unwrap_or(0);
 
-    let mut actions = button("refresh", "Refresh now", &name);
-    if has_login(upstream) {
-        actions.push_str(&button("login", "Log in", &name));
+    // What the server offers: a static token has nothing to refresh or log out of.
+    let offered = |action: &str| {
+        upstream["actions"]
+            .as_array()
+            .is_some_and(|actions| actions.iter().any(|offered| offered == action))
+    };
+    let mut actions = String::new();
+    for (action, label) in [
+        ("refresh", "Refresh now"),
+        ("login", "Log in"),
+        ("logout", "Log out"),
+    ] {
+        if offered(action) {
+            actions.push_str(&button(action, label, &name));
+        }
     }
-    actions.push_str(&button("logout", "Log out", &name));
 
     format!(
         "<tr data-upstream=\"{name}\" data-login=\"{login}\" data-state=\"{state}\">\
@@ -278,6 +289,8 @@ fn state_label(state: &str) -> &str {
     match state {
         "backing_off" => "backing off",
         "needs_login" => "needs login",
+        "logged_out" => "logged out",
+        "invalid_credentials" => "invalid credentials",
         other => other,
     }
 }
@@ -374,6 +387,7 @@ mod tests {
         json!({
             "name": name, "prefix": format!("/{name}"), "host": null, "listen": null,
             "target": "http://127.0.0.1:40000/", "kind": "static", "login": login,
+            "actions": if login == "direct" { json!(["refresh", "logout"]) } else { json!(["refresh", "login", "logout"]) },
             "token": {"state": state, "expires_in_seconds": null, "expires_at_unix": null,
                       "last_refresh_unix": null, "last_error": null,
                       "refreshes": 0, "failures": 0, "requests_waited": 0},
@@ -401,6 +415,9 @@ mod tests {
             "expires_in": 590, "interval": 5,
         });
 
+        let mut fixed = upstream("echo", "direct", "pending");
+        fixed["actions"] = json!([]);
+
         let mut hostile = upstream("<script>alert(1)</script>", "browser", "failed");
         hostile["target"] = "http://x/\"><img src=x onerror=alert(2)>".into();
         hostile["token"]["last_error"] =
@@ -409,7 +426,7 @@ mod tests {
 
         json!({
             "version": "0.1.0", "now_unix": NOW, "ready": false,
-            "upstreams": [direct, device, hostile, upstream("echo", "direct", "pending")],
+            "upstreams": [direct, device, hostile, fixed],
             "browser_guard_refusals": {"foreign_host": 2, "foreign_origin": 0, "null_origin": 0, "cross_site_fetch": 1},
         })
     }
@@ -477,10 +494,12 @@ mod tests {
             .map(|part| part.contains("data-action=login>Log in"))
             .collect();
         assert_eq!(logins, [false, true, true, false]);
-        for part in &parts {
+        for part in &parts[..3] {
             assert!(part.contains("<button type=button data-action=refresh>Refresh now"));
             assert!(part.contains("<button type=button data-action=logout>Log out"));
         }
+        // A static token: nothing to refresh, log in to or log out of.
+        assert!(!parts[3].contains("<button"), "{}", parts[3]);
         assert!(parts[1].contains("<tr class=login-row data-login-for=\"biganimal\">"));
         assert!(
             parts[2].contains("data-login-for=\"&lt;script&gt;alert(1)&lt;/script&gt;\" hidden>")

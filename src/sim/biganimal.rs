@@ -3,7 +3,8 @@
 //!
 //! - `GET /api/v3/auth/provider`: discovery (`clientId`, `issuerUri`, `scope`, `audience`).
 //! - `POST /oauth/device/code`, `POST /oauth/token`: RFC 8628 device flow with Auth0's statuses
-//!   (403 for `authorization_pending`, 429 for `slow_down`), then `refresh_token` with rotation:
+//!   (403 for `authorization_pending`, 429 for `slow_down`; both settable, and `slow_down` can
+//!   be forced for the first polls), then `refresh_token` with rotation:
 //!   every refresh returns a new refresh token and the old one dies at once.
 //! - `POST /api/v3/auth/token`: exchanges the raw Auth0 access token for the BigAnimal token.
 //! - `GET|POST /activate`: the page a human uses to approve or deny a device.
@@ -77,6 +78,13 @@ pub struct BigAnimalSimConfig {
     pub interval: Duration,
     /// Approve every device code at its first poll (see the module doc).
     pub auto_approve: bool,
+    /// The status `slow_down` comes with: Auth0 sends 429; RFC 8628 3.5 says 400.
+    pub slow_down_status: StatusCode,
+    /// The status `authorization_pending` comes with: Auth0 sends 403; RFC 8628 says 400.
+    pub pending_status: StatusCode,
+    /// The first this many polls of each device code answer `slow_down` whatever their
+    /// pace, as a rate-limited tenant does; each adds 5 s to the interval it then enforces.
+    pub slow_down_first_polls: u32,
 }
 
 impl Default for BigAnimalSimConfig {
@@ -90,6 +98,9 @@ impl Default for BigAnimalSimConfig {
             device_code_ttl: Duration::from_secs(600),
             interval: Duration::from_secs(5),
             auto_approve: false,
+            slow_down_status: StatusCode::TOO_MANY_REQUESTS,
+            pending_status: StatusCode::FORBIDDEN,
+            slow_down_first_polls: 0,
         }
     }
 }
@@ -197,6 +208,11 @@ impl BigAnimalSim {
         self.count_for_grant(DEVICE_CODE_GRANT)
     }
 
+    /// When each device-code poll arrived, to measure a client's pace.
+    pub fn poll_times(&self) -> Vec<Instant> {
+        self.state().counters.poll_times.clone()
+    }
+
     /// `slow_down` answers: a client that waits `interval` after each response keeps this 0.
     pub fn slow_downs_sent(&self) -> usize {
         self.state().counters.slow_downs
@@ -275,6 +291,8 @@ struct Counters {
     device_code_requests: usize,
     grants: HashMap<String, usize>,
     slow_downs: usize,
+    /// When each device-code poll arrived, across codes.
+    poll_times: Vec<Instant>,
     exchange_requests: usize,
     refresh_reuse: usize,
     api_requests: usize,
@@ -300,6 +318,7 @@ struct DeviceGrant {
     /// The interval the client must keep now; grows with every `slow_down`.
     interval: Duration,
     last_poll: Option<Instant>,
+    polls: u32,
 }
 
 struct TokenGrant {
@@ -458,6 +477,7 @@ impl SimState {
                 status: DeviceStatus::Pending,
                 interval: config.interval,
                 last_poll: None,
+                polls: 0,
             },
         );
         body
@@ -733,6 +753,9 @@ fn device_code_grant(
     };
     let now = Instant::now();
     let auto_approve = state.config.auto_approve;
+    let slow_down_status = state.config.slow_down_status;
+    let pending_status = state.config.pending_status;
+    let forced_slow_downs = state.config.slow_down_first_polls;
     let Some(grant) = state.device_codes.get_mut(device_code) else {
         return Err(invalid_grant());
     };
@@ -747,13 +770,17 @@ fn device_code_grant(
         ));
     }
     let previous_poll = grant.last_poll.replace(now);
-    if previous_poll.is_some_and(|previous| now.duration_since(previous) < grant.interval) {
+    grant.polls += 1;
+    state.counters.poll_times.push(now);
+    let too_fast =
+        previous_poll.is_some_and(|previous| now.duration_since(previous) < grant.interval);
+    if too_fast || grant.polls <= forced_slow_downs {
         // RFC 8628 3.5: the interval grows by 5 s for this and all later requests.
         grant.interval += SLOW_DOWN_STEP;
         let wait = whole_seconds(grant.interval);
         state.counters.slow_downs += 1;
         return Err(AuthError::new(
-            StatusCode::TOO_MANY_REQUESTS,
+            slow_down_status,
             "slow_down",
             format!("You are polling faster than allowed. Try again in {wait} seconds."),
         ));
@@ -764,7 +791,7 @@ fn device_code_grant(
                 grant.status = DeviceStatus::Approved;
             }
             Err(AuthError::new(
-                StatusCode::FORBIDDEN,
+                pending_status,
                 "authorization_pending",
                 "User has yet to authorize device code.",
             ))

@@ -142,6 +142,8 @@ pub enum TokenMode {
     InvalidJson,
     /// 503 with `Retry-After: 3`.
     ServerError,
+    /// 503 with no `Retry-After`: an outage behind a load balancer.
+    Down,
     /// Wait, then answer normally.
     Delay(Duration),
 }
@@ -620,15 +622,17 @@ async fn token_endpoint(request: Request<Incoming>, state: &Mutex<SimState>) -> 
                 "{\"access_token\": \"truncated",
             );
         }
-        TokenMode::ServerError => {
+        TokenMode::ServerError | TokenMode::Down => {
             let mut response = response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain; charset=utf-8",
                 "Service Unavailable",
             );
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("3"));
+            if mode == TokenMode::ServerError {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("3"));
+            }
             return response;
         }
     }

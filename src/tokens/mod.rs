@@ -56,6 +56,15 @@ impl Credential {
         self.expires_at.is_none_or(|expires_at| now < expires_at)
     }
 
+    /// The same credential, no longer to be sent: the vendor refused it. Its refresh token
+    /// stays, to get the next one.
+    fn refused(&self) -> Self {
+        Credential {
+            expires_at: Some(Instant::now()),
+            ..self.clone()
+        }
+    }
+
     pub fn live_refresh_token(&self, now: Instant) -> Option<&Secret> {
         let alive = self
             .refresh_expires_at
@@ -91,6 +100,11 @@ pub enum TokenState {
     Expired,
     /// A user has to log in (device code, browser), or log in again.
     NeedsLogin,
+    /// Logged out, for a kind that needs no person: the next request obtains a token.
+    LoggedOut,
+    /// The vendor refuses the configured client (`invalid_client`, `unauthorized_client`)
+    /// or its fixed credentials: the config must change, a login does not help.
+    InvalidCredentials,
 }
 
 impl serde::Serialize for TokenState {
@@ -100,7 +114,7 @@ impl serde::Serialize for TokenState {
 }
 
 impl TokenState {
-    pub const ALL: [TokenState; 8] = [
+    pub const ALL: [TokenState; 10] = [
         TokenState::Pending,
         TokenState::Valid,
         TokenState::Refreshing,
@@ -109,6 +123,8 @@ impl TokenState {
         TokenState::Failed,
         TokenState::Expired,
         TokenState::NeedsLogin,
+        TokenState::LoggedOut,
+        TokenState::InvalidCredentials,
     ];
 
     /// The one name used in `/-/status`, the metrics and the status page.
@@ -122,6 +138,8 @@ impl TokenState {
             TokenState::Failed => "failed",
             TokenState::Expired => "expired",
             TokenState::NeedsLogin => "needs_login",
+            TokenState::LoggedOut => "logged_out",
+            TokenState::InvalidCredentials => "invalid_credentials",
         }
     }
 }
@@ -158,6 +176,8 @@ pub struct TokenCell {
     wake: Notify,
     /// Set when a reload dropped this upstream: its refresher stops.
     retired: std::sync::atomic::AtomicBool,
+    /// Set by a logout, cleared by the next token.
+    logged_out: std::sync::atomic::AtomicBool,
     metrics: Arc<TokenMetrics>,
 }
 
@@ -187,6 +207,7 @@ impl TokenCell {
             report: Mutex::new(TokenReport::default()),
             wake: Notify::new(),
             retired: std::sync::atomic::AtomicBool::new(false),
+            logged_out: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::default(),
         }
     }
@@ -255,19 +276,29 @@ impl TokenCell {
     }
 
     /// After the vendor refused `used` (401): the current credential if someone already
-    /// replaced it, else a new one. Every request that saw the same token fail shares one
-    /// token request.
+    /// replaced it, else a new one. `used` is never sent again: it is marked expired, so
+    /// requests meanwhile wait for a token (or get the backoff's 503) instead of collecting
+    /// another 401. Every request that saw the same token fail shares one token request,
+    /// and a failing token endpoint is left alone for the backoff like any other.
     pub async fn replace_stale(
         &self,
         used: &Arc<Credential>,
     ) -> Result<Arc<Credential>, TokenUnavailable> {
         let _flight = self.flight.lock().await;
-        if let Some(current) = self.valid_now() {
-            if !Arc::ptr_eq(&current, used) {
-                return Ok(current);
+        let current = self.current.load_full();
+        match &current {
+            Some(current) if Arc::ptr_eq(current, used) => {
+                tracing::info!(upstream = %self.upstream, "the upstream refused the current token; getting a new one");
+                self.current.store(Some(Arc::new(used.refused())));
             }
+            Some(current) if current.is_valid_at(Instant::now()) => {
+                return Ok(Arc::clone(current));
+            }
+            _ => {}
         }
-        tracing::info!(upstream = %self.upstream, "the upstream refused the current token; getting a new one");
+        if let Some(unavailable) = self.backing_off() {
+            return Err(unavailable);
+        }
         // Boxed for the same reason as in `credential`.
         Box::pin(self.fetch()).await
     }
@@ -304,6 +335,7 @@ impl TokenCell {
                 self.current.store(Some(Arc::clone(&credential)));
                 *self.last_failure.lock().expect("poisoned") = None;
                 *self.backoff.lock().expect("poisoned") = Backoff::default();
+                self.logged_out.store(false, Ordering::Release);
                 let mut report = self.report.lock().expect("poisoned");
                 report.last_refresh = Some(SystemTime::now());
                 report.refreshes += 1;
@@ -393,7 +425,10 @@ impl TokenCell {
         if *cause != ProviderError::NeedsLogin {
             let mut report = self.report.lock().expect("poisoned");
             report.failures += 1;
-            report.last_error = Some(cause.to_string());
+            report.last_error = Some(match cause.hint(&self.upstream) {
+                Some(hint) => format!("{cause}; {hint}"),
+                None => cause.to_string(),
+            });
         }
         retry_after
     }
@@ -407,6 +442,7 @@ impl TokenCell {
         self.current.store(Some(Arc::clone(&credential)));
         *self.last_failure.lock().expect("poisoned") = None;
         *self.backoff.lock().expect("poisoned") = Backoff::default();
+        self.logged_out.store(false, Ordering::Release);
         {
             let mut report = self.report.lock().expect("poisoned");
             report.last_refresh = Some(SystemTime::now());
@@ -430,6 +466,8 @@ impl TokenCell {
         // Logged out: nothing is fetched ahead of time until a login, or, for kinds that
         // need no user, the next request.
         *self.last_failure.lock().expect("poisoned") = Some(ProviderError::NeedsLogin);
+        *self.backoff.lock().expect("poisoned") = Backoff::default();
+        self.logged_out.store(true, Ordering::Release);
         self.finished.fetch_add(1, Ordering::Release);
         self.wake.notify_waiters();
         previous
@@ -479,7 +517,16 @@ impl TokenCell {
         if refreshing {
             return TokenState::Refreshing;
         }
+        let person = self.provider.login_method() != crate::providers::LoginMethod::Direct;
         match failure {
+            Some(cause) if cause.is_bad_client() => TokenState::InvalidCredentials,
+            // A direct kind's grant refused for good: its fixed credentials are wrong.
+            Some(cause) if cause.is_permanent() && !person => TokenState::InvalidCredentials,
+            Some(ProviderError::NeedsLogin)
+                if !person && self.logged_out.load(Ordering::Acquire) =>
+            {
+                TokenState::LoggedOut
+            }
             Some(cause) if cause == ProviderError::NeedsLogin || cause.is_permanent() => {
                 TokenState::NeedsLogin
             }
@@ -488,9 +535,7 @@ impl TokenCell {
             }
             Some(_) => TokenState::Failed,
             None if current.is_some() => TokenState::Expired,
-            None if self.provider.login_method() != crate::providers::LoginMethod::Direct => {
-                TokenState::NeedsLogin
-            }
+            None if person => TokenState::NeedsLogin,
             None => TokenState::Pending,
         }
     }
@@ -506,6 +551,14 @@ impl TokenCell {
 
     pub fn report(&self) -> TokenReport {
         self.report.lock().expect("poisoned").clone()
+    }
+
+    /// When the refresher may next ask the token endpoint: the refresh time, but never
+    /// inside a backoff, however the failure came about (the refresher, a request, a 401).
+    pub fn next_attempt(&self) -> Option<Instant> {
+        let refresh = self.next_refresh()?;
+        let backoff = self.backoff.lock().expect("poisoned").until;
+        Some(backoff.map_or(refresh, |until| refresh.max(until)))
     }
 
     /// When the refresher should next get a token; `None` for tokens that never change.

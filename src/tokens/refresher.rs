@@ -29,7 +29,7 @@ pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>
                 }
                 continue;
             }
-            let Some(when) = cell.next_refresh() else {
+            let Some(when) = cell.next_attempt() else {
                 return;
             };
             tokio::select! {
@@ -39,7 +39,7 @@ pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>
                 _ = shutdown.changed() => return,
             }
             if cell
-                .next_refresh()
+                .next_attempt()
                 .is_some_and(|when| when > Instant::now())
             {
                 continue;

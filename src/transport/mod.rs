@@ -94,6 +94,7 @@ impl Transport {
         timeout: Duration,
     ) -> Result<Response<Vec<u8>>, TokenHttpError> {
         let (parts, body) = request.into_parts();
+        let url = shown_url(&parts.uri);
         let body = Full::new(Bytes::from(body))
             .map_err(|never| match never {})
             .boxed_unsync();
@@ -102,7 +103,10 @@ impl Transport {
                 .client
                 .request(Request::from_parts(parts, body))
                 .await
-                .map_err(|error| TokenHttpError::Unreachable(error_chain(&error)))?;
+                .map_err(|error| TokenHttpError::Unreachable {
+                    url: url.clone(),
+                    reason: connect_failure(&error),
+                })?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_TOKEN_RESPONSE)
                 .collect()
@@ -111,7 +115,10 @@ impl Transport {
                     if error.is::<http_body_util::LengthLimitError>() {
                         TokenHttpError::TooLarge
                     } else {
-                        TokenHttpError::Unreachable(format!("reading the answer: {error}"))
+                        TokenHttpError::Unreachable {
+                            url: url.clone(),
+                            reason: format!("the answer broke off: {}", connect_failure(&*error)),
+                        }
                     }
                 })?
                 .to_bytes();
@@ -203,8 +210,8 @@ impl<'c> oauth2::AsyncHttpClient<'c> for QueryParams<'_> {
 /// Why a token request got no usable HTTP answer.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenHttpError {
-    #[error("{0}")]
-    Unreachable(String),
+    #[error("{url} unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("HTTP {status}")]
@@ -220,6 +227,58 @@ pub enum TokenHttpError {
 pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let seconds = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
     seconds.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// A URL as it may be shown: no userinfo, no query (either may hold a secret).
+pub fn shown_url(uri: &http::Uri) -> String {
+    let host = uri
+        .authority()
+        .map(|authority| authority.as_str())
+        .map(|authority| {
+            authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host)
+        })
+        .unwrap_or_default();
+    match uri.scheme_str() {
+        Some(scheme) => format!("{scheme}://{host}{}", uri.path()),
+        None => uri.path().to_owned(),
+    }
+}
+
+/// Why a connection failed, as a person would say it: the operating system's words for
+/// socket errors ("connection refused"), else the innermost cause (a DNS or TLS error),
+/// without the client library's wrapping ("client error (Connect)").
+pub fn connect_failure(error: &(dyn std::error::Error + 'static)) -> String {
+    use std::io::ErrorKind;
+    let mut innermost = error;
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::TimedOut
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::UnexpectedEof
+            ) {
+                return io.kind().to_string();
+            }
+        }
+        innermost = current;
+        cause = current.source();
+    }
+    let text = innermost.to_string();
+    // An io::Error's text ends in "(os error N)", which says nothing more to a person.
+    match text.rfind(" (os error ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
 }
 
 /// An error and its causes on one line: hyper's outer errors ("client error (Connect)")
@@ -431,5 +490,31 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod shown_tests {
+    use super::*;
+
+    #[test]
+    fn a_shown_url_has_no_userinfo_and_no_query() {
+        let uri: http::Uri = "https://user:pw@idp.example:8443/oauth/token?tenant=secret"
+            .parse()
+            .unwrap();
+        assert_eq!(shown_url(&uri), "https://idp.example:8443/oauth/token");
+    }
+
+    #[test]
+    fn a_connect_failure_is_said_in_the_operating_systems_words() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(connect_failure(&refused), "connection refused");
+        let dns = std::io::Error::other(
+            "failed to lookup address information: Name or service not known",
+        );
+        assert_eq!(
+            connect_failure(&dns),
+            "failed to lookup address information: Name or service not known"
+        );
     }
 }

@@ -232,6 +232,30 @@ pub fn tokenproxy(dir: &std::path::Path) -> std::process::Command {
     command
 }
 
+/// The device code `tokenproxy login` printed ("and enter the code:  ABCD-EFGH"), waited for.
+pub async fn printed_device_code(
+    stdout: &std::sync::Mutex<Vec<String>>,
+    stderr: &std::sync::Mutex<Vec<String>>,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = stdout.lock().unwrap().iter().find_map(|line| {
+            line.strip_prefix("and enter the code:")
+                .map(|code| code.trim().to_owned())
+        });
+        if let Some(code) = found {
+            return code;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no code printed: {:?} {:?}",
+            stdout.lock().unwrap(),
+            stderr.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Collects a child's output lines as they come.
 pub fn capture(
     stream: impl std::io::Read + Send + 'static,

@@ -6,8 +6,11 @@
 
 (() => {
   const POLL_MS = 1000;
-  const LABELS = { backing_off: 'backing off', needs_login: 'needs login' };
-  const ATTENTION = new Set(['needs_login', 'failed', 'expired', 'backing_off']);
+  const LABELS = {
+    backing_off: 'backing off', needs_login: 'needs login', logged_out: 'logged out',
+    invalid_credentials: 'invalid credentials',
+  };
+  const ATTENTION = new Set(['needs_login', 'failed', 'expired', 'backing_off', 'invalid_credentials']);
   const DOING = { refresh: 'Refreshing', login: 'Logging in to', logout: 'Logging out of' };
 
   const table = document.getElementById('upstreams');
@@ -364,13 +367,22 @@
       fill(row, body);
       browserLogins.delete(name);
       hideLogin(name);
-      say(body.revoked
-        ? `Logged out of ${name}: the vendor revoked the token, and tokenproxy forgot it.`
-        : `Logged out of ${name}: tokenproxy forgot the token (the vendor did not revoke it).`, 'ok');
+      say(logoutMessage(name, body), body.revocation_error ? 'error' : 'ok');
     } else if (action === 'login') {
       loggingIn(name, body, row);
     }
     tick();
+  }
+
+  /// The same words as `tokenproxy logout`: revoked only when the vendor said so.
+  function logoutMessage(name, body) {
+    if (body.revoked) return `Logged out of ${name}: the vendor revoked the token, and tokenproxy forgot it.`;
+    if (!body.had_token) return `Logged out of ${name}: there was no token to forget.`;
+    const until = typeof body.still_valid_until_unix === 'number'
+      ? `stays valid until ${new Date(body.still_valid_until_unix * 1000).toLocaleString()}`
+      : 'stays valid until the vendor expires it';
+    const failed = body.revocation_error ? ` (revocation failed: ${body.revocation_error})` : '';
+    return `Logged out of ${name}: forgotten here; the vendor's token ${until}${failed}.`;
   }
 
   function loggingIn(name, body, row) {
