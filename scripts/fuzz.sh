@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
-FUZZ_TARGETS="${FUZZ_TARGETS:-config routing}"
+FUZZ_TARGETS="${FUZZ_TARGETS:-config routing framing}"
 # The build (about 5 minutes from nothing on 2 cores) and each run are bounded too.
 FUZZ_BUILD_TIMEOUT="${FUZZ_BUILD_TIMEOUT:-1800}"
 CARGO_FUZZ_VERSION=0.13.2
@@ -31,7 +31,7 @@ fi
 echo "== $(cargo fuzz --version)"
 
 echo "== build fuzz targets: $FUZZ_TARGETS"
-if [ "$FUZZ_TARGETS" = "config routing" ]; then
+if [ "$FUZZ_TARGETS" = "config routing framing" ]; then
     timeout "$FUZZ_BUILD_TIMEOUT" cargo fuzz build
 else
     for target in $FUZZ_TARGETS; do
@@ -45,6 +45,7 @@ trap 'rm -rf "$work"' EXIT
 max_len_of() {
     case "$1" in
         config) echo 8192 ;;
+        framing) echo 4096 ;;
         *) echo 1024 ;;
     esac
 }

@@ -21,7 +21,8 @@
 //! - [`problem`]: the proxy's own errors and their problem+json responses.
 //! - [`metrics`]: per-upstream atomics on the request path, encoded for `/-/metrics`.
 //! - [`server`]: listeners (TCP, Unix socket), the strict HTTP/1 framing guard in front of
-//!   hyper, HTTP/1.1 + h2c, limits, graceful shutdown, reloads (`ArcSwap<App>`).
+//!   hyper, connection deadlines (first request, body, idle, write), HTTP/1.1 + h2c, limits,
+//!   graceful shutdown, reloads (`ArcSwap<App>`).
 //! - [`app`]: the runtime state built from a config.
 //! - [`cli`], [`demo`]: the command line; one-shot commands talk to a running daemon's
 //!   admin endpoints, or to a server started for the command.

@@ -18,6 +18,16 @@ pub enum ProxyError {
     NoRoute { path: String },
     #[error("{reason}")]
     BadRequest { reason: String },
+    #[error("{0}")]
+    InvalidHost(HostProblem),
+    #[error("the request target is {length} bytes; at most {limit} are accepted")]
+    UriTooLong { length: usize, limit: usize },
+    #[error("Transfer-Encoding {coding:?} is not supported; only chunked is")]
+    UnsupportedTransferCoding { coding: String },
+    #[error("the request body is malformed: {reason}")]
+    MalformedBody { reason: String },
+    #[error("the request body made no progress for too long: {reason}")]
+    BodyTimeout { reason: String },
     #[error("{method} is not allowed here")]
     MethodNotAllowed { method: String },
     #[error("this tokenproxy requires Proxy-Authorization: Bearer <client key>")]
@@ -49,11 +59,27 @@ pub enum ProxyError {
     ConnectTimeout { upstream: String, after: Duration },
 }
 
+/// How a request breaks RFC 9112 3.2: an HTTP/1.1 request has exactly one valid `Host`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostProblem {
+    #[error("an HTTP/1.1 request must have a Host header")]
+    Missing,
+    #[error("a request may have only one Host header")]
+    Repeated,
+    #[error("the Host header is not a host name or address with an optional port")]
+    Malformed,
+}
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest { .. }
+            | ProxyError::InvalidHost(_)
+            | ProxyError::MalformedBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::UnsupportedTransferCoding { .. } => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientKeyRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ProxyError::MisdirectedHost { .. } => StatusCode::MISDIRECTED_REQUEST,
@@ -74,6 +100,11 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => "destination_not_found",
             ProxyError::BadRequest { .. }
+            | ProxyError::InvalidHost(_)
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::UnsupportedTransferCoding { .. }
+            | ProxyError::MalformedBody { .. }
+            | ProxyError::BodyTimeout { .. }
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::StaticToken { .. } => "http_request_error",
             ProxyError::ClientKeyRequired
@@ -91,6 +122,11 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. }
             | ProxyError::BadRequest { .. }
+            | ProxyError::InvalidHost(_)
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::UnsupportedTransferCoding { .. }
+            | ProxyError::MalformedBody { .. }
+            | ProxyError::BodyTimeout { .. }
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::ClientKeyRequired
             | ProxyError::MisdirectedHost { .. }
@@ -109,6 +145,11 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. }
             | ProxyError::BadRequest { .. }
+            | ProxyError::InvalidHost(_)
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::UnsupportedTransferCoding { .. }
+            | ProxyError::MalformedBody { .. }
+            | ProxyError::BodyTimeout { .. }
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::ClientKeyRequired
             | ProxyError::MisdirectedHost { .. }

@@ -444,3 +444,168 @@ token = "{STATIC_TOKEN}"
         );
     }
 }
+
+/// Reads one HTTP/1 response (head and `Content-Length` body) from a raw connection; its
+/// status line, or what happened instead within `within`.
+async fn response_on(stream: &mut TcpStream, within: Duration) -> String {
+    let read = async {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return "closed".to_owned(),
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let length = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        if stream.read_exact(&mut body).await.is_err() {
+            return "closed in the body".to_owned();
+        }
+        head.lines().next().unwrap_or_default().to_owned()
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .unwrap_or_else(|_| "no answer".into())
+}
+
+#[tokio::test]
+async fn after_an_upgrade_answered_without_101_the_connection_is_still_checked() {
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&static_upstream("echo", &upstream.url(), "t", "")).await;
+    let smuggled: [&[u8]; 3] = [
+        b"POST /echo/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /echo/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        b"GET /echo/a HTTP/1.1\nHost: localhost\n\n",
+    ];
+    // Answered by the proxy itself (404, 200): no 101, so no tunnel.
+    for upgrade_path in ["/nowhere", "/-/health"] {
+        for bytes in smuggled {
+            let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+            let upgrade = format!(
+                "GET {upgrade_path} HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+            );
+            stream.write_all(upgrade.as_bytes()).await.unwrap();
+            let first = response_on(&mut stream, Duration::from_secs(5)).await;
+            assert!(!first.contains(" 101 "), "{upgrade_path}: {first}");
+            stream.write_all(bytes).await.unwrap();
+            let second = response_on(&mut stream, Duration::from_secs(5)).await;
+            assert!(
+                second.starts_with("HTTP/1.1 400") || second == "closed",
+                "{upgrade_path} then {:?}: {second}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+    assert_eq!(upstream.request_count(), 0, "{:?}", upstream.requests());
+    // A real 101 still switches the connection to a tunnel.
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /echo/ws HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"raw\nbytes\r\n").await.unwrap();
+    let mut echoed = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .expect("tunnel echoes")
+        .unwrap();
+    assert_eq!(&echoed, b"raw\nbytes\r\n");
+}
+
+#[tokio::test]
+async fn framing_edge_cases_get_their_status_at_once_and_never_reach_the_upstream() {
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&static_upstream("echo", &upstream.url(), "t", "")).await;
+    let long_uri = format!(
+        "GET /echo/{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "a".repeat(9000)
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bare LF ending the last header line", b"GET /echo/a HTTP/1.1\r\nHost: localhost\n\r\n".to_vec(), "400"),
+        ("bare LF ending the head", b"GET /echo/a HTTP/1.1\r\nHost: localhost\r\n\n".to_vec(), "400"),
+        ("chunk size ffffffffffffffff", b"POST /echo/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nabc".to_vec(), "400"),
+        ("no Host", b"GET /echo/a HTTP/1.1\r\n\r\n".to_vec(), "400"),
+        ("two Host lines", b"GET /echo/a HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\n\r\n".to_vec(), "400"),
+        ("malformed Host", b"GET /echo/a HTTP/1.1\r\nHost: local host\r\n\r\n".to_vec(), "400"),
+        ("Host with user info", b"GET /echo/a HTTP/1.1\r\nHost: user@localhost\r\n\r\n".to_vec(), "400"),
+        ("gzip, chunked", b"POST /echo/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(), "501"),
+        ("URI over the limit", long_uri.into_bytes(), "414"),
+    ];
+    for (name, bytes, status) in cases {
+        let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        let answer = response_on(&mut stream, Duration::from_secs(2)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{name}: {answer}"
+        );
+    }
+    assert_eq!(upstream.request_count(), 0, "{:?}", upstream.requests());
+    // HTTP/1.0 may leave out Host.
+    let ok = raw(proxy.addr(), b"GET /echo/a HTTP/1.0\r\n\r\n").await;
+    assert!(ok.starts_with("HTTP/1.0 200"), "{ok}");
+}
+
+#[tokio::test]
+async fn a_malformed_chunk_mid_body_gets_400_and_aborts_the_upstream_request() {
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&static_upstream("echo", &upstream.url(), "t", "")).await;
+    for bad in [
+        &b"zz\r\n"[..],
+        b"5\nhello\r\n",
+        b"ffffffffffffffff\r\n",
+        b"0\r\nX-T: 1\n\r\n",
+    ] {
+        let before = upstream.request_count();
+        let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+        stream
+            .write_all(b"POST /echo/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .await
+            .unwrap();
+        // The first chunk is forwarded before the broken one arrives.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.write_all(bad).await.unwrap();
+        let answer = response_on(&mut stream, Duration::from_secs(3)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{:?}: {answer}",
+            String::from_utf8_lossy(bad)
+        );
+        // The upstream saw the request start and its body break off.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while upstream.request_count() == before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let recorded = upstream
+            .last_request()
+            .expect("the upstream saw the request");
+        assert_eq!(recorded.body_len, 5);
+    }
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_not_forwarded() {
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&static_upstream("echo", &upstream.url(), "t", "")).await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /echo/a HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = response_on(&mut stream, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let recorded = upstream.last_request().unwrap();
+    assert!(recorded.header_values("upgrade").is_empty(), "{recorded:?}");
+    assert!(recorded.header_values("http2-settings").is_empty());
+}

@@ -141,6 +141,16 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// A client has this long to send a request's headers (slowloris).
     pub header_read_timeout: Duration,
+    /// From accept (the wait for a free connection slot included) until the first request.
+    pub first_request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// A request body that makes no progress for this long is cut.
+    pub body_timeout: Duration,
+    /// A response write that makes no progress (the client stopped reading) for this long.
+    pub write_timeout: Duration,
+    /// HTTP/2 connections are pinged this often; no answer in 20 s closes them.
+    pub h2_keepalive_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -416,6 +426,31 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
             "server.header_read_timeout",
             &server.header_read_timeout,
             Duration::from_secs(10),
+        )?,
+        first_request_timeout: timeout_or(
+            "server.first_request_timeout",
+            &server.first_request_timeout,
+            Duration::from_secs(10),
+        )?,
+        idle_timeout: timeout_or(
+            "server.idle_timeout",
+            &server.idle_timeout,
+            Duration::from_secs(60),
+        )?,
+        body_timeout: timeout_or(
+            "server.body_timeout",
+            &server.body_timeout,
+            Duration::from_secs(30),
+        )?,
+        write_timeout: timeout_or(
+            "server.write_timeout",
+            &server.write_timeout,
+            Duration::from_secs(30),
+        )?,
+        h2_keepalive_interval: timeout_or(
+            "server.h2_keepalive_interval",
+            &server.h2_keepalive_interval,
+            Duration::from_secs(30),
         )?,
     };
 
@@ -712,6 +747,18 @@ pub(crate) fn duration_or(
     match raw {
         None => Ok(default),
         Some(raw) => parse_duration(raw).map_err(|problem| FieldError::new(field, problem)),
+    }
+}
+
+/// `duration_or` for a timeout, which cannot be zero.
+fn timeout_or(
+    field: &str,
+    raw: &Option<RawDuration>,
+    default: Duration,
+) -> Result<Duration, FieldError> {
+    match duration_or(field, raw, default)? {
+        Duration::ZERO => Err(FieldError::new(field, "must be more than 0")),
+        timeout => Ok(timeout),
     }
 }
 

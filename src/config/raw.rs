@@ -31,6 +31,11 @@ pub struct RawServer {
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,
     pub header_read_timeout: Option<RawDuration>,
+    pub first_request_timeout: Option<RawDuration>,
+    pub idle_timeout: Option<RawDuration>,
+    pub body_timeout: Option<RawDuration>,
+    pub write_timeout: Option<RawDuration>,
+    pub h2_keepalive_interval: Option<RawDuration>,
 }
 
 #[derive(Default, Deserialize)]

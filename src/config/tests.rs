@@ -190,3 +190,40 @@ fn values_from_the_environment_never_appear_in_errors() {
         assert!(message.contains("[value from ${...}]"), "{message}");
     }
 }
+
+#[test]
+fn connection_timeouts_have_defaults_and_refuse_zero_or_nonsense() {
+    let server = parse_with(BIGEVAL).unwrap().server;
+    assert_eq!(
+        (
+            server.first_request_timeout,
+            server.idle_timeout,
+            server.body_timeout,
+            server.write_timeout,
+            server.h2_keepalive_interval
+        ),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+            Duration::from_secs(30)
+        )
+    );
+    for field in [
+        "first_request_timeout",
+        "idle_timeout",
+        "body_timeout",
+        "write_timeout",
+        "h2_keepalive_interval",
+    ] {
+        for (value, problem) in [("\"0s\"", "must be more than 0"), ("\"soon\"", "\"soon\"")] {
+            let message = error_of(&format!("[server]\n{field} = {value}\n{BIGEVAL}"));
+            assert!(
+                message.starts_with(&format!("test.toml: server.{field}: "))
+                    && message.contains(problem),
+                "{message}"
+            );
+        }
+    }
+}

@@ -20,12 +20,17 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The protocol of an `Upgrade` request (`websocket`), if it is one.
+/// The protocol of an `Upgrade` request (`websocket`), if it is one. An upgrade offering
+/// `h2c` is ignored (served as plain HTTP/1.1, `Upgrade` dropped): an h2c tunnel would carry
+/// requests past the proxy's checks with the token's connection.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let upgrade = headers.get(header::UPGRADE)?;
-    connection_tokens(headers.get_all(header::CONNECTION))
-        .any(|token| token.eq_ignore_ascii_case("upgrade"))
-        .then(|| upgrade.clone())
+    let offers_h2c = connection_tokens(headers.get_all(header::UPGRADE))
+        .any(|protocol| protocol.eq_ignore_ascii_case("h2c"));
+    (!offers_h2c
+        && connection_tokens(headers.get_all(header::CONNECTION))
+            .any(|token| token.eq_ignore_ascii_case("upgrade")))
+    .then(|| upgrade.clone())
 }
 
 /// The options listed in `Connection` header values.
@@ -158,6 +163,11 @@ mod tests {
                 .is_some()
         );
         assert!(upgrade_protocol(&map(&[("upgrade", "websocket")])).is_none());
+        for offer in ["h2c", "websocket, H2C"] {
+            assert!(
+                upgrade_protocol(&map(&[("connection", "upgrade"), ("upgrade", offer)])).is_none()
+            );
+        }
     }
 
     #[test]

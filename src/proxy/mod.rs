@@ -25,12 +25,15 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::app::{App, Upstream};
-use crate::problem::ProxyError;
+use crate::problem::{HostProblem, ProxyError};
 use crate::routes::{self, Route};
 use crate::tokens::{Credential, TokenUnavailable};
 use crate::transport::{error_chain, Affinity, BoxError, ProxyBody, SendError};
 
 pub use admin::{status, ACTION_HEADER};
+
+/// Longest request target (path and query) forwarded; longer ones get 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
 
 /// Where a connection came from, which listener it arrived on, and the upstream
 /// connection it holds.
@@ -205,6 +208,31 @@ fn admissible<B>(
             reason: "a request may not have both Content-Length and Transfer-Encoding".into(),
         });
     }
+    // hyper removes only `chunked`; another coding would reach the vendor undone and unnamed.
+    if let Some(coding) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(ProxyError::UnsupportedTransferCoding {
+            coding: String::from_utf8_lossy(coding).into_owned(),
+        });
+    }
+    let length = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if length > MAX_URI_BYTES {
+        return Err(ProxyError::UriTooLong {
+            length,
+            limit: MAX_URI_BYTES,
+        });
+    }
+    if request.version() < Version::HTTP_2 {
+        host_problem(request.version(), headers).map_err(ProxyError::InvalidHost)?;
+    }
     // HTTP/1 absolute-form (`GET http://host/ HTTP/1.1`) is how clients talk to a forward
     // proxy; only our own names are accepted. HTTP/2 always carries an authority.
     if request.version() < Version::HTTP_2 {
@@ -223,6 +251,23 @@ fn admissible<B>(
         }
     }
     Ok(())
+}
+
+/// RFC 9112 3.2: one `Host` holding a host and an optional port (empty is allowed), and an
+/// HTTP/1.1 request must have it.
+fn host_problem(version: Version, headers: &http::HeaderMap) -> Result<(), HostProblem> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == Version::HTTP_11 => Err(HostProblem::Missing),
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(HostProblem::Repeated),
+        (Some(host), None) => {
+            let valid = host.is_empty()
+                || (!host.as_bytes().contains(&b'@')
+                    && http::uri::Authority::try_from(host.as_bytes()).is_ok());
+            valid.then_some(()).ok_or(HostProblem::Malformed)
+        }
+    }
 }
 
 /// With `server.client_key`, every request but the health and readiness probes must carry
@@ -424,9 +469,7 @@ async fn replayable(body: Incoming, limit: u64) -> Result<Replay, ProxyError> {
             let bytes = body
                 .collect()
                 .await
-                .map_err(|error| ProxyError::BadRequest {
-                    reason: format!("the request body could not be read: {error}"),
-                })?
+                .map_err(|error| ClientBodyError(error).to_proxy_error())?
                 .to_bytes();
             Ok(Replay::Kept(bytes))
         }
@@ -440,13 +483,39 @@ async fn first_frame_checked(mut body: Incoming) -> Result<ProxyBody, ProxyError
     let first = match body.frame().await {
         None => None,
         Some(Ok(frame)) => Some(frame),
-        Some(Err(error)) => {
-            return Err(ProxyError::BadRequest {
-                reason: format!("the request body is malformed: {error}"),
-            })
-        }
+        Some(Err(error)) => return Err(ClientBodyError(error).to_proxy_error()),
     };
     Ok(Prepended { first, rest: body }.boxed_unsync())
+}
+
+/// The client's request body failed (malformed framing, or no progress within
+/// `body_timeout`): the client's fault, not the vendor's, when it ends a forward.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ClientBodyError(hyper::Error);
+
+impl ClientBodyError {
+    fn to_proxy_error(&self) -> ProxyError {
+        let reason = error_chain(&self.0);
+        if is_timeout(&self.0) {
+            ProxyError::BodyTimeout { reason }
+        } else {
+            ProxyError::MalformedBody { reason }
+        }
+    }
+}
+
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// A body whose first frame was already read.
@@ -468,7 +537,7 @@ impl http_body::Body for Prepended {
         }
         std::pin::Pin::new(&mut self.rest)
             .poll_frame(cx)
-            .map_err(Into::into)
+            .map_err(|error| ClientBodyError(error).into())
     }
 
     fn is_end_stream(&self) -> bool {
@@ -615,6 +684,10 @@ fn send_error(
     let mut timed_out = false;
     let mut tls = false;
     while let Some(cause) = source {
+        if let Some(client) = cause.downcast_ref::<ClientBodyError>() {
+            // The upstream request was aborted because the client's body broke.
+            return client.to_proxy_error();
+        }
         tls |= is_tls_failure(cause);
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;

@@ -2,13 +2,16 @@
 //! LF line ends, which lets a request be read differently by a lenient and a strict parser
 //! along the way: a request-smuggling vector. This guard follows the request framing
 //! (head, `Content-Length` body, chunked body) line by line and, at the first bare LF in a
-//! head, a chunk-size line or a trailer, turns that byte into NUL, which hyper refuses with
-//! a 400 before anything is forwarded. HTTP/2 (the prior-knowledge preface) and upgraded
-//! connections pass through untouched.
+//! head, a chunk-size line or a trailer (or a head with both `Content-Length` and
+//! `Transfer-Encoding`, or a chunk size no other parser can hold), cuts the stream there
+//! and ends it with [`POISON`]: a NUL and a blank line, so hyper has a complete, invalid
+//! head or chunk and refuses it with a 400 at once; nothing after it is read. HTTP/2 (the
+//! prior-knowledge preface) passes through untouched, and so does a connection once a 101
+//! has switched protocols (`switch_protocols`); an `Upgrade` request alone changes nothing.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -17,6 +20,13 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 /// Longest header line the guard looks into for `Content-Length` / `Transfer-Encoding`;
 /// hyper refuses longer header blocks anyway.
 const MAX_LINE: usize = 16 * 1024;
+
+/// Largest chunk size accepted: what a signed 64-bit length (most other parsers) holds.
+const MAX_CHUNK_SIZE: u64 = i64::MAX as u64;
+
+/// What hyper reads in place of the offending byte and everything after it: an invalid byte
+/// and a blank line, so a partial head becomes a complete (refused) one.
+pub const POISON: &[u8] = b"\0\r\n\r\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -31,8 +41,18 @@ enum State {
     /// `n` more chunk bytes, then CRLF.
     ChunkData(u64),
     ChunkDataEnd,
-    /// HTTP/2, an upgraded connection, or framing the guard gave up on: bytes pass.
+    /// HTTP/2, a connection a 101 switched, or framing the guard gave up on: bytes pass.
     Passthrough,
+    /// The stream was cut at a malformed byte; `n` bytes of [`POISON`] are still to be read.
+    Poisoned(usize),
+}
+
+/// What `inspect` found in a piece of input.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    /// Malformed at this index: hyper reads the bytes before it, then [`POISON`].
+    CutAt(usize),
 }
 
 pub struct StrictHttp1<T> {
@@ -42,8 +62,6 @@ pub struct StrictHttp1<T> {
     line: Vec<u8>,
     content_length: Option<u64>,
     chunked: bool,
-    upgrade: bool,
-    chunk_size: u64,
     /// Bytes seen at the start of the connection, to recognise the HTTP/2 preface.
     seen: usize,
 }
@@ -57,15 +75,32 @@ impl<T> StrictHttp1<T> {
             line: Vec::new(),
             content_length: None,
             chunked: false,
-            upgrade: false,
-            chunk_size: 0,
             seen: 0,
         }
     }
 
-    /// Follows the framing over `data`, defusing bare LFs in place. Lines are found with a
-    /// search for LF, not byte by byte; only header lines are looked into.
-    fn inspect(&mut self, data: &mut [u8]) {
+    /// A 101 went out: the connection is no longer HTTP/1, so its bytes pass from now on.
+    pub fn switch_protocols(&mut self) {
+        if !matches!(self.state, State::Poisoned(_)) {
+            self.state = State::Passthrough;
+        }
+    }
+
+    /// True while a request body (or its trailers) is being read.
+    pub fn reading_body(&self) -> bool {
+        matches!(
+            self.state,
+            State::Body(_)
+                | State::ChunkSize
+                | State::ChunkData(_)
+                | State::ChunkDataEnd
+                | State::Head { trailers: true }
+        )
+    }
+
+    /// Follows the framing over `data`. Lines are found with a search for LF, not byte by
+    /// byte; only header lines are looked into.
+    fn inspect(&mut self, data: &[u8]) -> Verdict {
         if self.seen < H2_PREFACE.len() {
             let expected = &H2_PREFACE[self.seen..];
             let overlap = expected.len().min(data.len());
@@ -73,7 +108,7 @@ impl<T> StrictHttp1<T> {
                 self.seen += overlap;
                 if self.seen == H2_PREFACE.len() {
                     self.state = State::Passthrough;
-                    return;
+                    return Verdict::Pass;
                 }
             } else {
                 self.seen = usize::MAX;
@@ -82,7 +117,7 @@ impl<T> StrictHttp1<T> {
         let mut index = 0;
         while index < data.len() {
             match self.state {
-                State::Passthrough => return,
+                State::Passthrough | State::Poisoned(_) => return Verdict::Pass,
                 State::Body(remaining) => {
                     let take = remaining.min((data.len() - index) as u64);
                     index += take as usize;
@@ -105,7 +140,7 @@ impl<T> StrictHttp1<T> {
                     let rest = &data[index..];
                     let Some(at) = rest.iter().position(|byte| *byte == b'\n') else {
                         self.take_line_bytes(index, data);
-                        return;
+                        return Verdict::Pass;
                     };
                     let newline = index + at;
                     let before = if at > 0 {
@@ -114,18 +149,18 @@ impl<T> StrictHttp1<T> {
                         self.previous
                     };
                     self.take_line_bytes(index, &data[..newline]);
-                    // A bare LF, or a head whose framing two parsers could read differently:
-                    // the defused byte makes hyper answer 400; nothing after it matters.
+                    // A bare LF, or framing two parsers could read differently: hyper
+                    // answers 400; nothing after it matters.
                     if before != b'\r' || self.end_line() {
-                        data[newline] = 0;
-                        self.state = State::Passthrough;
-                        return;
+                        self.state = State::Poisoned(POISON.len());
+                        return Verdict::CutAt(newline);
                     }
                     self.previous = b'\n';
                     index = newline + 1;
                 }
             }
         }
+        Verdict::Pass
     }
 
     /// Appends `data[from..]` to the current line (bounded) and remembers its last byte.
@@ -138,8 +173,9 @@ impl<T> StrictHttp1<T> {
         self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
-    /// A whole line arrived (its CRLF seen); true when the head just ended with framing
-    /// that two parsers could read differently (`Content-Length` and `Transfer-Encoding`).
+    /// A whole line arrived (its CRLF seen); true when it ends framing that two parsers could
+    /// read differently: a head with `Content-Length` and `Transfer-Encoding`, or a chunk
+    /// size over [`MAX_CHUNK_SIZE`].
     fn end_line(&mut self) -> bool {
         // Taken out and put back cleared, so the buffer is reused for every line.
         let mut line = std::mem::take(&mut self.line);
@@ -172,10 +208,8 @@ impl<T> StrictHttp1<T> {
                     .and_then(|text| u64::from_str_radix(text.trim(), 16).ok());
                 self.state = match size {
                     Some(0) => State::Head { trailers: true },
-                    Some(size) => {
-                        self.chunk_size = size;
-                        State::ChunkData(size)
-                    }
+                    Some(size) if size > MAX_CHUNK_SIZE => return true,
+                    Some(size) => State::ChunkData(size),
                     // hyper refuses it; stop following.
                     None => State::Passthrough,
                 };
@@ -201,16 +235,11 @@ impl<T> StrictHttp1<T> {
             self.chunked |= value
                 .split(|b| *b == b',')
                 .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            self.upgrade = true;
         }
     }
 
     fn body_state(&mut self) -> State {
-        if self.upgrade {
-            // After a 101 the connection is a tunnel.
-            State::Passthrough
-        } else if self.chunked {
+        if self.chunked {
             State::ChunkSize
         } else {
             match self.content_length {
@@ -224,9 +253,38 @@ impl<T> StrictHttp1<T> {
     fn next_message(&mut self) -> State {
         self.content_length = None;
         self.chunked = false;
-        self.upgrade = false;
         State::Head { trailers: false }
     }
+}
+
+impl<T> StrictHttp1<T> {
+    /// Hands hyper what is left of [`POISON`], as far as `buf` has room.
+    fn put_poison(&mut self, buf: &mut ReadBuf<'_>) {
+        if let State::Poisoned(left) = self.state {
+            let from = POISON.len() - left;
+            let count = left.min(buf.remaining());
+            buf.put_slice(&POISON[from..from + count]);
+            self.state = State::Poisoned(left - count);
+        }
+    }
+}
+
+/// What hyper reads when a client's bytes arrive in `pieces`: all of them, or those before a
+/// malformed byte followed by [`POISON`]. For tests and the `framing` fuzz target.
+pub fn read_through<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut guard = StrictHttp1::new(());
+    let mut output = Vec::new();
+    for piece in pieces {
+        match guard.inspect(piece) {
+            Verdict::Pass => output.extend_from_slice(piece),
+            Verdict::CutAt(at) => {
+                output.extend_from_slice(&piece[..at]);
+                output.extend_from_slice(POISON);
+                break;
+            }
+        }
+    }
+    output
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for StrictHttp1<T> {
@@ -235,15 +293,25 @@ impl<T: AsyncRead + Unpin> AsyncRead for StrictHttp1<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match this.state {
+            // hyper has refused what it read: nothing more comes (the deadlines end it).
+            State::Poisoned(0) => return Poll::Pending,
+            State::Poisoned(_) => {
+                this.put_poison(buf);
+                return Poll::Ready(Ok(()));
+            }
+            _ => {}
+        }
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            let this = &mut *self;
-            if this.state != State::Passthrough {
-                this.inspect(&mut buf.filled_mut()[before..]);
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if this.state != State::Passthrough {
+            if let Verdict::CutAt(at) = this.inspect(&buf.filled()[before..]) {
+                buf.set_filled(before + at);
+                this.put_poison(buf);
             }
         }
-        result
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -283,16 +351,7 @@ mod tests {
 
     /// Feeds `input` in pieces of `step` bytes; returns what hyper would read.
     fn through(input: &[u8], step: usize) -> Vec<u8> {
-        let mut guard = StrictHttp1::new(());
-        let mut output = Vec::new();
-        for piece in input.chunks(step) {
-            let mut piece = piece.to_vec();
-            if guard.state != State::Passthrough {
-                guard.inspect(&mut piece);
-            }
-            output.extend(piece);
-        }
-        output
+        read_through(input.chunks(step))
     }
 
     #[test]
@@ -338,11 +397,55 @@ mod tests {
     }
 
     #[test]
-    fn http2_and_upgrades_pass_through() {
+    fn http2_and_switched_connections_pass_through() {
         let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\n\x04";
         assert_eq!(through(h2, 5), h2);
-        let upgraded =
-            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nraw\nbytes";
-        assert_eq!(through(upgraded, 4), upgraded);
+        let head = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        let mut guard = StrictHttp1::new(());
+        assert_eq!(guard.inspect(head), Verdict::Pass);
+        guard.switch_protocols();
+        assert_eq!(guard.inspect(b"raw\nbytes"), Verdict::Pass);
+    }
+
+    #[test]
+    fn an_upgrade_request_alone_does_not_stop_the_checks() {
+        let traffic =
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nGET / HTTP/1.1\nHost: x\r\n\r\n";
+        let output = through(traffic, 7);
+        assert!(
+            output.ends_with(POISON),
+            "{:?}",
+            String::from_utf8_lossy(&output)
+        );
+    }
+
+    #[test]
+    fn a_bare_lf_ending_a_head_or_trailer_leaves_a_complete_refused_head() {
+        for (traffic, kept) in [
+            (&b"GET / HTTP/1.1\r\nHost: x\n\r\n"[..], 23),
+            (&b"GET / HTTP/1.1\r\nHost: x\r\n\n"[..], 25),
+            (
+                &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX: 1\n\r\n"
+                    [..],
+                60,
+            ),
+        ] {
+            for step in [1, 4, 1000] {
+                let output = through(traffic, step);
+                assert_eq!(&output[..kept], &traffic[..kept], "split {step}");
+                assert_eq!(&output[kept..], POISON, "split {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_beyond_a_signed_64_bit_length_are_refused() {
+        let chunked = |size: &str| {
+            format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nabc")
+        };
+        assert!(through(chunked("ffffffffffffffff").as_bytes(), 3).ends_with(POISON));
+        assert!(through(chunked("8000000000000000").as_bytes(), 3).ends_with(POISON));
+        let fits = chunked("7fffffffffffffff");
+        assert_eq!(through(fits.as_bytes(), 3), fits.as_bytes());
     }
 }

@@ -3,13 +3,16 @@
 //! shutdown; and reloads that swap the whole `App` atomically, so in-flight requests finish
 //! on the config they started with.
 
-mod framing;
+mod deadline;
+pub mod framing;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,6 +27,7 @@ use crate::proxy::{self, Connection};
 use crate::store::{self, Owner, SharedStore, Store, StoreError};
 use crate::tokens::spawn_refresher;
 use crate::transport::Transports;
+use deadline::{Activity, Deadlines, Timeouts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -304,6 +308,8 @@ struct Limits {
     connections: Arc<tokio::sync::Semaphore>,
     max_header_bytes: usize,
     header_read_timeout: Duration,
+    h2_keepalive_interval: Duration,
+    timeouts: Timeouts,
     drain: Duration,
 }
 
@@ -313,6 +319,13 @@ impl Limits {
             connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
             max_header_bytes: config.server.max_header_bytes,
             header_read_timeout: config.server.header_read_timeout,
+            h2_keepalive_interval: config.server.h2_keepalive_interval,
+            timeouts: Timeouts {
+                first_request: config.server.first_request_timeout,
+                body: config.server.body_timeout,
+                idle: config.server.idle_timeout,
+                write: config.server.write_timeout,
+            },
             drain: config.server.drain_timeout,
         }
     }
@@ -338,16 +351,10 @@ async fn accept_loop(
     builder
         .http2()
         .timer(TokioTimer::new())
+        // Dead peers are found by pings; idle ones by the idle deadline.
+        .keep_alive_interval(limits.h2_keepalive_interval)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     loop {
-        // At most max_connections at once: further clients wait in the listen backlog.
-        let permit = tokio::select! {
-            permit = Arc::clone(&limits.connections).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = shutdown.changed() => break,
-        };
         let accepted = tokio::select! {
             accepted = accept(&listener) => accepted,
             _ = shutdown.changed() => break,
@@ -361,15 +368,35 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Accepted at once, so the listen backlog never holds a client behind silent ones.
+        // It waits for one of max_connections slots up to twice the first-request deadline:
+        // one that got its slot late is served if its request is there, else cut at once.
+        let accepted = tokio::time::Instant::now();
+        let activity = Activity::new(accepted);
+        let slot_by = accepted + 2 * limits.timeouts.first_request;
+        let slot = Arc::clone(&limits.connections).acquire_owned();
         let app = Arc::clone(&app);
         let connection_info = Connection::new(client, local, dedicated.clone());
+        let requests = Arc::clone(&activity);
         let service = service_fn(move |request| {
-            proxy::handle(app.load_full(), connection_info.clone(), request)
+            let in_flight = requests.request();
+            let answer = proxy::handle(app.load_full(), connection_info.clone(), request);
+            async move {
+                let Ok(response) = answer.await;
+                // The framing guard sees only requests: this is how it learns of a 101.
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    in_flight.switched_protocols();
+                }
+                Ok::<_, Infallible>(response.map(|body| in_flight.track(body)))
+            }
         });
-        let io = TokioIo::new(framing::StrictHttp1::new(stream));
-        let connection = builder.serve_connection_with_upgrades(io, service);
+        let io = Deadlines::new(framing::StrictHttp1::new(stream), activity, limits.timeouts);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
+            let Ok(Ok(permit)) = tokio::time::timeout_at(slot_by, slot).await else {
+                return;
+            };
             if let Err(error) = connection.await {
                 tracing::debug!(error = %error, "connection ended with an error");
             }
