@@ -28,6 +28,7 @@
 //!   admin endpoints, or to a server started for the command.
 //! - [`sim`]: simulated vendors (real HTTP servers) for tests and `tokenproxy demo`.
 //! - [`secret`]: the redacting type every secret and token is held in.
+//! - [`scrub`]: takes secrets out of text a vendor wrote (errors that echo the request).
 
 pub mod app;
 pub mod cli;
@@ -39,6 +40,7 @@ pub mod problem;
 pub mod providers;
 pub mod proxy;
 pub mod routes;
+pub mod scrub;
 pub mod secret;
 pub mod server;
 pub mod sim;

@@ -58,6 +58,7 @@ pub(super) fn spec(fields: &AuthFields) -> Result<AuthSpec, FieldError> {
         })),
         injection: injection(fields, Vec::new(), "Bearer")?,
         refresh_skew: None,
+        secrets: Vec::new(),
     })
 }
 

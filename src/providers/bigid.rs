@@ -53,6 +53,7 @@ pub(super) fn spec(fields: &AuthFields, target: &Target) -> Result<AuthSpec, Fie
         // BigID takes its tokens raw.
         injection: injection(fields, Vec::new(), "")?,
         refresh_skew: None,
+        secrets: Vec::new(),
     })
 }
 

@@ -42,6 +42,8 @@ pub struct AuthSpec {
     pub injection: Injection,
     /// How long before expiry to refresh; `None` picks a share of the lifetime.
     pub refresh_skew: Option<Duration>,
+    /// Every secret the table holds, to take out of what vendors say.
+    pub secrets: Vec<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +146,18 @@ impl AuthSpec {
             }
         };
         spec.refresh_skew = fields.duration("refresh_skew")?;
+        spec.secrets = [
+            &raw.client_secret,
+            &raw.password,
+            &raw.token,
+            &raw.refresh_token,
+            &raw.user_token,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|secret| !secret.is_empty())
+        .map(|secret| Secret::new(secret.clone()))
+        .collect();
         fields.reject_unused()?;
         Ok(spec)
     }
@@ -194,8 +208,15 @@ pub enum LoginMethod {
     Browser,
 }
 
-/// Obtains credentials for one upstream.
-pub enum Provider {
+/// Obtains credentials for one upstream. Every error it returns has had the configured
+/// secrets and the tokens of the call taken out of the vendor's words (`scrub`).
+pub struct Provider {
+    source: Source,
+    /// The configured secrets, to scrub from vendor text.
+    secrets: Vec<Secret>,
+}
+
+enum Source {
     Static(static_token::StaticToken),
     OAuth(Box<oauth::OAuthGrant>),
     BigAnimal(Box<biganimal::BigAnimal>),
@@ -205,83 +226,103 @@ pub enum Provider {
 impl Provider {
     pub fn new(spec: &AuthSpec, transport: Transport) -> Result<Provider, ProviderError> {
         let injection = spec.injection.clone();
-        Ok(match &spec.source {
+        let source = match &spec.source {
             TokenSourceSpec::Static { token } => {
-                Provider::Static(static_token::StaticToken::new(token, &injection)?)
+                Source::Static(static_token::StaticToken::new(token, &injection)?)
             }
-            TokenSourceSpec::OAuth(oauth) => Provider::OAuth(Box::new(oauth::OAuthGrant::new(
+            TokenSourceSpec::OAuth(oauth) => Source::OAuth(Box::new(oauth::OAuthGrant::new(
                 oauth, injection, transport,
             )?)),
-            TokenSourceSpec::BigAnimal(spec) => Provider::BigAnimal(Box::new(
+            TokenSourceSpec::BigAnimal(spec) => Source::BigAnimal(Box::new(
                 biganimal::BigAnimal::new(spec, injection, transport),
             )),
             TokenSourceSpec::BigId(spec) => {
-                Provider::BigId(Box::new(bigid::BigId::new(spec, injection, transport)))
+                Source::BigId(Box::new(bigid::BigId::new(spec, injection, transport)))
             }
+        };
+        Ok(Provider {
+            source,
+            secrets: spec.secrets.clone(),
         })
+    }
+
+    /// `error` without any configured secret, nor any of `live` (the tokens the call sent).
+    fn scrubbed<'a>(
+        &'a self,
+        error: ProviderError,
+        live: impl IntoIterator<Item = &'a Secret>,
+    ) -> ProviderError {
+        let mut secrets: Vec<&str> = self.secrets.iter().map(Secret::expose).collect();
+        secrets.extend(live.into_iter().map(Secret::expose));
+        error.scrubbed(&secrets)
     }
 
     /// A fresh credential without a user: a grant, or the refresh token of `previous`.
     /// Kinds that need a user and have no usable refresh token answer `NeedsLogin`.
     pub async fn obtain(&self, previous: Option<&Credential>) -> Result<Credential, ProviderError> {
-        match self {
-            Provider::Static(token) => Ok(token.credential()),
-            Provider::OAuth(grant) => grant.obtain(previous).await,
-            Provider::BigAnimal(biganimal) => biganimal.obtain(previous).await,
-            Provider::BigId(bigid) => bigid.obtain().await,
-        }
+        let outcome = match &self.source {
+            Source::Static(token) => Ok(token.credential()),
+            Source::OAuth(grant) => grant.obtain(previous).await,
+            Source::BigAnimal(biganimal) => biganimal.obtain(previous).await,
+            Source::BigId(bigid) => bigid.obtain().await,
+        };
+        outcome.map_err(|error| {
+            self.scrubbed(error, previous.into_iter().flat_map(Credential::secrets))
+        })
     }
 
     /// A credential available without any request: static tokens.
     pub fn immediate_credential(&self) -> Option<Credential> {
-        match self {
-            Provider::Static(token) => Some(token.credential()),
+        match &self.source {
+            Source::Static(token) => Some(token.credential()),
             _ => None,
         }
     }
 
     /// Static tokens never change, so they need no refresher.
     pub fn refreshes(&self) -> bool {
-        !matches!(self, Provider::Static(_))
+        !matches!(self.source, Source::Static(_))
     }
 
     pub fn login_method(&self) -> LoginMethod {
-        match self {
-            Provider::Static(_) | Provider::BigId(_) => LoginMethod::Direct,
-            Provider::OAuth(grant) => grant.login_method(),
-            Provider::BigAnimal(_) => LoginMethod::DeviceCode,
+        match &self.source {
+            Source::Static(_) | Source::BigId(_) => LoginMethod::Direct,
+            Source::OAuth(grant) => grant.login_method(),
+            Source::BigAnimal(_) => LoginMethod::DeviceCode,
         }
     }
 
     pub async fn start_device_login(&self) -> Result<DeviceAuthorization, ProviderError> {
-        match self {
-            Provider::OAuth(grant) => grant.start_device_login().await,
-            Provider::BigAnimal(biganimal) => biganimal.start_device_login().await,
+        let outcome = match &self.source {
+            Source::OAuth(grant) => grant.start_device_login().await,
+            Source::BigAnimal(biganimal) => biganimal.start_device_login().await,
             _ => Err(ProviderError::Malformed(
                 "this upstream does not log in with a device code".into(),
             )),
-        }
+        };
+        outcome.map_err(|error| self.scrubbed(error, []))
     }
 
     pub async fn finish_device_login(
         &self,
         authorization: &DeviceAuthorization,
     ) -> Result<Credential, ProviderError> {
-        match self {
-            Provider::OAuth(grant) => grant.finish_device_login(authorization).await,
-            Provider::BigAnimal(biganimal) => biganimal.finish_device_login(authorization).await,
+        let outcome = match &self.source {
+            Source::OAuth(grant) => grant.finish_device_login(authorization).await,
+            Source::BigAnimal(biganimal) => biganimal.finish_device_login(authorization).await,
             _ => Err(ProviderError::Malformed(
                 "this upstream does not log in with a device code".into(),
             )),
-        }
+        };
+        outcome.map_err(|error| self.scrubbed(error, [&authorization.device_code]))
     }
 
     pub fn start_browser_login(
         &self,
         default_redirect_uri: &str,
     ) -> Result<BrowserLogin, ProviderError> {
-        match self {
-            Provider::OAuth(grant) => grant.start_browser_login(default_redirect_uri),
+        match &self.source {
+            Source::OAuth(grant) => grant.start_browser_login(default_redirect_uri),
             _ => Err(ProviderError::Malformed(
                 "this upstream does not log in through a browser".into(),
             )),
@@ -293,20 +334,24 @@ impl Provider {
         login: &BrowserLogin,
         callback: &CallbackParams,
     ) -> Result<Credential, ProviderError> {
-        match self {
-            Provider::OAuth(grant) => grant.finish_browser_login(login, callback).await,
+        let outcome = match &self.source {
+            Source::OAuth(grant) => grant.finish_browser_login(login, callback).await,
             _ => Err(ProviderError::Malformed(
                 "this upstream does not log in through a browser".into(),
             )),
-        }
+        };
+        // The code and the PKCE verifier are as secret as the token they buy.
+        let code = callback.get("code").map(Secret::new);
+        outcome.map_err(|error| self.scrubbed(error, code.iter().chain(&login.verifier)))
     }
 
     /// Revokes a credential at the vendor where it offers that (AMM, `revocation_url`).
     pub async fn revoke(&self, credential: &Credential) -> Result<Revocation, ProviderError> {
-        match self {
-            Provider::OAuth(grant) => grant.revoke(credential).await,
+        let outcome = match &self.source {
+            Source::OAuth(grant) => grant.revoke(credential).await,
             _ => Ok(Revocation::NotOffered),
-        }
+        };
+        outcome.map_err(|error| self.scrubbed(error, credential.secrets()))
     }
 }
 
@@ -397,6 +442,36 @@ impl ProviderError {
                 "check client_id, client_secret and the grant of upstreams.{upstream}.auth"
             )),
             _ => None,
+        }
+    }
+
+    /// The same error with `secrets` taken out of every text a vendor may have written.
+    pub fn scrubbed(self, secrets: &[&str]) -> ProviderError {
+        let clean = |text: String| crate::scrub::scrub(&text, secrets);
+        match self {
+            ProviderError::Unreachable { url, reason } => ProviderError::Unreachable {
+                url: clean(url),
+                reason: clean(reason),
+            },
+            ProviderError::Status {
+                status,
+                retry_after,
+                error,
+            } => ProviderError::Status {
+                status,
+                retry_after,
+                error: error.map(clean),
+            },
+            ProviderError::OAuth { error, description } => ProviderError::OAuth {
+                error: clean(error),
+                description: description.map(clean),
+            },
+            ProviderError::Rejected(message) => ProviderError::Rejected(clean(message)),
+            ProviderError::Malformed(message) => ProviderError::Malformed(clean(message)),
+            other @ (ProviderError::Timeout(_)
+            | ProviderError::NeedsLogin
+            | ProviderError::LoginExpired
+            | ProviderError::LoginDenied) => other,
         }
     }
 

@@ -228,6 +228,7 @@ pub(super) fn spec(
         })),
         injection: injection(fields, defaults.extra_headers, "Bearer")?,
         refresh_skew: None,
+        secrets: Vec::new(),
     })
 }
 

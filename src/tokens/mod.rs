@@ -65,6 +65,11 @@ impl Credential {
         }
     }
 
+    /// The token and refresh token, to scrub from what a vendor says about them.
+    pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
+        std::iter::once(&self.token).chain(&self.refresh_token)
+    }
+
     pub fn live_refresh_token(&self, now: Instant) -> Option<&Secret> {
         let alive = self
             .refresh_expires_at
