@@ -222,11 +222,22 @@ async fn authorization_code_with_pkce_through_the_callback() {
     assert!(callback.starts_with(&expected_callback), "{callback}");
     assert!(query_param(&callback, "code").is_some(), "{callback}");
 
+    // The vendor's redirect is a navigation from another site, as a browser marks it: the
+    // one-time state is the callback's protection, not the origin check.
+    let navigated = |url: &str| {
+        send(
+            http::Request::get(url)
+                .header("sec-fetch-site", "cross-site")
+                .header("sec-fetch-mode", "navigate")
+                .body(empty())
+                .unwrap(),
+        )
+    };
     // A forged callback with another state is refused and does not cancel the login.
-    let forged = get(&format!("{expected_callback}?code=forged&state=forged")).await;
+    let forged = navigated(&format!("{expected_callback}?code=forged&state=forged")).await;
     assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
 
-    let landed = get(&callback).await;
+    let landed = navigated(&callback).await;
     assert_eq!(
         landed.status(),
         StatusCode::OK,
@@ -234,6 +245,8 @@ async fn authorization_code_with_pkce_through_the_callback() {
         String::from_utf8_lossy(landed.body())
     );
     assert!(String::from_utf8_lossy(landed.body()).contains("Logged in"));
+    // Its state is spent: the same callback again is refused.
+    assert_eq!(navigated(&callback).await.status(), StatusCode::BAD_REQUEST);
     let response = get(&proxy.url("/interop/x")).await;
     assert_eq!(response.status(), StatusCode::OK);
     let first = bearer(&response);
@@ -353,4 +366,35 @@ async fn logout_revokes_the_refresh_token_of_a_device_login() {
     assert!(!active(&oidc, &token, &client).await);
     // The refresh token is dead too: nobody can mint new tokens from the old grant.
     assert!(!active(&oidc, &refresh_token, &client).await);
+}
+
+/// Chromium, as a person: the status page's "Log in" opens oidc-provider in a new tab, which
+/// signs in and redirects back to the callback (a navigation Chromium marks as from another
+/// site); the row turns valid without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_real_browser_log_in_on_the_status_page_completes_a_pkce_login() {
+    let oidc = OidcProvider::start().await;
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(
+        &CODE_CONFIG
+            .replace("ECHO", &upstream.url())
+            .replace("AUTHORIZE", oidc.authorization_url())
+            .replace("TOKEN", oidc.token_url()),
+    )
+    .await;
+    let dir = temp_dir("browser-login");
+    let mut node = std::process::Command::new("node");
+    node.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("tests/interop/browser_login.mjs")
+        .arg(proxy.url("/-/"))
+        .arg("interop");
+    let (status, out, err) =
+        tokio::task::spawn_blocking(move || run_bounded(node, &dir, Duration::from_secs(90)))
+            .await
+            .unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{err}\n{out}");
+    let seen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(seen["callback_status"], 200, "{seen}");
+    assert_eq!(seen["callback_heading"], "Logged in to interop", "{seen}");
+    assert_eq!(get(&proxy.url("/interop/x")).await.status(), StatusCode::OK);
 }

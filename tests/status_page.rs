@@ -4,8 +4,8 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
@@ -172,35 +172,6 @@ async fn first_line(
         assert!(Instant::now() < deadline, "tokenproxy demo printed nothing");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Runs `command` with its output in files under `dir` (no pipe a stray grandchild could
-/// hold open); kills it after `limit`. `None` for the status when it was killed.
-fn run_bounded(
-    mut command: Command,
-    dir: &Path,
-    limit: Duration,
-) -> (Option<ExitStatus>, String, String) {
-    let (out, err) = (dir.join("node.stdout"), dir.join("node.stderr"));
-    let mut child = command
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("node runs (bash scripts/test.sh installs what the browser tests need)");
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let read = |path: &PathBuf| std::fs::read_to_string(path).unwrap_or_default();
-    (status, read(&out), read(&err))
 }
 
 /// Width and height of a PNG, from its IHDR chunk.

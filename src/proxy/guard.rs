@@ -133,6 +133,18 @@ pub fn check_origin(
     }
 }
 
+/// The vendor's redirect back to `/-/callback/NAME` after a login: a top-level navigation
+/// from the vendor's site, which a browser marks `Sec-Fetch-Site: cross-site` (or
+/// `same-site`). It is let past the origin check (not the `Host` check): the one-time
+/// `state` a login started here protects it, and a callback with an unknown or used
+/// `state` is refused (400) without touching any token.
+pub fn is_login_callback(method: &Method, admin_path: &str) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        && admin_path
+            .strip_prefix("callback/")
+            .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
+
 /// A CORS preflight (`OPTIONS` with `Access-Control-Request-Method`).
 pub fn is_preflight<B>(request: &Request<B>) -> bool {
     request.method() == Method::OPTIONS

@@ -153,11 +153,17 @@ async fn answer(
         Route::Upstream { index, .. } => &app.upstreams[index].config.allowed_origins,
         _ => &[],
     };
-    let verdict =
-        guard::check_origin(app, request.headers(), host, upstream_origins).map_err(|refusal| {
-            refusal.record(app);
-            refusal.into_error()
-        })?;
+    let verdict = match route {
+        Route::Admin(admin_path) if guard::is_login_callback(request.method(), admin_path) => {
+            guard::Verdict::SameOrigin
+        }
+        _ => guard::check_origin(app, request.headers(), host, upstream_origins).map_err(
+            |refusal| {
+                refusal.record(app);
+                refusal.into_error()
+            },
+        )?,
+    };
     if let guard::Verdict::Allowed(origin) = &verdict {
         if guard::is_preflight(&request) {
             // Answered here: a preflight is never forwarded, so never carries a token.

@@ -256,6 +256,35 @@ pub async fn printed_device_code(
     }
 }
 
+/// Runs `command` with its output in files under `dir` (no pipe a stray grandchild could
+/// hold open); kills it after `limit`. `None` for the status when it was killed.
+pub fn run_bounded(
+    mut command: std::process::Command,
+    dir: &std::path::Path,
+    limit: std::time::Duration,
+) -> (Option<std::process::ExitStatus>, String, String) {
+    let (out, err) = (dir.join("node.stdout"), dir.join("node.stderr"));
+    let mut child = command
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("node runs (bash scripts/test.sh installs what the browser tests need)");
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let read = |path: &std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    (status, read(&out), read(&err))
+}
+
 /// Collects a child's output lines as they come.
 pub fn capture(
     stream: impl std::io::Read + Send + 'static,
