@@ -356,3 +356,79 @@ fetch("{proxy_url}/echo/app").then(r => r.json()).then(j => document.title = "do
     );
     drop(server);
 }
+
+/// A real headless Chromium opens a page a vendor returns through the proxy. Its script
+/// tries to read `/-/status`, read another upstream's answer and log that upstream out
+/// with the action header: all three are refused, because the proxied page runs in a
+/// sandboxed, opaque origin, and the other upstream keeps its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_real_browser_a_vendors_page_cannot_act_on_the_proxys_origin() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "Chromium is needed at {chromium} (bash scripts/test.sh installs Debian's chromium)"
+    );
+    let vendor = page(
+        r#"<!doctype html><title>vendor</title><script>
+(async () => {
+  const results = {};
+  const attempt = async (name, request) => {
+    try { results[name] = await request(); } catch (error) { results[name] = 'refused'; }
+  };
+  await attempt('status', () => fetch('/-/status').then(r => r.text()).then(t => t.includes('upstreams') ? 'read' : 'unreadable'));
+  await attempt('other', () => fetch('/other/x').then(r => r.text()).then(() => 'read'));
+  await attempt('logout', () => fetch('/-/upstreams/other/logout', {method: 'POST', headers: {'Tokenproxy-Action': '1'}}).then(r => 'HTTP ' + r.status));
+  document.title = 'done:' + JSON.stringify(results);
+})();
+</script>"#
+            .to_owned(),
+    )
+    .await;
+    let sim = client_credentials_sim("other-secret", std::time::Duration::from_secs(600)).await;
+    let server = start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"memory\"\n\
+         [upstreams.vendor]\ntarget = \"{}/\"\n[upstreams.vendor.auth]\nkind = \"static\"\ntoken = \"vendor-token\"\n{}",
+        vendor.url(),
+        client_credentials_upstream("other", &sim, "other-secret")
+    ))
+    .await;
+    let base = format!("http://{}", server.local_addr());
+    assert_eq!(
+        get(&format!("{base}/other/x")).await.status(),
+        StatusCode::OK
+    );
+    let url = format!("{base}/vendor/page");
+    let pages = [url.clone()];
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CHROMIUM", chromium)
+            .arg("tests/interop/browser.mjs")
+            .args(&pages)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        results[&url], r#"done:{"status":"refused","other":"refused","logout":"refused"}"#,
+        "{results}"
+    );
+    let status = json(&get(&format!("{base}/-/status")).await);
+    let other = status["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|upstream| upstream["name"] == "other")
+        .unwrap();
+    assert_eq!(other["token"]["state"], "valid", "{status}");
+    // Only the test's own request reached the other upstream.
+    assert_eq!(sim.api_requests(), 1);
+    drop(server);
+}

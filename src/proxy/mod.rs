@@ -456,6 +456,7 @@ async fn forward(
         }
         _ => headers::strip_hop_by_hop(response.headers_mut()),
     }
+    headers::sandbox(response.headers_mut());
     Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
 }
 
