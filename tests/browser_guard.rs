@@ -273,6 +273,28 @@ fn check_warns_about_a_wide_listener_without_allowed_hosts() {
     assert!(stderr.contains("allowed_hosts is empty"), "{stderr}");
 }
 
+/// Opens each page in Chromium (`tests/interop/browser.mjs`) and returns the titles they
+/// ended with, by URL.
+async fn browse(chromium: String, pages: Vec<String>) -> serde_json::Value {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CHROMIUM", chromium)
+            .arg("tests/interop/browser.mjs")
+            .args(&pages)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// Serves one HTML page at every path.
 async fn page(html: String) -> SimServer {
     SimServer::start(move |_request| {
@@ -329,23 +351,7 @@ fetch("{proxy_url}/echo/app").then(r => r.json()).then(j => document.title = "do
     let attack_url = format!("{}/attack", attacker.url());
     let app_url = format!("{}/app", app.url());
     let pages = [attack_url.clone(), app_url.clone()];
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("CHROMIUM", chromium)
-            .arg("tests/interop/browser.mjs")
-            .args(&pages)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let results = browse(chromium, pages.to_vec()).await;
     assert_eq!(results[&attack_url], "done", "{results}");
     assert_eq!(results[&app_url], "done:/app", "{results}");
     let seen: Vec<String> = upstream.requests().iter().map(|r| r.uri.clone()).collect();
@@ -399,23 +405,7 @@ async fn in_a_real_browser_a_vendors_page_cannot_act_on_the_proxys_origin() {
     );
     let url = format!("{base}/vendor/page");
     let pages = [url.clone()];
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("CHROMIUM", chromium)
-            .arg("tests/interop/browser.mjs")
-            .args(&pages)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let results = browse(chromium, pages.to_vec()).await;
     assert_eq!(
         results[&url], r#"done:{"status":"refused","other":"refused","logout":"refused"}"#,
         "{results}"
