@@ -78,6 +78,7 @@ async fn a_refused_token_is_never_sent_again_and_token_requests_back_off() {
     // backoff's pace (0.5 s, 1 s, 2 s, ... with ±20 % jitter), not one per request.
     let vendor_calls = sim.api_requests() - api_requests;
     let token_calls = sim.token_requests() - token_requests;
+    println!("10 requests in 5 s: {vendor_calls} vendor calls, {token_calls} token requests");
     assert_eq!(vendor_calls, 1, "the refused token was sent again");
     assert!(
         (2..=5).contains(&token_calls),

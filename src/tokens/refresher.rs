@@ -7,12 +7,15 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
-use super::TokenCell;
+use super::{TokenCell, TokenSource};
 use crate::providers::ProviderError;
 
 /// Starts the refresher of `cell`, if its tokens ever change. It stops when `shutdown`
 /// turns true.
-pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>) {
+pub fn spawn_refresher<S: TokenSource>(
+    cell: Arc<TokenCell<S>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     if !cell.provider().refreshes() {
         return;
     }
@@ -72,8 +75,11 @@ pub fn spawn_refresher(cell: Arc<TokenCell>, mut shutdown: watch::Receiver<bool>
 
 /// Waits while the cell needs a login (or failed for good). False when shutting down. Listens before looking, so
 /// a login that completes in between is not missed.
-async fn wait_for_login(cell: &TokenCell, shutdown: &mut watch::Receiver<bool>) -> bool {
-    let login = cell.wake.notified();
+async fn wait_for_login<S: TokenSource>(
+    cell: &TokenCell<S>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let login = cell.wake().notified();
     tokio::pin!(login);
     login.as_mut().enable();
     if cell.needs_login() || cell.retry_at().is_none() {
