@@ -319,8 +319,14 @@ fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
     }
 }
 
-/// The target's base path plus the routed path, with the query exactly as received.
+/// The target's base path plus the routed path, with the query exactly as received. A path
+/// that an origin decoding `%2F` would resolve above the base path is refused, never rewritten.
 fn target_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    if routes::climbs_above_base(path) {
+        return Err(ProxyError::PathAboveBase {
+            upstream: upstream.config.name.clone(),
+        });
+    }
     let target = &upstream.config.target;
     let slash = !path.starts_with('/');
     // Exactly the length: a string without spare room becomes the URI's bytes as it is.
