@@ -337,7 +337,24 @@ async fn the_client_key_is_required_and_never_forwarded() {
         );
         assert_eq!(response.headers()["proxy-authenticate"], "Bearer");
     }
+    // Checked before routing: without the key, no answer tells which routes exist.
+    for path in ["/nothing/here", "/", "/-/nothing"] {
+        let response = get(&url(path)).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "{path}"
+        );
+    }
     assert_eq!(upstream.request_count(), 0);
+    let unknown = send(
+        Request::get(url("/nothing/here"))
+            .header("proxy-authorization", "Bearer k3y-0f-at-least-16")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     let response = send(
         Request::get(url("/echo/x"))
             .header("proxy-authorization", "Bearer k3y-0f-at-least-16")
