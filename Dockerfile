@@ -16,12 +16,14 @@
 #
 # Inside a container, other containers and `-p` port publishing reach the proxy only if it
 # listens beyond loopback, and the proxy answers 421 to any Host name it does not know
-# (DNS-rebinding guard). So a container config needs both:
+# (DNS-rebinding guard), and a listener beyond loopback needs a client key (browsers there
+# send no Origin or Sec-Fetch-*, so without one any web page could spend the tokens). So a
+# container config needs all three:
 #
 #   [server]
 #   listen = "0.0.0.0:8080"
 #   allowed_hosts = ["tokenproxy"]   # the service / container name clients put in the URL
-#   # client_key = "${file:/run/secrets/tokenproxy_client_key}"   # recommended beyond loopback
+#   client_key = "${file:/run/secrets/tokenproxy_client_key}"   # clients send Proxy-Authorization: Bearer <key>
 #
 # A sidecar whose app shares the network namespace (a Kubernetes pod) can keep the default
 # listen = "127.0.0.1:8080": see examples/kubernetes/.

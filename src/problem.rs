@@ -18,6 +18,8 @@ pub enum ProxyError {
     NoRoute { path: String },
     #[error("{reason}")]
     BadRequest { reason: String },
+    #[error("the path, once decoded, climbs above upstream {upstream}'s base path (.. with an encoded / or \\, or ..;)")]
+    PathAboveBase { upstream: String },
     #[error("{0}")]
     InvalidHost(HostProblem),
     #[error("the request target is {length} bytes; at most {limit} are accepted")]
@@ -75,6 +77,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadRequest { .. }
+            | ProxyError::PathAboveBase { .. }
             | ProxyError::InvalidHost(_)
             | ProxyError::MalformedBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
@@ -100,6 +103,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => "destination_not_found",
             ProxyError::BadRequest { .. }
+            | ProxyError::PathAboveBase { .. }
             | ProxyError::InvalidHost(_)
             | ProxyError::UriTooLong { .. }
             | ProxyError::UnsupportedTransferCoding { .. }
@@ -132,6 +136,7 @@ impl ProxyError {
             | ProxyError::MisdirectedHost { .. }
             | ProxyError::CrossOrigin { .. } => None,
             ProxyError::NoToken { upstream, .. }
+            | ProxyError::PathAboveBase { upstream }
             | ProxyError::StaticToken { upstream, .. }
             | ProxyError::UpstreamUnreachable { upstream, .. }
             | ProxyError::UpstreamTls { upstream, .. }
@@ -145,6 +150,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. }
             | ProxyError::BadRequest { .. }
+            | ProxyError::PathAboveBase { .. }
             | ProxyError::InvalidHost(_)
             | ProxyError::UriTooLong { .. }
             | ProxyError::UnsupportedTransferCoding { .. }

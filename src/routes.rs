@@ -66,6 +66,66 @@ fn is_single_dot(segment: &str) -> bool {
     segment == "." || segment.eq_ignore_ascii_case("%2e")
 }
 
+/// Whether a routed path, joined under the target's base path, would climb above that base
+/// at an origin that decodes what tokenproxy keeps as it is: `%2F` and `%5C` decoded, `/` and
+/// `\` both separators, `;` path parameters cut (`..;x` is `..` to Tomcat), and a `..` ever
+/// leaving more segments than were entered. Checked as received, decoded once, and decoded
+/// twice (an origin behind one more decoding hop: `%252F`); deeper encodings are data, which
+/// bounds the work per request. `group%2Fproject` has no `..` and passes at every level.
+pub fn climbs_above_base(path: &str) -> bool {
+    let mut level = Cow::Borrowed(path.as_bytes());
+    for _decodings in 0..3 {
+        if climbs(&level) {
+            return true;
+        }
+        match percent_decoded(&level) {
+            Some(decoded) => level = Cow::Owned(decoded),
+            None => return false,
+        }
+    }
+    false
+}
+
+fn climbs(path: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for segment in path.split(|byte| matches!(byte, b'/' | b'\\')) {
+        let name = segment
+            .split(|byte| *byte == b';')
+            .next()
+            .unwrap_or_default();
+        match name {
+            b"" | b"." => {}
+            b".." => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return true,
+            },
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
+/// `path` with every valid `%XX` decoded; `None` when that changes nothing.
+fn percent_decoded(path: &[u8]) -> Option<Vec<u8>> {
+    let hex = |byte: Option<&u8>| byte.and_then(|byte| (*byte as char).to_digit(16));
+    let mut decoded = Vec::with_capacity(path.len());
+    let mut rest = path;
+    while let Some((&byte, tail)) = rest.split_first() {
+        match (byte, hex(tail.first()), hex(tail.get(1))) {
+            (b'%', Some(high), Some(low)) => {
+                // Two hex digits are at most 0xff.
+                decoded.push((high * 16 + low) as u8);
+                rest = &tail[2..];
+            }
+            _ => {
+                decoded.push(byte);
+                rest = tail;
+            }
+        }
+    }
+    (decoded.len() != path.len()).then_some(decoded)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
     /// An admin endpoint; the path after `/-/`.
@@ -173,6 +233,47 @@ mod tests {
         assert!(matches!(normalize_path("/a//b"), Some(Cow::Owned(_))));
         assert_eq!(n("/a/%2E"), "/a/");
         assert_eq!(n("/a/b/.%2E"), "/a/");
+    }
+
+    #[test]
+    fn a_path_that_decodes_to_a_climb_above_the_base_is_caught() {
+        for escape in [
+            "/..%2Fother/x",
+            "/%2e%2e%2fother",
+            "/%2E%2E%2F",
+            "/..%5Cother",
+            "/..\\other",
+            "\\..\\",
+            "/..;/other",
+            "/..;jsessionid=1/other",
+            "/..%3B/other",
+            "/a/..%2F..%2Fother",
+            "/a%2F..%2F..",
+            "/..%252Fother",
+            "/%252e%252e%252f",
+            "/a;b/../..",
+            "..",
+        ] {
+            assert!(climbs_above_base(escape), "{escape}");
+        }
+        for inside in [
+            "",
+            "/",
+            "/x",
+            "/group%2Fproject/x",
+            "/a/..%2Fb",
+            "/a%2F..%2Fb/c",
+            "/a/.%2F./b",
+            "/..x/%2e%2e.",
+            "/...",
+            "/a;..",
+            "/%",
+            "/%zz%2",
+            "/..%25252Fthree-decodings-deep",
+            "/caf%C3%A9",
+        ] {
+            assert!(!climbs_above_base(inside), "{inside}");
+        }
     }
 
     fn table(routes: &[(&str, Option<&str>)]) -> RouteTable {

@@ -33,6 +33,12 @@ pub enum StoreError {
         "token store {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`"
     )]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error("token store directory {path} is open to other users (mode {mode:o}) and {reason}; give the store a directory of its own, or run `chmod 700 {path}`")]
+    DirectoryTooOpen {
+        path: PathBuf,
+        mode: u32,
+        reason: String,
+    },
 }
 
 /// Who holds a store: written into the lock file so others can name it and reach it.
@@ -171,12 +177,15 @@ fn io_error(path: &Path, error: impl std::fmt::Display) -> StoreError {
     }
 }
 
-/// Creates the store's directory with mode 0700 if it is missing.
+/// Creates the store's directory with mode 0700 if it is missing, and tightens an existing
+/// one others could enter (and so replace the store in).
 fn prepare_directory(path: &Path) -> Result<(), StoreError> {
     let Some(directory) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
     };
     if directory.exists() {
+        #[cfg(unix)]
+        tighten_directory(path, directory)?;
         return Ok(());
     }
     let mut builder = fs::DirBuilder::new();
@@ -186,6 +195,47 @@ fn prepare_directory(path: &Path) -> Result<(), StoreError> {
     builder
         .create(directory)
         .map_err(|error| io_error(directory, error))
+}
+
+/// Sets a directory others can use to 0700, but only one that holds nothing but this store's
+/// own files: never a shared one (`/tmp`, a home or project directory, `/var/lib`), even as
+/// root. Anything else, or a chmod that fails (not the owner), is refused.
+#[cfg(unix)]
+fn tighten_directory(path: &Path, directory: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(directory)
+        .map_err(|error| io_error(directory, error))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let refused = |reason: String| StoreError::DirectoryTooOpen {
+        path: directory.to_owned(),
+        mode,
+        reason,
+    };
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let ours = |entry: &str| {
+        entry == name
+            || entry == format!("{name}.lock")
+            || entry
+                .strip_prefix(&*stem)
+                .is_some_and(|rest| rest.starts_with(".tmp-") || rest.starts_with(".corrupt-"))
+    };
+    let others = fs::read_dir(directory)
+        .map_err(|error| io_error(directory, error))?
+        .filter_map(Result::ok)
+        .any(|entry| !ours(&entry.file_name().to_string_lossy()));
+    if others || mode & 0o1000 != 0 {
+        return Err(refused("is shared with other files".into()));
+    }
+    fs::set_permissions(directory, fs::Permissions::from_mode(0o700))
+        .map_err(|error| refused(format!("cannot be made 0700 ({error})")))?;
+    tracing::info!(directory = %directory.display(), "token store directory was mode {mode:o}; set to 0700");
+    Ok(())
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -485,6 +535,30 @@ mod tests {
             .collect();
         assert_eq!(aside.len(), 1);
         assert_eq!(fs::read(aside[0].path()).unwrap(), b"{ not json");
+    }
+
+    #[test]
+    fn a_store_directory_others_can_enter_is_tightened_to_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = temp_store("wide-dir");
+        let directory = path.parent().unwrap();
+        fs::create_dir_all(directory).unwrap();
+        fs::set_permissions(directory, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(&path, b"{\"version\":1,\"upstreams\":{}}").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        Store::open(&path, &owner()).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(directory), 0o700);
+
+        // A directory holding other files is someone's own: refused, and left as it was.
+        let path = temp_store("shared-dir");
+        let directory = path.parent().unwrap();
+        fs::create_dir_all(directory).unwrap();
+        fs::write(directory.join("notes.txt"), b"mine").unwrap();
+        fs::set_permissions(directory, fs::Permissions::from_mode(0o755)).unwrap();
+        let error = Store::open(&path, &owner()).err().unwrap().to_string();
+        assert!(error.contains("open to other users (mode 755)"), "{error}");
+        assert_eq!(mode(directory), 0o755);
     }
 
     #[test]

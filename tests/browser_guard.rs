@@ -264,7 +264,7 @@ fn check_warns_about_a_wide_listener_without_allowed_hosts() {
     let dir = temp_dir("guard-check");
     std::fs::write(
         dir.join("tokenproxy.toml"),
-        "[server]\nlisten = \"0.0.0.0:8080\"\n[store]\npath = \"memory\"\n[upstreams.a]\ntarget = \"https://a.example/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n",
+        "[server]\nlisten = \"0.0.0.0:8080\"\nclient_key = \"k3y-0f-at-least-16\"\n[store]\npath = \"memory\"\n[upstreams.a]\ntarget = \"https://a.example/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n",
     )
     .unwrap();
     let output = tokenproxy(&dir).arg("check").output().unwrap();

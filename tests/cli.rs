@@ -27,6 +27,16 @@ fn each_bad_config_is_one_line_naming_file_and_field_with_exit_2() {
             "upstreams.b.auth.token: environment variable TOKENPROXY_TEST_UNSET is not set",
         ),
         ("syntax.toml", "[upstreams\n", "line 1"),
+        (
+            "wide-without-key.toml",
+            "[server]\nlisten = \"0.0.0.0:1\"\n[upstreams.b]\ntarget = \"https://b.example/\"\n[upstreams.b.auth]\nkind = \"static\"\ntoken = \"t\"\n",
+            "server.client_key: required when listening beyond loopback (0.0.0.0:1)",
+        ),
+        (
+            "wide-upstream-without-key.toml",
+            "[upstreams.b]\ntarget = \"https://b.example/\"\nlisten = \"[::]:1\"\n[upstreams.b.auth]\nkind = \"static\"\ntoken = \"t\"\n",
+            "server.client_key: required when listening beyond loopback ([::]:1)",
+        ),
     ];
     for (file, text, expected) in cases {
         std::fs::write(dir.join(file), text).unwrap();
@@ -57,6 +67,23 @@ fn each_bad_config_is_one_line_naming_file_and_field_with_exit_2() {
             );
         }
     }
+}
+
+#[test]
+fn an_unauthenticated_wide_listener_is_an_explicit_choice_warned_at_every_check() {
+    let dir = temp_dir("cli-wide-opt-out");
+    std::fs::write(
+        dir.join("tokenproxy.toml"),
+        "[server]\nlisten = \"0.0.0.0:8080\"\nallowed_hosts = [\"tokenproxy\"]\nallow_unauthenticated_beyond_loopback = true\n[store]\npath = \"memory\"\n[upstreams.a]\ntarget = \"https://a.example/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n",
+    )
+    .unwrap();
+    let output = tokenproxy(&dir).arg("check").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("server.allow_unauthenticated_beyond_loopback"),
+        "{stderr}"
+    );
 }
 
 #[test]

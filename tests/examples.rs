@@ -723,7 +723,7 @@ fn catches_kubernetes_mistakes() {
     );
     assert_caught(
         &configmap,
-        "path = \"/var/lib/tokenproxy/tokens.json\"",
+        "path = \"/var/lib/tokenproxy/store/tokens.json\"",
         "path = \"/tmp/tokens.json\"",
         check,
         "the store /tmp/tokens.json",

@@ -126,7 +126,8 @@ async fn paths_cannot_carry_one_upstreams_token_to_another() {
         ("/amm/./x", Some(("amm", "/x"))),
         ("/bigeval%2F..%2Famm/x", None),
         ("/bigeval%2f..%2famm/x", None),
-        ("/amm/..%2Fbigeval/x", Some(("amm", "/..%2Fbigeval/x"))),
+        // Climbs above AMM's base once `%2F` is decoded: refused (400), not forwarded.
+        ("/amm/..%2Fbigeval/x", None),
         ("/amm\\..\\bigeval/x", None),
         ("/bigeval/../../amm/../bigeval/y", Some(("bigeval", "/y"))),
     ];
@@ -184,6 +185,71 @@ async fn paths_cannot_carry_one_upstreams_token_to_another() {
                 );
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn a_path_cannot_climb_above_the_targets_base_path() {
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&support::static_upstream(
+        "bigeval",
+        &format!("{}/tenant-a/", upstream.url()),
+        "t",
+        "host = \"tenant.localhost\"\nlisten = \"127.0.0.1:0\"",
+    ))
+    .await;
+    let dedicated = proxy.server.upstream_addr("bigeval").unwrap();
+    let escapes = [
+        "/..%2Fother/x",
+        "/..%2fother/x",
+        "/%2e%2e%2fother/x",
+        "/%2E%2E%2Fother/x",
+        "/..%5Cother/x",
+        "/..\\other/x",
+        "/..;/other/x",
+        "/..;jsessionid=1/other/x",
+        "/a/..%2F..%2Fother",
+        "/a%2F..%2F..%2Fother",
+        "/..%2F",
+        "/..%252Fother/x",
+    ];
+    for escape in escapes {
+        let by_prefix = format!("GET /bigeval{escape} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let by_host = format!("GET {escape} HTTP/1.1\r\nHost: tenant.localhost\r\n\r\n");
+        let by_port = format!("GET {escape} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        for (how, addr, request) in [
+            ("prefix", proxy.addr(), by_prefix),
+            ("host", proxy.addr(), by_host),
+            ("listen", dedicated, by_port),
+        ] {
+            let answer = raw(addr, request.as_bytes()).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 400"),
+                "{how} {escape}: {answer}"
+            );
+        }
+    }
+    assert_eq!(upstream.request_count(), 0, "{:?}", upstream.requests());
+    let refused = send(
+        Request::get(proxy.url("/bigeval/..%2Fother/x"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(json(&refused)["status"], 400);
+    // Encoded slashes inside a name, and `..` that stays inside the base, pass verbatim.
+    for (path, forwarded) in [
+        ("/bigeval/group%2Fproject/x", "/tenant-a/group%2Fproject/x"),
+        ("/bigeval/a/..%2Fb", "/tenant-a/a/..%2Fb"),
+        ("/bigeval/a%2F..%2Fb/c", "/tenant-a/a%2F..%2Fb/c"),
+    ] {
+        let response = get(&proxy.url(path)).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(json(&response)["uri"], forwarded, "{path}");
     }
 }
 
@@ -271,7 +337,24 @@ async fn the_client_key_is_required_and_never_forwarded() {
         );
         assert_eq!(response.headers()["proxy-authenticate"], "Bearer");
     }
+    // Checked before routing: without the key, no answer tells which routes exist.
+    for path in ["/nothing/here", "/", "/-/nothing"] {
+        let response = get(&url(path)).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "{path}"
+        );
+    }
     assert_eq!(upstream.request_count(), 0);
+    let unknown = send(
+        Request::get(url("/nothing/here"))
+            .header("proxy-authorization", "Bearer k3y-0f-at-least-16")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     let response = send(
         Request::get(url("/echo/x"))
             .header("proxy-authorization", "Bearer k3y-0f-at-least-16")

@@ -1,14 +1,15 @@
 //! Path normalisation and prefix routing on arbitrary request paths: a normalised path has
 //! no empty or dot segments (also `%2e`-encoded), normalising is idempotent, and an
 //! upstream is chosen only when its prefix matched on a segment boundary, so a token only
-//! goes where its prefix says.
+//! goes where its prefix says; and a routed path that is accepted stays under the target's
+//! base path at an origin that decodes it (once or twice) and splits on `/` and `\`.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use tokenproxy::config::{parse, Config, Sources};
-use tokenproxy::routes::{normalize_path, Route, RouteTable, ADMIN_PREFIX};
+use tokenproxy::routes::{climbs_above_base, normalize_path, Route, RouteTable, ADMIN_PREFIX};
 
 const CONFIG: &str = r#"
 [store]
@@ -71,6 +72,49 @@ fn is_dot_segment(segment: &str) -> bool {
     )
 }
 
+/// `%XX` decoded once, written independently of the proxy's own decoder.
+fn decode_once(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        let hex = path
+            .get(i + 1..i + 3)
+            .filter(|pair| pair.iter().all(u8::is_ascii_hexdigit));
+        match (path[i], hex) {
+            (b'%', Some(pair)) => {
+                let pair = std::str::from_utf8(pair).expect("hex digits are ASCII");
+                out.push(u8::from_str_radix(pair, 16).expect("two hex digits"));
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Where an origin resolves `path`: `/` and `\` separate, `;` parameters are dropped, `..`
+/// pops (never above the root).
+fn resolved(path: &[u8]) -> Vec<Vec<u8>> {
+    let mut stack: Vec<Vec<u8>> = Vec::new();
+    for segment in path.split(|b| *b == b'/' || *b == b'\\') {
+        let name = match segment.iter().position(|b| *b == b';') {
+            Some(at) => &segment[..at],
+            None => segment,
+        };
+        match name {
+            b"" | b"." => {}
+            b".." => {
+                stack.pop();
+            }
+            _ => stack.push(name.to_vec()),
+        }
+    }
+    stack
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else {
         return;
@@ -107,6 +151,18 @@ fuzz_target!(|data: &[u8]| {
                 "{path:?} -> {n:?}: prefix {} matched inside a segment (rest {rest:?})",
                 upstream.prefix
             );
+            if !climbs_above_base(rest) {
+                let base = upstream.target.base_path.as_str();
+                let mut joined = format!("{base}{rest}").into_bytes();
+                for decodings in 1..=2 {
+                    joined = decode_once(&joined);
+                    assert!(
+                        resolved(&joined).starts_with(&resolved(base.as_bytes())),
+                        "{path:?} -> {n:?}: accepted, but {decodings} decoding(s) leave {}'s base {base:?}",
+                        upstream.name
+                    );
+                }
+            }
             // The longest matching prefix wins.
             for other in &config.upstreams {
                 let matches = n

@@ -134,6 +134,8 @@ pub struct ServerConfig {
     pub retry_body_limit: u64,
     /// Clients must send `Proxy-Authorization: Bearer <key>` when set.
     pub client_key: Option<Secret>,
+    /// Serve a listener beyond loopback without `client_key`. Explicit, warned at every start.
+    pub allow_unauthenticated_beyond_loopback: bool,
     /// A Unix socket to listen on as well (mode 0600), for sidecars and shared hosts.
     pub unix_socket: Option<PathBuf>,
     pub max_connections: usize,
@@ -403,6 +405,9 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
             }
             key => key.map(Secret::new),
         },
+        allow_unauthenticated_beyond_loopback: server
+            .allow_unauthenticated_beyond_loopback
+            .unwrap_or(false),
         unix_socket: server.unix_socket.as_deref().map(PathBuf::from),
         max_connections: match server.max_connections {
             Some(0) => {
@@ -472,6 +477,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         upstreams.push(validate_upstream(name, upstream, &server_config)?);
     }
     check_routes_are_unique(&upstreams, listen)?;
+    check_wide_listeners_have_a_key(&server_config, &upstreams)?;
 
     Ok(Config {
         source: file.to_owned(),
@@ -640,6 +646,35 @@ fn check_routes_are_unique(
     Ok(())
 }
 
+/// A browser sends neither `Origin` nor `Sec-Fetch-*` on a cross-site GET to a plain-http
+/// name that is not loopback, so beyond loopback the browser guard cannot tell a web page
+/// from a client: only the client key can.
+fn check_wide_listeners_have_a_key(
+    server: &ServerConfig,
+    upstreams: &[UpstreamConfig],
+) -> Result<(), FieldError> {
+    if server.client_key.is_some() || server.allow_unauthenticated_beyond_loopback {
+        return Ok(());
+    }
+    match listeners(server, upstreams).find(|listen| !listen.ip().is_loopback()) {
+        Some(listen) => Err(FieldError::new(
+            "server.client_key",
+            format!(
+                "required when listening beyond loopback ({listen}): browsers there send no Origin or Sec-Fetch-* headers, so any web page could spend the tokens; set a client key, or server.allow_unauthenticated_beyond_loopback = true"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `server.listen` and every upstream's own `listen`.
+fn listeners<'a>(
+    server: &ServerConfig,
+    upstreams: &'a [UpstreamConfig],
+) -> impl Iterator<Item = SocketAddr> + 'a {
+    std::iter::once(server.listen).chain(upstreams.iter().filter_map(|u| u.listen))
+}
+
 /// Origins as browsers send them: `scheme://host[:port]`, no path.
 fn origins(field: &str, origins: Option<&[String]>) -> Result<Vec<String>, FieldError> {
     origins
@@ -669,13 +704,13 @@ impl Config {
     /// Settings that work but are probably not what the user wants.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        let listeners = std::iter::once(self.server.listen)
-            .chain(self.upstreams.iter().filter_map(|u| u.listen));
-        for listen in listeners {
+        for listen in listeners(&self.server, &self.upstreams) {
             if !listen.ip().is_loopback() {
-                warnings.push(format!(
-                    "listening on {listen}, beyond loopback: other machines can use these tokens; consider server.client_key"
-                ));
+                if self.server.client_key.is_none() {
+                    warnings.push(format!(
+                        "listening on {listen}, beyond loopback, without server.client_key (server.allow_unauthenticated_beyond_loopback = true): other machines, and any web page a browser there opens, can spend these tokens"
+                    ));
+                }
                 if self.server.allowed_hosts.is_empty() {
                     warnings.push(format!(
                         "{listen} is not loopback and server.allowed_hosts is empty: clients must use a loopback name or the listen IP; list the names they use (a sidecar's service name)"

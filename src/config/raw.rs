@@ -27,6 +27,7 @@ pub struct RawServer {
     pub drain_timeout: Option<RawDuration>,
     pub retry_body_limit: Option<u64>,
     pub client_key: Option<String>,
+    pub allow_unauthenticated_beyond_loopback: Option<bool>,
     pub unix_socket: Option<String>,
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,

@@ -227,3 +227,54 @@ fn connection_timeouts_have_defaults_and_refuse_zero_or_nonsense() {
         }
     }
 }
+
+#[test]
+fn a_listener_beyond_loopback_needs_the_client_key_or_an_explicit_opt_out() {
+    let upstream = |listen: &str| {
+        format!("[upstreams.a]\ntarget = \"https://x/\"\nlisten = \"{listen}\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n")
+    };
+    for (server, upstream_listen) in [
+        ("listen = \"0.0.0.0:8080\"", "127.0.0.1:8101"),
+        ("listen = \"[::]:8080\"", "127.0.0.1:8101"),
+        ("listen = \"192.168.1.10:8080\"", "127.0.0.1:8101"),
+        ("", "0.0.0.0:8101"),
+    ] {
+        let text = format!("[server]\n{server}\n{}", upstream(upstream_listen));
+        let message = error_of(&text);
+        assert!(
+            message.contains("server.client_key: required when listening beyond loopback"),
+            "{message}"
+        );
+        let keyed = text.replace(
+            "[server]\n",
+            "[server]\nclient_key = \"k3y-0f-at-least-16\"\n",
+        );
+        let config = parse_with(&keyed).unwrap();
+        assert!(
+            !config.warnings().iter().any(|w| w.contains("client_key")),
+            "{:?}",
+            config.warnings()
+        );
+        let opted_out = text.replace(
+            "[server]\n",
+            "[server]\nallow_unauthenticated_beyond_loopback = true\n",
+        );
+        let config = parse_with(&opted_out).unwrap();
+        assert!(
+            config
+                .warnings()
+                .iter()
+                .any(|w| w.contains("without server.client_key")),
+            "{:?}",
+            config.warnings()
+        );
+    }
+    for loopback in ["127.0.0.2:8080", "[::1]:8080"] {
+        let text = format!(
+            "[server]\nlisten = \"{loopback}\"\n{}",
+            upstream("127.0.0.1:8101")
+        );
+        let config = parse_with(&text).unwrap();
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+    }
+}

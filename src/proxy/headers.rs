@@ -98,12 +98,14 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 
 /// Appends the client (its IP as header text) to `X-Forwarded-For` and sets
 /// `X-Forwarded-Proto` and `-Host` to what the client used to reach the proxy.
-/// A Unix-socket client has no address to add.
+/// A Unix-socket client has no address to add. The client's own RFC 7239 `Forwarded` is
+/// dropped: left alone it could claim another client, host or scheme than `X-Forwarded-*`.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: Option<HeaderValue>,
     original_host: Option<HeaderValue>,
 ) {
+    headers.remove(header::FORWARDED);
     if let Some(client) = client {
         let earlier = headers
             .get(&X_FORWARDED_FOR)
@@ -189,6 +191,7 @@ mod tests {
         let mut headers = map(&[
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-host", "spoofed"),
+            ("forwarded", "for=10.9.9.9;host=spoofed"),
         ]);
         add_forwarded(
             &mut headers,
@@ -198,5 +201,6 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "localhost:8080");
+        assert!(headers.get("forwarded").is_none());
     }
 }

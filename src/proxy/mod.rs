@@ -97,6 +97,10 @@ pub async fn handle(
         }
         .into_response());
     };
+    // Before routing: a 404 without the key would tell which routes exist.
+    if let Err(error) = client_key_accepted(&app, &request, &path) {
+        return Ok(error.into_response());
+    }
     let dedicated = match connection.dedicated.as_deref() {
         // The upstream owning this listener was removed by a reload.
         Some(name) => match app.index_of(name) {
@@ -172,7 +176,6 @@ async fn answer(
     }
     let response = match route {
         Route::Admin(admin_path) => {
-            client_key_accepted(app, &request, admin_path)?;
             let admin_path = admin_path.to_owned();
             // Boxed: proxied requests' futures need not carry the admin endpoints' state.
             Box::pin(admin::handle(app, &admin_path, &verdict, request)).await
@@ -183,7 +186,6 @@ async fn answer(
             })
         }
         Route::Upstream { index, path: rest } => {
-            client_key_accepted(app, &request, "")?;
             let upstream = &app.upstreams[index];
             let target = target_uri(upstream, rest, request.uri().query())?;
             forward(upstream, connection, request, target, host_value.cloned()).await?
@@ -277,16 +279,12 @@ fn host_problem(version: Version, headers: &http::HeaderMap) -> Result<(), HostP
 }
 
 /// With `server.client_key`, every request but the health and readiness probes must carry
-/// `Proxy-Authorization: Bearer <key>` (compared in constant time).
-fn client_key_accepted<B>(
-    app: &App,
-    request: &Request<B>,
-    admin_path: &str,
-) -> Result<(), ProxyError> {
+/// `Proxy-Authorization: Bearer <key>` (compared in constant time). `path` is normalized.
+fn client_key_accepted<B>(app: &App, request: &Request<B>, path: &str) -> Result<(), ProxyError> {
     let Some(key) = &app.server.client_key else {
         return Ok(());
     };
-    if matches!(admin_path, "health" | "ready") {
+    if matches!(path, "/-/health" | "/-/ready") {
         return Ok(());
     }
     let presented = request
@@ -325,8 +323,14 @@ fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
     }
 }
 
-/// The target's base path plus the routed path, with the query exactly as received.
+/// The target's base path plus the routed path, with the query exactly as received. A path
+/// that an origin decoding `%2F` would resolve above the base path is refused, never rewritten.
 fn target_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    if routes::climbs_above_base(path) {
+        return Err(ProxyError::PathAboveBase {
+            upstream: upstream.config.name.clone(),
+        });
+    }
     let target = &upstream.config.target;
     let slash = !path.starts_with('/');
     // Exactly the length: a string without spare room becomes the URI's bytes as it is.
