@@ -109,7 +109,7 @@ token = "{ECHO_KEY}"
             return ExitCode::FAILURE;
         }
     };
-    let Some(server) = crate::cli::start(&config).await else {
+    let Some(server) = crate::server::start_logged(&config).await else {
         return ExitCode::FAILURE;
     };
 
@@ -145,7 +145,7 @@ token = "{ECHO_KEY}"
         "  curl -s {base}/-/status                    # token state per upstream (never the token)"
     );
     println!("Stop with Ctrl-C.");
-    let code = crate::cli::serve_until_signal(server).await;
+    crate::server::serve_until_signal(server).await;
     drop((biganimal, bigid, bigeval, caepe, amm, echo));
-    code
+    std::process::ExitCode::SUCCESS
 }

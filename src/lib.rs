@@ -7,9 +7,14 @@
 //! read from its `TokenCell` and written only by token requests.
 //!
 //! - [`config`]: finding, reading (`${ENV}`, `${file:}`) and validating the TOML config.
+//! - [`schema`]: the config file as written (`Raw*`), `FieldError`, `Target`: the words
+//!   `config` and `providers` share.
 //! - [`providers`]: where tokens come from, one file per kind and per vendor preset.
-//! - [`tokens`]: the live credential per upstream (`ArcSwap`), single-flight token
-//!   requests, and the background refresher.
+//! - [`credential`]: a token with its header set and lifetime (`Credential`, `Injection`),
+//!   and the `TokenState` every reader reports.
+//! - [`tokens`]: the live credential per upstream (`ArcSwap`), its lifecycle as one state
+//!   value, single-flight token requests, the background refresher; tokens come from a
+//!   `TokenSource` (the providers).
 //! - [`login`]: logins that need a user (device code, browser callback).
 //! - [`store`]: the token file that survives restarts, and its one-owner lock.
 //! - [`routes`]: which upstream a request is for (listener, `Host`, normalized path prefix).
@@ -19,20 +24,37 @@
 //! - [`transport`]: the one pooled HTTP client (rustls), for forwarding and token requests;
 //!   cleartext upstream connections that follow the client connection (`affinity`).
 //! - [`problem`]: the proxy's own errors and their problem+json responses.
-//! - [`metrics`]: per-upstream atomics on the request path, encoded for `/-/metrics`.
+//! - [`metrics`]: per-upstream atomics on the request path, encoded for `/-/metrics` from a
+//!   snapshot the admin endpoint reads.
 //! - [`server`]: listeners (TCP, Unix socket), the strict HTTP/1 framing guard in front of
 //!   hyper, connection deadlines (first request, body, idle, write), HTTP/1.1 + h2c, limits,
-//!   graceful shutdown, reloads (`ArcSwap<App>`).
+//!   graceful shutdown, reloads (`ArcSwap<App>`), serving until a signal.
 //! - [`app`]: the runtime state built from a config.
 //! - [`cli`], [`demo`]: the command line; one-shot commands talk to a running daemon's
 //!   admin endpoints, or to a server started for the command.
 //! - [`sim`]: simulated vendors (real HTTP servers) for tests and `tokenproxy demo`.
 //! - [`secret`]: the redacting type every secret and token is held in.
 //! - [`scrub`]: takes secrets out of text a vendor wrote (errors that echo the request).
+//!
+//! # Layers
+//! A module imports only modules of a lower layer (`tests/layers.rs` checks it), so no
+//! two modules import each other and each layer can be read without those above it.
+//!
+//! 1. `secret`, `scrub`, `schema`, `transport`, `sim`
+//! 2. `credential`
+//! 3. `metrics`, `providers`, `store`
+//! 4. `problem`, `tokens`, `config`
+//! 5. `login`, `routes`
+//! 6. `app`
+//! 7. `proxy`
+//! 8. `server`
+//! 9. `demo`
+//! 10. `cli`
 
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod credential;
 pub mod demo;
 pub mod login;
 pub mod metrics;
@@ -40,6 +62,7 @@ pub mod problem;
 pub mod providers;
 pub mod proxy;
 pub mod routes;
+pub mod schema;
 pub mod scrub;
 pub mod secret;
 pub mod server;

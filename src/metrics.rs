@@ -22,8 +22,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::app::App;
-use crate::tokens::TokenState;
+use crate::credential::TokenState;
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
 const LATENCY_BUCKETS: [f64; 15] = [
@@ -210,9 +209,9 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The whole exposition, in OpenMetrics or classic Prometheus text.
-pub fn render(app: &App, openmetrics: bool) -> String {
+pub fn render(snapshot: Snapshot, openmetrics: bool) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Snapshot::of(app)));
+    registry.register_collector(Box::new(snapshot));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .expect("writing to a String cannot fail");
@@ -261,42 +260,19 @@ fn to_prometheus_text(openmetrics: &str) -> String {
     text
 }
 
-/// Everything a scrape reports, read once.
+/// Everything a scrape reports, read once by the admin endpoint.
 #[derive(Debug)]
-struct Snapshot {
-    upstreams: Vec<UpstreamSnapshot>,
+pub struct Snapshot {
+    pub upstreams: Vec<UpstreamSnapshot>,
 }
 
 #[derive(Debug)]
-struct UpstreamSnapshot {
-    name: String,
-    requests: Arc<RequestMetrics>,
-    tokens: Arc<TokenMetrics>,
-    state: TokenState,
-    expires_at_unix: Option<f64>,
-}
-
-impl Snapshot {
-    fn of(app: &App) -> Snapshot {
-        let now = Instant::now();
-        let wall = SystemTime::now();
-        let upstreams = app
-            .upstreams
-            .iter()
-            .map(|upstream| UpstreamSnapshot {
-                name: upstream.config.name.clone(),
-                requests: Arc::clone(&upstream.metrics),
-                tokens: upstream.tokens.metrics(),
-                state: upstream.tokens.state(),
-                expires_at_unix: upstream
-                    .tokens
-                    .current()
-                    .and_then(|credential| credential.expires_at)
-                    .map(|expires_at| unix_seconds(wall, now, expires_at)),
-            })
-            .collect();
-        Snapshot { upstreams }
-    }
+pub struct UpstreamSnapshot {
+    pub name: String,
+    pub requests: Arc<RequestMetrics>,
+    pub tokens: Arc<TokenMetrics>,
+    pub state: TokenState,
+    pub expires_at_unix: Option<f64>,
 }
 
 /// The wall-clock time of a monotonic instant.

@@ -19,9 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::providers::Injection;
+use crate::credential::Credential;
+use crate::credential::Injection;
 use crate::secret::Secret;
-use crate::tokens::Credential;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -3,21 +3,20 @@
 //! reported before anything listens.
 
 mod interpolate;
-mod raw;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Uri};
+use http::{HeaderName, HeaderValue};
 
+pub use crate::schema::{parse_duration, FieldError, RawAuth, RawDuration, RawScope, Target};
 pub use interpolate::{ProcessSources, Sources};
-pub use raw::{RawAuth, RawDuration, RawScope};
 
 use crate::providers::AuthSpec;
+use crate::schema::{duration_or, header_pairs, RawConfig, RawUpstream};
 use crate::secret::Secret;
-use raw::{RawConfig, RawUpstream};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -49,28 +48,13 @@ pub enum ConfigError {
     },
 }
 
-/// A problem with one field, before the file name is known to the code that found it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub problem: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            problem: problem.into(),
-        }
-    }
-
-    fn in_file(self, file: &str) -> ConfigError {
-        ConfigError::Invalid {
-            file: file.to_owned(),
-            // A TOML key may hold any character; the message stays one line.
-            field: self.field.escape_debug().to_string(),
-            problem: one_line(&self.problem),
-        }
+/// Names the file in a field's error: one line, whatever the key holds.
+fn in_file(error: FieldError, file: &str) -> ConfigError {
+    ConfigError::Invalid {
+        file: file.to_owned(),
+        // A TOML key may hold any character; the message stays one line.
+        field: error.field.escape_debug().to_string(),
+        problem: one_line(&error.problem),
     }
 }
 
@@ -183,61 +167,6 @@ pub struct UpstreamConfig {
     pub auth_key: Secret,
 }
 
-/// An upstream's base URL, split once so forwarding only concatenates.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub uri: Uri,
-    pub scheme: http::uri::Scheme,
-    pub authority: http::uri::Authority,
-    /// The base path without its trailing slash: `""` for `https://h/`, `/api` for `https://h/api/`.
-    pub base_path: String,
-}
-
-impl Target {
-    pub fn parse(text: &str) -> Result<Target, String> {
-        let uri: Uri = text
-            .parse()
-            .map_err(|error| format!("{text:?} is not a URL: {error}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("{text:?} needs a scheme (https:// or http://)"))?;
-        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            return Err(format!("{text:?}: only http and https are supported"));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("{text:?} has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!(
-                "{text:?}: credentials in the URL are not supported; use [auth]"
-            ));
-        }
-        if uri.query().is_some() {
-            return Err(format!("{text:?}: a target cannot have a query string"));
-        }
-        let base_path = uri.path().trim_end_matches('/').to_owned();
-        Ok(Target {
-            uri,
-            scheme,
-            authority,
-            base_path,
-        })
-    }
-
-    /// The URL of a path on this target, for token endpoints that default to one.
-    pub fn join(&self, path: &str) -> String {
-        format!(
-            "{}://{}{}/{}",
-            self.scheme,
-            self.authority,
-            self.base_path,
-            path.trim_start_matches('/')
-        )
-    }
-}
-
 /// Finds the config file: `--config`, `$TOKENPROXY_CONFIG`, `./tokenproxy.toml`,
 /// `$XDG_CONFIG_HOME/tokenproxy/config.toml`.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
@@ -308,7 +237,7 @@ pub fn parse(text: &str, file: &str, sources: &dyn Sources) -> Result<Config, Co
         })?;
     let mut resolved = Vec::new();
     interpolate::interpolate_tree(&mut tree, &mut Vec::new(), sources, &mut resolved)
-        .map_err(|error| FieldError::new(error.field, error.problem).in_file(file))?;
+        .map_err(|error| in_file(FieldError::new(error.field, error.problem), file))?;
     // A value that came from the environment or a secret file may be a secret: whichever
     // check refuses it, the error shows where it came from, not what it is.
     checked(tree, file).map_err(|error| error.without(&resolved))
@@ -323,9 +252,12 @@ fn checked(tree: toml::Value, file: &str) -> Result<Config, ConfigError> {
         } else {
             field
         };
-        FieldError::new(field, one_line(&error.into_inner().to_string())).in_file(file)
+        in_file(
+            FieldError::new(field, one_line(&error.into_inner().to_string())),
+            file,
+        )
     })?;
-    let mut config = validate(raw, file).map_err(|error| error.in_file(file))?;
+    let mut config = validate(raw, file).map_err(|error| in_file(error, file))?;
     for upstream in &mut config.upstreams {
         let auth = auth_keys.get(&upstream.name).cloned().unwrap_or_default();
         // Token requests share the upstream's transport: its CA and timeout count too.
@@ -756,35 +688,6 @@ fn parse_listen(field: &str, text: &str) -> Result<SocketAddr, FieldError> {
     })
 }
 
-pub(crate) fn header_pairs(
-    field: &str,
-    headers: &std::collections::BTreeMap<String, String>,
-) -> Result<Vec<(HeaderName, HeaderValue)>, FieldError> {
-    headers
-        .iter()
-        .map(|(name, value)| {
-            let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                FieldError::new(format!("{field}.{name}"), "is not a valid header name")
-            })?;
-            let header_value = HeaderValue::from_str(value).map_err(|_| {
-                FieldError::new(format!("{field}.{name}"), "is not a valid header value")
-            })?;
-            Ok((header_name, header_value))
-        })
-        .collect()
-}
-
-pub(crate) fn duration_or(
-    field: &str,
-    raw: &Option<RawDuration>,
-    default: Duration,
-) -> Result<Duration, FieldError> {
-    match raw {
-        None => Ok(default),
-        Some(raw) => parse_duration(raw).map_err(|problem| FieldError::new(field, problem)),
-    }
-}
-
 /// `duration_or` for a timeout, which cannot be zero.
 fn timeout_or(
     field: &str,
@@ -795,44 +698,6 @@ fn timeout_or(
         Duration::ZERO => Err(FieldError::new(field, "must be more than 0")),
         timeout => Ok(timeout),
     }
-}
-
-pub(crate) fn duration_or_none(
-    field: &str,
-    raw: &Option<RawDuration>,
-) -> Result<Option<Duration>, FieldError> {
-    raw.as_ref()
-        .map(|raw| parse_duration(raw).map_err(|problem| FieldError::new(field, problem)))
-        .transpose()
-}
-
-/// `"250ms"`, `"90s"`, `"5m"`, `"2h"`, `"1d"`, or a number of seconds.
-pub fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
-    let text = match raw {
-        RawDuration::Seconds(seconds) => return Ok(Duration::from_secs(*seconds)),
-        RawDuration::Text(text) => text.trim(),
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as \"30s\", \"5m\" or \"250ms\""))?;
-    let seconds_per_unit = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86400.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}; use ms, s, m, h or d"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(number * seconds_per_unit)
-        .map_err(|_| format!("{text:?} is out of range"))
 }
 
 fn default_store_path() -> Option<PathBuf> {

@@ -4,7 +4,7 @@
 //! private CA (`ca_file`). The vendor's examples put parameters in the query string; the
 //! text says form body, which is the default (`params_in = "query"` for the other).
 
-use crate::config::{FieldError, Target};
+use crate::schema::{FieldError, Target};
 use crate::secret::Secret;
 use crate::transport::TOKEN_REQUEST_TIMEOUT;
 

@@ -8,9 +8,9 @@
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::config::FieldError;
+use crate::credential::Credential;
+use crate::schema::FieldError;
 use crate::secret::Secret;
-use crate::tokens::Credential;
 use crate::transport::{Transport, TOKEN_REQUEST_TIMEOUT};
 
 use super::device::{self, DeviceAuthorization};

@@ -2,7 +2,7 @@
 //! `bigeval-api-v1`. Tokens are opaque and long-lived; `expires_in` is trusted over the
 //! documentation's "90 days".
 
-use crate::config::{FieldError, Target};
+use crate::schema::{FieldError, Target};
 
 use super::fields::AuthFields;
 use super::oauth::{self, ClientAuth, FlowKind, PresetDefaults};

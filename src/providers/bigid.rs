@@ -10,9 +10,9 @@ use http::Method;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::config::{FieldError, Target};
+use crate::credential::Credential;
+use crate::schema::{FieldError, Target};
 use crate::secret::Secret;
-use crate::tokens::Credential;
 use crate::transport::{Transport, TOKEN_REQUEST_TIMEOUT};
 
 use super::fields::AuthFields;

@@ -5,7 +5,7 @@
 
 use http::{HeaderName, HeaderValue};
 
-use crate::config::FieldError;
+use crate::schema::FieldError;
 
 use super::fields::AuthFields;
 use super::oauth::{self, ClientAuth, FlowKind, PresetDefaults};

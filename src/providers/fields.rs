@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::{duration_or_none, FieldError, RawAuth, RawDuration, RawScope};
+use crate::schema::{duration_or_none, FieldError, RawAuth, RawDuration, RawScope};
 use crate::secret::Secret;
 
 pub struct AuthFields<'a> {

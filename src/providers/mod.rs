@@ -22,9 +22,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use tokio::time::Instant;
 
-use crate::config::{FieldError, RawAuth, Target};
+use crate::credential::{Credential, Injection, UnsendableToken};
+use crate::schema::{FieldError, RawAuth, Target};
 use crate::secret::Secret;
-use crate::tokens::Credential;
 use crate::transport::Transport;
 
 pub use biganimal::BigAnimalSpec;
@@ -52,39 +52,6 @@ pub enum TokenSourceSpec {
     OAuth(Box<OAuthSpec>),
     BigAnimal(Box<BigAnimalSpec>),
     BigId(Box<BigIdSpec>),
-}
-
-/// The headers a token is sent in: `header: scheme token`, plus fixed extra headers
-/// (CAEPE's `Organization`).
-#[derive(Debug, Clone)]
-pub struct Injection {
-    pub header: HeaderName,
-    /// `"Bearer"` by default; empty for a raw token.
-    pub scheme: String,
-    pub extra: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl Injection {
-    /// The full header set for one token. Values are marked sensitive so HTTP/2 never
-    /// puts them in a compression table.
-    pub fn headers_for(
-        &self,
-        token: &Secret,
-    ) -> Result<Vec<(HeaderName, HeaderValue)>, ProviderError> {
-        let value = if self.scheme.is_empty() {
-            token.expose().to_owned()
-        } else {
-            format!("{} {}", self.scheme, token.expose())
-        };
-        let mut value = HeaderValue::from_str(&value).map_err(|_| {
-            ProviderError::Malformed("the token contains characters not allowed in a header".into())
-        })?;
-        value.set_sensitive(true);
-        let mut headers = Vec::with_capacity(1 + self.extra.len());
-        headers.push((self.header.clone(), value));
-        headers.extend(self.extra.iter().cloned());
-        Ok(headers)
-    }
 }
 
 const KINDS: &[&str] = &[
@@ -184,7 +151,7 @@ fn injection(
         ));
     }
     if let Some(headers) = fields.headers() {
-        extra.extend(crate::config::header_pairs(
+        extra.extend(crate::schema::header_pairs(
             &fields.path("headers"),
             headers,
         )?);
@@ -491,6 +458,12 @@ impl ProviderError {
             ProviderError::Status { error, .. } => error.as_deref(),
             _ => None,
         }
+    }
+}
+
+impl From<UnsendableToken> for ProviderError {
+    fn from(error: UnsendableToken) -> Self {
+        ProviderError::Malformed(error.to_string())
     }
 }
 

@@ -21,9 +21,9 @@ use oauth2::{
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::config::FieldError;
+use crate::credential::Credential;
+use crate::schema::FieldError;
 use crate::secret::Secret;
-use crate::tokens::Credential;
 use crate::transport::{QueryParams, TokenHttpError, Transport};
 
 use super::browser::{self, BrowserLogin, CallbackParams, ResponseType};

@@ -2,8 +2,8 @@
 //! token first (the server then drops the grant, and with it, usually, its access tokens),
 //! then the access token, each with its `token_type_hint` and the client's authentication.
 
+use crate::credential::Credential;
 use crate::secret::Secret;
-use crate::tokens::Credential;
 use crate::transport::TOKEN_REQUEST_TIMEOUT;
 
 use super::oauth::TokenEndpoint;

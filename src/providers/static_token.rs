@@ -1,8 +1,8 @@
 //! `kind = "static"`: a fixed token or API key (BigAnimal access keys, personal tokens).
 
-use crate::config::FieldError;
+use crate::credential::Credential;
+use crate::schema::FieldError;
 use crate::secret::Secret;
-use crate::tokens::Credential;
 
 use super::fields::AuthFields;
 use super::{injection, AuthSpec, Injection, ProviderError, TokenSourceSpec};

@@ -95,7 +95,7 @@ fn metrics_response(app: &App, request: &Request<Incoming>) -> Response<ProxyBod
         .get(header::ACCEPT)
         .and_then(|accept| accept.to_str().ok());
     let openmetrics = metrics::wants_openmetrics(accept);
-    let text = metrics::render(app, openmetrics);
+    let text = metrics::render(metrics_snapshot(app), openmetrics);
     let mut response = Response::new(
         Full::new(Bytes::from(text))
             .map_err(|never| match never {})
@@ -110,6 +110,28 @@ fn metrics_response(app: &App, request: &Request<Incoming>) -> Response<ProxyBod
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// What a scrape reports, read once from every upstream.
+fn metrics_snapshot(app: &App) -> metrics::Snapshot {
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now();
+    let upstreams = app
+        .upstreams
+        .iter()
+        .map(|upstream| metrics::UpstreamSnapshot {
+            name: upstream.config.name.clone(),
+            requests: std::sync::Arc::clone(&upstream.metrics),
+            tokens: upstream.tokens.metrics(),
+            state: upstream.tokens.state(),
+            expires_at_unix: upstream
+                .tokens
+                .current()
+                .and_then(|credential| credential.expires_at)
+                .map(|expires_at| metrics::unix_seconds(wall, now, expires_at)),
+        })
+        .collect();
+    metrics::Snapshot { upstreams }
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {

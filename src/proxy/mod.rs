@@ -25,9 +25,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::app::{App, Upstream};
+use crate::credential::Credential;
 use crate::problem::{HostProblem, ProxyError};
 use crate::routes::{self, Route};
-use crate::tokens::{Credential, TokenUnavailable};
+use crate::tokens::TokenUnavailable;
 use crate::transport::{error_chain, Affinity, BoxError, ProxyBody, SendError};
 
 pub use admin::{status, ACTION_HEADER};

@@ -5,6 +5,7 @@
 
 mod deadline;
 pub mod framing;
+mod run;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +21,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+pub use run::{serve_until_signal, start_logged};
 
 use crate::app::{App, BuildError};
 use crate::config::Config;

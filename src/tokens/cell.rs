@@ -13,7 +13,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
-use super::{refresh_at, Credential, TokenReport, TokenSource, TokenState, TokenUnavailable};
+use super::{refresh_at, TokenReport, TokenSource, TokenUnavailable};
+use crate::credential::{Credential, TokenState};
 use crate::metrics::TokenMetrics;
 use crate::providers::{LoginMethod, Provider, ProviderError};
 use crate::store::SharedStore;

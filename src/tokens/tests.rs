@@ -12,7 +12,9 @@ use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 
 use super::*;
+use crate::credential::TokenState;
 use crate::providers::{LoginMethod, ProviderError};
+use crate::secret::Secret;
 use crate::store::Store;
 
 /// What the scripted source answers to its next token request.
