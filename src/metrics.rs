@@ -91,18 +91,24 @@ pub enum UpstreamErrorKind {
     Timeout,
     /// The TLS handshake failed (certificate, protocol).
     Tls,
-    /// The browser guard refused the request.
-    RefusedByGuard,
     /// No valid token could be had.
     NoToken,
 }
 
+/// Why a request counts as more than its status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// The vendor or its token endpoint failed it: an upstream error.
+    Upstream(UpstreamErrorKind),
+    /// The browser guard refused it: never forwarded, and no fault of the vendor's.
+    RefusedByGuard,
+}
+
 impl UpstreamErrorKind {
-    const ALL: [UpstreamErrorKind; 5] = [
+    const ALL: [UpstreamErrorKind; 4] = [
         UpstreamErrorKind::Connect,
         UpstreamErrorKind::Timeout,
         UpstreamErrorKind::Tls,
-        UpstreamErrorKind::RefusedByGuard,
         UpstreamErrorKind::NoToken,
     ];
 
@@ -111,7 +117,6 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Connect => "connect",
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Tls => "tls",
-            UpstreamErrorKind::RefusedByGuard => "refused_by_guard",
             UpstreamErrorKind::NoToken => "no_token",
         }
     }
@@ -123,6 +128,7 @@ pub struct RequestMetrics {
     by_code: Box<[AtomicU64; CODES]>,
     duration: Histogram,
     errors: [AtomicU64; UpstreamErrorKind::ALL.len()],
+    refused_by_guard: AtomicU64,
     inflight: AtomicI64,
 }
 
@@ -132,6 +138,7 @@ impl Default for RequestMetrics {
             by_code: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             duration: Histogram::default(),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            refused_by_guard: AtomicU64::new(0),
             inflight: AtomicI64::new(0),
         }
     }
@@ -168,16 +175,20 @@ pub struct InFlight<'a> {
 }
 
 impl InFlight<'_> {
-    /// Records the answer's status (and why there was no vendor answer, if so).
-    pub fn finish(self, status: StatusCode, error: Option<UpstreamErrorKind>) {
+    /// Records the answer's status, and what else it counts as.
+    pub fn finish(self, status: StatusCode, counted: Option<Counted>) {
         let metrics = self.metrics;
         metrics.duration.observe(self.started.elapsed());
         let index = usize::from(status.as_u16()).saturating_sub(FIRST_CODE);
         if let Some(count) = metrics.by_code.get(index) {
             count.fetch_add(1, Relaxed);
         }
-        if let Some(kind) = error {
-            metrics.count_error(kind);
+        match counted {
+            Some(Counted::Upstream(kind)) => metrics.count_error(kind),
+            Some(Counted::RefusedByGuard) => {
+                metrics.refused_by_guard.fetch_add(1, Relaxed);
+            }
+            None => {}
         }
     }
 }
@@ -371,6 +382,16 @@ impl Collector for Snapshot {
         )?;
         self.encode_counters(
             &mut encoder,
+            "tokenproxy_refused_requests",
+            "Requests refused before forwarding, by reason; not upstream errors.",
+            "reason",
+            |upstream| {
+                let refused = upstream.requests.refused_by_guard.load(Relaxed);
+                std::iter::once((Cow::Borrowed("browser_guard"), refused))
+            },
+        )?;
+        self.encode_counters(
+            &mut encoder,
             "tokenproxy_token_refreshes",
             "Token requests by outcome; `login` counts tokens installed by a user login.",
             "outcome",
@@ -479,7 +500,7 @@ mod tests {
         assert_eq!(metrics.total(), 1);
         metrics.start().finish(
             StatusCode::SERVICE_UNAVAILABLE,
-            Some(UpstreamErrorKind::NoToken),
+            Some(Counted::Upstream(UpstreamErrorKind::NoToken)),
         );
         assert_eq!(metrics.by_code[503 - FIRST_CODE].load(Relaxed), 1);
         assert_eq!(metrics.errors(), 1);

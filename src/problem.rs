@@ -8,9 +8,29 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::metrics::UpstreamErrorKind;
+use crate::metrics::{Counted, UpstreamErrorKind};
 use crate::providers::ProviderError;
 use crate::transport::ProxyBody;
+
+/// Who a failure is due to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Upstream,
+    TokenEndpoint,
+    Proxy,
+}
+
+impl Fault {
+    pub fn label(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Upstream => "upstream",
+            Fault::TokenEndpoint => "token_endpoint",
+            Fault::Proxy => "proxy",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -146,7 +166,9 @@ impl ProxyError {
     }
 
     /// What the metrics count this as, for errors on the way to a vendor.
-    pub fn upstream_error_kind(&self) -> Option<UpstreamErrorKind> {
+    /// Who caused it (Pingora's error source): the client, the vendor, the vendor's token
+    /// endpoint, or the proxy itself (a token it has not got yet).
+    pub fn fault(&self) -> Fault {
         match self {
             ProxyError::NoRoute { .. }
             | ProxyError::BadRequest { .. }
@@ -159,8 +181,45 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::ClientKeyRequired
             | ProxyError::MisdirectedHost { .. }
-            | ProxyError::StaticToken { .. } => None,
-            ProxyError::CrossOrigin { .. } => Some(UpstreamErrorKind::RefusedByGuard),
+            | ProxyError::CrossOrigin { .. }
+            | ProxyError::StaticToken { .. } => Fault::Client,
+            ProxyError::NoToken { cause, .. } => match cause {
+                ProviderError::NeedsLogin
+                | ProviderError::LoginExpired
+                | ProviderError::LoginDenied => Fault::Proxy,
+                _ => Fault::TokenEndpoint,
+            },
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamTls { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::ConnectTimeout { .. } => Fault::Upstream,
+        }
+    }
+
+    /// What the metrics count it as besides its status: upstream errors only when the
+    /// vendor or its token endpoint is at fault, refusals of the browser guard apart.
+    pub fn counted_as(&self) -> Option<Counted> {
+        match self {
+            ProxyError::CrossOrigin { .. } => Some(Counted::RefusedByGuard),
+            _ => self.upstream_error_kind().map(Counted::Upstream),
+        }
+    }
+
+    fn upstream_error_kind(&self) -> Option<UpstreamErrorKind> {
+        match self {
+            ProxyError::NoRoute { .. }
+            | ProxyError::BadRequest { .. }
+            | ProxyError::PathAboveBase { .. }
+            | ProxyError::InvalidHost(_)
+            | ProxyError::UriTooLong { .. }
+            | ProxyError::UnsupportedTransferCoding { .. }
+            | ProxyError::MalformedBody { .. }
+            | ProxyError::BodyTimeout { .. }
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::ClientKeyRequired
+            | ProxyError::MisdirectedHost { .. }
+            | ProxyError::StaticToken { .. }
+            | ProxyError::CrossOrigin { .. } => None,
             ProxyError::NoToken { .. } => Some(UpstreamErrorKind::NoToken),
             ProxyError::UpstreamUnreachable { .. } => Some(UpstreamErrorKind::Connect),
             ProxyError::UpstreamTls { .. } => Some(UpstreamErrorKind::Tls),
@@ -186,6 +245,7 @@ impl ProxyError {
             "title": status.canonical_reason().unwrap_or("Error"),
             "status": status.as_u16(),
             "detail": self.to_string(),
+            "fault": self.fault().label(),
         });
         if let Some(upstream) = self.upstream() {
             problem["upstream"] = upstream.into();

@@ -337,6 +337,9 @@ async fn a_static_token_offers_no_refresh_login_or_logout() {
             "{problem}"
         );
     }
+    // The client asked for what a static token does not do.
+    let refused = json(&post_action(&proxy.url("/-/upstreams/fixed/logout")).await);
+    assert_eq!(refused["fault"], "client", "{refused}");
     // Still sent as before.
     assert_eq!(get(&proxy.url("/fixed/x")).await.status(), StatusCode::OK);
 }
@@ -391,6 +394,7 @@ async fn an_unreachable_token_endpoint_is_named_with_the_operating_systems_words
         !detail.contains("pw") && !detail.contains("tenant"),
         "{detail}"
     );
+    assert_eq!(problem["fault"], "token_endpoint", "{problem}");
 }
 
 #[tokio::test]

@@ -176,7 +176,20 @@ async fn metrics_count_known_traffic_and_pass_promtool() {
         )
     };
     assert_eq!(errors("down", "connect"), 2.0);
-    assert_eq!(errors("echo", "refused_by_guard"), 1.0);
+    // A browser-guard refusal is the client's doing: counted apart, not as the vendor's error.
+    assert_eq!(
+        value(
+            &samples,
+            "tokenproxy_refused_requests_total{upstream=\"echo\",reason=\"browser_guard\"}"
+        ),
+        1.0
+    );
+    assert!(
+        !samples
+            .iter()
+            .any(|(series, _)| series.contains("kind=\"refused_by_guard\"")),
+        "a refusal is no upstream error"
+    );
     assert_eq!(errors("api", "connect"), 0.0);
     assert_eq!(errors("api", "no_token"), 0.0);
     assert_eq!(
