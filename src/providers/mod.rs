@@ -23,7 +23,7 @@ use http::{HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 use crate::credential::{Credential, Injection, UnsendableToken};
-use crate::schema::{FieldError, RawAuth, Target};
+use crate::schema::{AuthValue, FieldError, RawAuth, Target};
 use crate::secret::Secret;
 use crate::transport::Transport;
 
@@ -113,18 +113,17 @@ impl AuthSpec {
             }
         };
         spec.refresh_skew = fields.duration("refresh_skew")?;
-        spec.secrets = [
-            &raw.client_secret,
-            &raw.password,
-            &raw.token,
-            &raw.refresh_token,
-            &raw.user_token,
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|secret| !secret.is_empty())
-        .map(|secret| Secret::new(secret.clone()))
-        .collect();
+        // Every field the table declares a secret, so a new one cannot be forgotten here.
+        spec.secrets = raw
+            .present()
+            .into_iter()
+            .filter_map(|name| match raw.field(name) {
+                Some(AuthValue::Secret(Some(secret))) if !secret.is_empty() => {
+                    Some(Secret::new(secret.clone()))
+                }
+                _ => None,
+            })
+            .collect();
         fields.reject_unused()?;
         Ok(spec)
     }

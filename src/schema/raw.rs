@@ -67,38 +67,92 @@ pub struct RawUpstream {
 /// Every auth option of every kind. Which ones a kind accepts is checked in
 /// `providers::AuthSpec::from_raw`, so a field that means nothing for the chosen kind is an
 /// error too.
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAuth {
-    pub kind: Option<String>,
-    pub grant: Option<String>,
-    pub token_url: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<String>,
-    pub client_auth: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub token: Option<String>,
-    pub scope: Option<RawScope>,
-    pub audience: Option<String>,
-    pub organization: Option<String>,
-    pub header: Option<String>,
-    pub scheme: Option<String>,
-    pub headers: Option<BTreeMap<String, String>>,
-    pub refresh_skew: Option<RawDuration>,
-    pub default_ttl: Option<RawDuration>,
-    pub refresh_token: Option<String>,
-    pub device_authorization_url: Option<String>,
-    pub authorize_url: Option<String>,
-    pub redirect_uri: Option<String>,
-    pub pkce: Option<bool>,
-    pub params_in: Option<String>,
-    pub expire_url: Option<String>,
-    pub revocation_url: Option<String>,
-    pub provider_url: Option<String>,
-    pub exchange_url: Option<String>,
-    pub user_token: Option<String>,
-    pub method: Option<String>,
+/// Declares every `[auth]` field once, with its kind of value: the struct serde fills, the
+/// lookup by name (`RawAuth::field`) and the list of fields that are set, in one order.
+macro_rules! auth_fields {
+    ($($name:ident: $kind:ident),* $(,)?) => {
+        #[derive(Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawAuth {
+            pub kind: Option<String>,
+            $(pub $name: auth_field!(type $kind),)*
+        }
+
+        impl RawAuth {
+            /// The field called `name`, with its kind; `None` for a name that is no field.
+            pub fn field(&self, name: &str) -> Option<AuthValue<'_>> {
+                match name {
+                    $(stringify!($name) => Some(auth_field!(value $kind, &self.$name)),)*
+                    _ => None,
+                }
+            }
+
+            /// The fields that are set (`kind` aside), in declaration order.
+            pub fn present(&self) -> Vec<&'static str> {
+                let mut set = Vec::new();
+                $(if self.$name.is_some() {
+                    set.push(stringify!($name));
+                })*
+                set
+            }
+        }
+    };
+}
+
+macro_rules! auth_field {
+    (type text) => { Option<String> };
+    (type secret) => { Option<String> };
+    (type flag) => { Option<bool> };
+    (type duration) => { Option<RawDuration> };
+    (type scope) => { Option<RawScope> };
+    (type headers) => { Option<BTreeMap<String, String>> };
+    (value text, $field:expr) => { AuthValue::Text($field) };
+    (value secret, $field:expr) => { AuthValue::Secret($field) };
+    (value flag, $field:expr) => { AuthValue::Flag(*$field) };
+    (value duration, $field:expr) => { AuthValue::Duration($field) };
+    (value scope, $field:expr) => { AuthValue::Scope($field) };
+    (value headers, $field:expr) => { AuthValue::Headers($field) };
+}
+
+/// One `[auth]` field as `RawAuth::field` finds it.
+pub enum AuthValue<'a> {
+    Text(&'a Option<String>),
+    Secret(&'a Option<String>),
+    Flag(Option<bool>),
+    Duration(&'a Option<RawDuration>),
+    Scope(&'a Option<RawScope>),
+    Headers(&'a Option<BTreeMap<String, String>>),
+}
+
+auth_fields! {
+    grant: text,
+    token_url: text,
+    client_id: text,
+    client_secret: secret,
+    client_auth: text,
+    username: text,
+    password: secret,
+    token: secret,
+    scope: scope,
+    audience: text,
+    organization: text,
+    header: text,
+    scheme: text,
+    headers: headers,
+    refresh_skew: duration,
+    default_ttl: duration,
+    refresh_token: secret,
+    device_authorization_url: text,
+    authorize_url: text,
+    redirect_uri: text,
+    pkce: flag,
+    params_in: text,
+    expire_url: text,
+    revocation_url: text,
+    provider_url: text,
+    exchange_url: text,
+    user_token: secret,
+    method: text,
 }
 
 /// `scope = "a b"` or `scope = ["a", "b"]`.
