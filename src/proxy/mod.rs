@@ -8,10 +8,8 @@
 //! 5. answer: the vendor's response streamed back (or a tunnel for `Upgrade`), or a
 //!    problem+json for the proxy's own failures; the upstream's metrics count it.
 
-mod admin;
 mod guard;
 mod headers;
-mod page;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,8 +28,6 @@ use crate::problem::{HostProblem, ProxyError};
 use crate::routes::{self, Route};
 use crate::tokens::TokenUnavailable;
 use crate::transport::{error_chain, Affinity, BoxError, ProxyBody, SendError};
-
-pub use admin::{status, ACTION_HEADER};
 
 /// Longest request target (path and query) forwarded; longer ones get 414.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -179,7 +175,8 @@ async fn answer(
         Route::Admin(admin_path) => {
             let admin_path = admin_path.to_owned();
             // Boxed: proxied requests' futures need not carry the admin endpoints' state.
-            Box::pin(admin::handle(app, &admin_path, &verdict, request)).await
+            let same_origin = verdict == guard::Verdict::SameOrigin;
+            Box::pin(crate::admin::handle(app, &admin_path, same_origin, request)).await
         }
         Route::NotFound => {
             return Err(ProxyError::NoRoute {
