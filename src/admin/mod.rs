@@ -6,23 +6,22 @@
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::app::{App, Upstream};
 use crate::metrics;
 use crate::problem::{json_response, ProxyError};
-use crate::providers::{CallbackParams, LoginMethod, Revocation};
+use crate::providers::{LoginMethod, Revocation};
 use crate::status::{
     Action, LoginAnswer, Logout, LogoutAnswer, Refusals, RequestCounts, Status, TokenStatus,
     UpstreamStatus,
 };
 use crate::transport::ProxyBody;
 
+mod callback;
 mod page;
-
-use page::escape;
 
 /// The largest body an admin endpoint reads (an implicit-grant fragment).
 const MAX_ADMIN_BODY: usize = 16 * 1024;
@@ -42,9 +41,7 @@ pub async fn handle(
     let segments: Vec<&str> = path.split('/').collect();
     let method = request.method().clone();
     let result = match (&method, segments.as_slice()) {
-        (&Method::GET | &Method::HEAD, [""]) => Ok(page::status_page(
-            &serde_json::to_value(status(app)).expect("the status serializes"),
-        )),
+        (&Method::GET | &Method::HEAD, [""]) => Ok(page::status_page(&status(app))),
         (&Method::GET | &Method::HEAD, ["assets", name]) => {
             page::asset(name).ok_or_else(|| ProxyError::NoRoute {
                 path: format!("/-/{path}"),
@@ -69,8 +66,8 @@ pub async fn handle(
             Ok(()) => upstream_action(app, name, action).await,
             Err(error) => Err(error),
         },
-        (&Method::GET, ["callback", name]) => callback_get(app, name, request.uri().query()).await,
-        (&Method::POST, ["callback", name]) => callback_post(app, name, request).await,
+        (&Method::GET, ["callback", name]) => callback::get(app, name, request.uri().query()).await,
+        (&Method::POST, ["callback", name]) => callback::post(app, name, request).await,
         (_, [""] | ["health" | "ready" | "status" | "metrics"] | ["assets", _])
         | (_, ["upstreams", _, _])
         | (_, ["callback", _]) => Err(ProxyError::MethodNotAllowed {
@@ -237,117 +234,6 @@ async fn upstream_action(
             path: format!("/-/upstreams/{name}/{action}"),
         }),
     }
-}
-
-/// The vendor's redirect back. Authorization codes arrive in the query. Implicit-grant
-/// tokens arrive in the fragment, which browsers never send: the page reads it and posts
-/// it back here.
-async fn callback_get(
-    app: &App,
-    name: &str,
-    query: Option<&str>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let upstream = find(app, name)?;
-    let params = CallbackParams::parse(query.unwrap_or(""));
-    if params.get("code").is_none()
-        && params.get("error").is_none()
-        && params.get("access_token").is_none()
-    {
-        return Ok(html(StatusCode::OK, &fragment_handoff_page(name)));
-    }
-    Ok(finish_login(app, upstream, &params).await)
-}
-
-async fn callback_post(
-    app: &App,
-    name: &str,
-    request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let upstream = find(app, name)?;
-    let body = Limited::new(request.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-        .map_err(|_| ProxyError::BadRequest {
-            reason: format!(
-                "the callback body must be a URL fragment under {MAX_ADMIN_BODY} bytes"
-            ),
-        })?
-        .to_bytes();
-    let params = CallbackParams::parse(&String::from_utf8_lossy(&body));
-    Ok(finish_login(app, upstream, &params).await)
-}
-
-async fn finish_login(
-    app: &App,
-    upstream: &Upstream,
-    params: &CallbackParams,
-) -> Response<ProxyBody> {
-    let name = &upstream.config.name;
-    match app.logins.callback(&upstream.tokens, params).await {
-        Ok(()) => html(
-            StatusCode::OK,
-            &page(
-                &format!("Logged in to {name}"),
-                &format!(
-                    "<p>tokenproxy now holds a token for <b>{}</b>. You can close this tab.</p>",
-                    escape(name)
-                ),
-            ),
-        ),
-        Err(error) => html(
-            StatusCode::BAD_REQUEST,
-            &page(
-                &format!("Login to {name} failed"),
-                &format!("<p>{}</p>", escape(&error.to_string())),
-            ),
-        ),
-    }
-}
-
-fn fragment_handoff_page(name: &str) -> String {
-    page(
-        &format!("Logging in to {name}"),
-        &format!(
-            "<p id=msg>Handing the token to tokenproxy…</p><script>\
-             const fragment = location.hash.slice(1);\
-             history.replaceState(null, '', location.pathname);\
-             if (!fragment) {{ document.getElementById('msg').textContent = 'The login returned no token.'; }}\
-             else fetch('/-/callback/{name}', {{method: 'POST', headers: {{'Content-Type': 'application/x-www-form-urlencoded'}}, body: fragment}})\
-               .then(r => r.text()).then(t => {{ document.open(); document.write(t); document.close(); }});\
-             </script>",
-            name = escape(name)
-        ),
-    )
-}
-
-fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
-         <title>{title}</title><style>body{{font:16px system-ui,sans-serif;margin:3em auto;max-width:36em;padding:0 1em}}\
-         .code{{font:bold 2.5em monospace;letter-spacing:.1em}}</style><h1>{title}</h1>{body}</html>",
-        title = escape(title)
-    )
-}
-
-fn html(status: StatusCode, body: &str) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_owned()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // The callback page must not leak the code or token to other sites.
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    response
 }
 
 fn upstream_status(app: &App, upstream: &Upstream) -> UpstreamStatus {
