@@ -126,6 +126,16 @@ impl serde::Serialize for TokenState {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for TokenState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let label = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        TokenState::ALL
+            .into_iter()
+            .find(|state| state.label() == label)
+            .ok_or_else(|| serde::de::Error::unknown_variant(&label, &[]))
+    }
+}
+
 impl TokenState {
     pub const ALL: [TokenState; 10] = [
         TokenState::Pending,

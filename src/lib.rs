@@ -20,7 +20,11 @@
 //! - [`routes`]: which upstream a request is for (listener, `Host`, normalized path prefix).
 //! - [`proxy`]: the request path: admission (no open proxy), the browser guard, route,
 //!   credential, header rewrite, forward (401 and reset retries), answer, counted in the
-//!   metrics; and the `/-/` admin endpoints: status page, status, metrics, actions.
+//!   metrics; `/-/` paths go to `admin`.
+//! - [`admin`]: the `/-/` endpoints: the status page (askama templates, its script and
+//!   stylesheet), status, health, readiness, metrics, the actions and the login callback.
+//! - [`status`]: the admin endpoints' JSON as serde types (`/-/status`, the action
+//!   answers), built by `admin`, read by the page and the CLI.
 //! - [`transport`]: the one pooled HTTP client (rustls), for forwarding and token requests;
 //!   cleartext upstream connections that follow the client connection (`affinity`).
 //! - [`problem`]: the proxy's own errors and their problem+json responses.
@@ -43,14 +47,16 @@
 //! 1. `secret`, `scrub`, `schema`, `transport`, `sim`
 //! 2. `credential`
 //! 3. `metrics`, `providers`, `store`
-//! 4. `problem`, `tokens`, `config`
+//! 4. `problem`, `tokens`, `config`, `status`
 //! 5. `login`, `routes`
 //! 6. `app`
-//! 7. `proxy`
-//! 8. `server`
-//! 9. `demo`
-//! 10. `cli`
+//! 7. `admin`
+//! 8. `proxy`
+//! 9. `server`
+//! 10. `demo`
+//! 11. `cli`
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -67,6 +73,7 @@ pub mod scrub;
 pub mod secret;
 pub mod server;
 pub mod sim;
+pub mod status;
 pub mod store;
 pub mod tokens;
 pub mod transport;

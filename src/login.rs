@@ -6,34 +6,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::providers::{BrowserLogin, CallbackParams, LoginMethod, ProviderError};
+use crate::status::{DeviceView, LoginStarted};
 use crate::tokens::TokenCell;
-
-/// What a user needs to approve a device login.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceView {
-    pub user_code: String,
-    pub verification_uri: String,
-    pub verification_uri_complete: Option<String>,
-    pub expires_in: u64,
-    pub interval: u64,
-}
-
-/// The answer to "log in".
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-pub enum LoginStarted {
-    /// No user needed: a token was obtained now.
-    Direct,
-    /// Approve `user_code` at `verification_uri`; tokenproxy polls meanwhile.
-    DeviceCode(DeviceView),
-    /// Open `authorize_url` in a browser; the vendor sends it back to tokenproxy.
-    Browser { authorize_url: String },
-}
 
 enum Pending {
     Device {

@@ -97,7 +97,7 @@ async fn the_page_is_self_contained_html_with_a_row_per_upstream() {
         if name != "icon.svg" {
             let source = std::fs::read_to_string(
                 Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("src/proxy/page")
+                    .join("src/admin/page")
                     .join(name),
             )
             .unwrap();
@@ -143,6 +143,61 @@ async fn the_page_is_self_contained_html_with_a_row_per_upstream() {
         )),
         "{ba}"
     );
+    drop(sim);
+}
+
+/// The admin answers read as the types in `tokenproxy::status` (as the CLI reads them), and
+/// those types write them back field for field.
+#[tokio::test]
+async fn the_admin_answers_read_as_their_types() {
+    use tokenproxy::status::{LoginAnswer, LoginStarted, LogoutAnswer, Status, UpstreamStatus};
+
+    fn read<T: serde::de::DeserializeOwned + serde::Serialize>(value: serde_json::Value) -> T {
+        let typed: T = serde_json::from_value(value.clone())
+            .unwrap_or_else(|error| panic!("{error} in {value}"));
+        assert_eq!(serde_json::to_value(&typed).unwrap(), value);
+        typed
+    }
+
+    let upstream = echo::start().await;
+    let sim = biganimal::start(biganimal::BigAnimalSimConfig::default()).await;
+    let tokens = client_credentials_sim("s3cret", Duration::from_secs(3600)).await;
+    let proxy = TestProxy::start(&format!(
+        "{}{}[upstreams.biganimal]\ntarget = \"{}/\"\n\
+         [upstreams.biganimal.auth]\nkind = \"biganimal\"\nprovider_url = \"{}\"\n",
+        static_upstream("api", &format!("{}/", upstream.url()), "page-token", ""),
+        client_credentials_upstream("svc", &tokens, "s3cret"),
+        sim.api_url(),
+        sim.provider_url()
+    ))
+    .await;
+
+    let refreshed: UpstreamStatus = read(json(
+        &post_action(&proxy.url("/-/upstreams/svc/refresh")).await,
+    ));
+    assert_eq!(refreshed.token.state.label(), "valid");
+    let login: LoginAnswer = read(json(
+        &post_action(&proxy.url("/-/upstreams/biganimal/login")).await,
+    ));
+    assert!(
+        matches!(login.started, LoginStarted::DeviceCode(_)),
+        "{login:?}"
+    );
+
+    let status: Status = read(json(&get(&proxy.url("/-/status")).await));
+    let named = |name: &str| {
+        let found = status.upstreams.iter().find(|u| u.name == name);
+        found.unwrap_or_else(|| panic!("no {name} in {status:?}"))
+    };
+    assert!(named("biganimal").pending_login.is_some());
+    assert_eq!(named("svc").token.refreshes, 1);
+    assert!(named("api").actions.is_empty());
+
+    let logout: LogoutAnswer = read(json(
+        &post_action(&proxy.url("/-/upstreams/svc/logout")).await,
+    ));
+    assert!(logout.logout.had_token, "{logout:?}");
+    assert_eq!(logout.upstream.name, "svc");
     drop(sim);
 }
 

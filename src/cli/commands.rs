@@ -8,7 +8,9 @@ use tokio::time::Instant;
 
 use super::daemon::{detail, Admin};
 use crate::config::{Config, UpstreamConfig};
+use crate::credential::TokenState;
 use crate::providers::TokenSourceSpec;
+use crate::status::{LoginAnswer, LoginStarted, Logout, LogoutAnswer, Status, UpstreamStatus};
 use crate::store::Store;
 
 /// A token that expires sooner than this is refreshed before `token` prints it.
@@ -48,19 +50,13 @@ pub async fn login(config: Config, name: String, open_browser: bool) -> Result<(
 }
 
 async fn run_login(admin: &Admin, name: &str, open_browser: bool) -> Result<(), String> {
-    let refreshes_before = token_field(admin, name, "refreshes")
-        .await?
-        .as_u64()
-        .unwrap_or(0);
-    let (status, body) = admin.post(&format!("/-/upstreams/{name}/login")).await?;
-    if !status.is_success() {
-        return Err(detail(status, &body));
-    }
-    match body["method"].as_str() {
-        Some("device_code") => {
-            let code = body["user_code"].as_str().unwrap_or_default();
-            let uri = body["verification_uri"].as_str().unwrap_or_default();
-            let complete = body["verification_uri_complete"].as_str();
+    let refreshes_before = upstream_status(admin, name).await?.token.refreshes;
+    let answer: LoginAnswer = action(admin, name, "login").await?;
+    match answer.started {
+        LoginStarted::DeviceCode(device) => {
+            let code = &device.user_code;
+            let uri = device.verification_uri.as_str();
+            let complete = device.verification_uri_complete.as_deref();
             println!("To log in to {name}, open {uri}");
             println!("and enter the code:  {code}");
             if let Some(complete) = complete {
@@ -72,16 +68,15 @@ async fn run_login(admin: &Admin, name: &str, open_browser: bool) -> Result<(), 
             // The poller reports the code's expiry itself, in words that say so; this
             // deadline only guards against a poller that never reports (a last poll may
             // take the whole token request timeout).
-            let expires_in = Duration::from_secs(body["expires_in"].as_u64().unwrap_or(600));
+            let expires_in = Duration::from_secs(device.expires_in);
             let within = expires_in + crate::transport::TOKEN_REQUEST_TIMEOUT + LOGIN_REPORT_GRACE;
             wait_for_login(admin, name, refreshes_before, within, "approval").await
         }
-        Some("browser") => {
-            let url = body["authorize_url"].as_str().unwrap_or_default();
+        LoginStarted::Browser { authorize_url } => {
             println!("To log in to {name}, open this page and sign in:");
-            println!("  {url}");
+            println!("  {authorize_url}");
             if open_browser {
-                open_in_browser(url);
+                open_in_browser(&authorize_url);
             }
             wait_for_login(
                 admin,
@@ -92,7 +87,7 @@ async fn run_login(admin: &Admin, name: &str, open_browser: bool) -> Result<(), 
             )
             .await
         }
-        _ => {
+        LoginStarted::Direct => {
             println!("{name}: token obtained; no login needed for this kind");
             Ok(())
         }
@@ -108,16 +103,13 @@ async fn wait_for_login(
     within: Duration,
     waiting_for: &str,
 ) -> Result<(), String> {
-    let failures_before = token_field(admin, name, "failures")
-        .await?
-        .as_u64()
-        .unwrap_or(0);
+    let failures_before = upstream_status(admin, name).await?.token.failures;
     let deadline = Instant::now() + within;
     let terminal = std::io::stderr().is_terminal();
     loop {
-        let token = upstream_status(admin, name).await?["token"].clone();
-        if token["refreshes"].as_u64().unwrap_or(0) > refreshes_before
-            && matches!(token["state"].as_str(), Some("valid" | "expiring"))
+        let token = upstream_status(admin, name).await?.token;
+        if token.refreshes > refreshes_before
+            && matches!(token.state, TokenState::Valid | TokenState::Expiring)
         {
             if terminal {
                 eprint!("\r\x1b[K");
@@ -125,13 +117,13 @@ async fn wait_for_login(
             println!("Logged in to {name}.");
             return Ok(());
         }
-        if token["failures"].as_u64().unwrap_or(0) > failures_before {
+        if token.failures > failures_before {
             if terminal {
                 eprint!("\r\x1b[K");
             }
             return Err(format!(
                 "login to {name} failed: {}",
-                token["last_error"].as_str().unwrap_or("unknown error")
+                token.last_error.as_deref().unwrap_or("unknown error")
             ));
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -154,32 +146,28 @@ async fn wait_for_login(
 pub async fn logout(config: Config, name: String) -> Result<(), String> {
     upstream(&config, &name)?;
     let admin = Admin::connect(&config, false).await?;
-    let answer = admin.post(&format!("/-/upstreams/{name}/logout")).await;
+    let answer: Result<LogoutAnswer, String> = action(&admin, &name, "logout").await;
     admin.close().await;
-    let (status, body) = answer?;
-    if !status.is_success() {
-        return Err(detail(status, &body));
-    }
-    println!("{}", logout_message(name.as_str(), &body));
+    println!("{}", logout_message(name.as_str(), &answer?.logout));
     Ok(())
 }
 
 /// What logging out did, in the same words as the status page: "revoked" only when the
 /// vendor's revocation endpoint accepted it.
-fn logout_message(name: &str, body: &serde_json::Value) -> String {
-    if body["revoked"] == true {
+fn logout_message(name: &str, logout: &Logout) -> String {
+    if logout.revoked {
         return format!(
             "{name}: logged out; the vendor revoked the token and tokenproxy forgot it"
         );
     }
-    if body["had_token"] != true {
+    if !logout.had_token {
         return format!("{name}: logged out; there was no token to forget");
     }
-    let until = match body["still_valid_until_unix"].as_u64() {
+    let until = match logout.still_valid_until_unix {
         Some(at) => format!("stays valid until {}", utc_time(at)),
         None => "stays valid until the vendor expires it".to_owned(),
     };
-    let failed = match body["revocation_error"].as_str() {
+    let failed = match &logout.revocation_error {
         Some(error) => format!(" (revocation failed: {error})"),
         None => String::new(),
     };
@@ -222,21 +210,23 @@ pub async fn status(config: Config, json: bool) -> Result<(), String> {
         return Err(detail(status, &body));
     }
     if json {
+        // The daemon's document as it sent it, fields this version does not know included.
         println!(
             "{}",
             serde_json::to_string_pretty(&body).unwrap_or_default()
         );
         return Ok(());
     }
+    let status = read_status(body)?;
     match daemon {
         Some(base) => println!("daemon: {base}"),
         None => println!("daemon: not running (showing the store)"),
     }
-    print_table(&body);
+    print_table(&status);
     Ok(())
 }
 
-fn print_table(status: &serde_json::Value) {
+fn print_table(status: &Status) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -249,25 +239,22 @@ fn print_table(status: &serde_json::Value) {
         "LAST REFRESH".to_owned(),
         "LAST ERROR".to_owned(),
     ]];
-    for upstream in status["upstreams"].as_array().into_iter().flatten() {
-        let token = &upstream["token"];
+    for upstream in &status.upstreams {
+        let token = &upstream.token;
         rows.push([
-            upstream["name"].as_str().unwrap_or("?").to_owned(),
-            upstream["kind"].as_str().unwrap_or("?").to_owned(),
-            token["state"].as_str().unwrap_or("?").to_owned(),
-            match (
-                token["state"].as_str(),
-                token["expires_in_seconds"].as_u64(),
-            ) {
-                (Some("valid"), None) => "never".to_owned(),
+            upstream.name.clone(),
+            upstream.kind.clone(),
+            token.state.label().to_owned(),
+            match (token.state, token.expires_in_seconds) {
+                (TokenState::Valid, None) => "never".to_owned(),
                 (_, Some(seconds)) => human(Duration::from_secs(seconds)),
                 _ => "-".to_owned(),
             },
-            token["last_refresh_unix"]
-                .as_u64()
+            token
+                .last_refresh_unix
                 .map(|at| format!("{} ago", human(Duration::from_secs(now.saturating_sub(at)))))
                 .unwrap_or_else(|| "-".to_owned()),
-            token["last_error"].as_str().unwrap_or("-").to_owned(),
+            token.last_error.as_deref().unwrap_or("-").to_owned(),
         ]);
     }
     let widths: Vec<usize> = (0..6)
@@ -338,16 +325,13 @@ async fn daemon_token(
              use curl through the proxy instead (http://…/{name}/...)"
         ));
     };
-    let token = upstream_status(admin, name).await?["token"].clone();
-    let fresh = token["state"] == "valid"
-        && token["expires_in_seconds"]
-            .as_u64()
+    let token = upstream_status(admin, name).await?.token;
+    let fresh = token.state == TokenState::Valid
+        && token
+            .expires_in_seconds
             .is_none_or(|seconds| seconds >= TOKEN_MIN_LIFETIME.as_secs());
     if !fresh {
-        let (status, body) = admin.post(&format!("/-/upstreams/{name}/refresh")).await?;
-        if !status.is_success() {
-            return Err(detail(status, &body));
-        }
+        let _: UpstreamStatus = action(admin, name, "refresh").await?;
     }
     let entries = Store::read_only(store_path).map_err(|error| error.to_string())?;
     entries
@@ -363,22 +347,43 @@ fn expires_soon(expires_at: Option<Instant>) -> bool {
     expires_at.is_some_and(|at| at.saturating_duration_since(Instant::now()) < TOKEN_MIN_LIFETIME)
 }
 
-async fn upstream_status(admin: &Admin, name: &str) -> Result<serde_json::Value, String> {
+async fn upstream_status(admin: &Admin, name: &str) -> Result<UpstreamStatus, String> {
     let (status, body) = admin.get("/-/status").await?;
     if !status.is_success() {
         return Err(detail(status, &body));
     }
-    body["upstreams"]
-        .as_array()
+    read_status(body)?
+        .upstreams
         .into_iter()
-        .flatten()
-        .find(|upstream| upstream["name"] == name)
-        .cloned()
+        .find(|upstream| upstream.name == name)
         .ok_or_else(|| format!("the running tokenproxy has no upstream named {name:?}"))
 }
 
-async fn token_field(admin: &Admin, name: &str, field: &str) -> Result<serde_json::Value, String> {
-    Ok(upstream_status(admin, name).await?["token"][field].clone())
+fn read_status(body: serde_json::Value) -> Result<Status, String> {
+    read_answer("/-/status", body)
+}
+
+/// `POST /-/upstreams/NAME/ACTION`, its answer read as `T`.
+async fn action<T: serde::de::DeserializeOwned>(
+    admin: &Admin,
+    name: &str,
+    action: &str,
+) -> Result<T, String> {
+    let path = format!("/-/upstreams/{name}/{action}");
+    let (status, body) = admin.post(&path).await?;
+    if !status.is_success() {
+        return Err(detail(status, &body));
+    }
+    read_answer(&path, body)
+}
+
+fn read_answer<T: serde::de::DeserializeOwned>(
+    path: &str,
+    body: serde_json::Value,
+) -> Result<T, String> {
+    serde_json::from_value(body).map_err(|error| {
+        format!("the running tokenproxy's answer to {path} does not read: {error}")
+    })
 }
 
 /// Opens `url` with `$BROWSER`, `open` (macOS) or `xdg-open` (a desktop session), if any.
@@ -560,21 +565,31 @@ mod tests {
 
     #[test]
     fn logout_says_revoked_only_when_the_vendor_did() {
-        let said = |body: serde_json::Value| logout_message("api", &body);
+        let said = |revoked, had_token, still_valid_until_unix, revocation_error: Option<&str>| {
+            logout_message(
+                "api",
+                &Logout {
+                    had_token,
+                    revoked,
+                    still_valid_until_unix,
+                    revocation_error: revocation_error.map(str::to_owned),
+                },
+            )
+        };
         assert_eq!(
-            said(serde_json::json!({"revoked": true, "had_token": true})),
+            said(true, true, None, None),
             "api: logged out; the vendor revoked the token and tokenproxy forgot it"
         );
         assert_eq!(
-            said(serde_json::json!({"revoked": false, "had_token": true, "still_valid_until_unix": 1_796_061_845u64})),
+            said(false, true, Some(1_796_061_845), None),
             "api: logged out; forgotten here; the vendor's token stays valid until 2026-11-30 18:04:05 UTC"
         );
         assert_eq!(
-            said(serde_json::json!({"revoked": false, "had_token": true, "revocation_error": "token endpoint answered HTTP 503"})),
+            said(false, true, None, Some("token endpoint answered HTTP 503")),
             "api: logged out; forgotten here; the vendor's token stays valid until the vendor expires it (revocation failed: token endpoint answered HTTP 503)"
         );
         assert_eq!(
-            said(serde_json::json!({"revoked": false, "had_token": false})),
+            said(false, false, None, None),
             "api: logged out; there was no token to forget"
         );
     }

@@ -84,7 +84,7 @@ impl Admin {
             .method(method)
             .uri(&url)
             .header(http::header::ACCEPT, "application/json")
-            .header(crate::proxy::ACTION_HEADER, "1")
+            .header(crate::admin::ACTION_HEADER, "1")
             .body(Vec::new())
             .map_err(|error| error.to_string())?;
         let response = self

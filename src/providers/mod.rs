@@ -163,7 +163,7 @@ fn injection(
 }
 
 /// How a token is first obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LoginMethod {
     /// No user needed: a request to the token endpoint does it.

@@ -9,12 +9,10 @@
 //!    `finish` (the vendor's response streamed back, or a tunnel for `Upgrade`);
 //! 4. answer: the proxy's own failures as problem+json, counted by who was at fault.
 
-mod admin;
 mod body;
 mod forward;
 mod guard;
 mod headers;
-mod page;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,8 +25,6 @@ use crate::app::{App, Upstream};
 use crate::problem::{HostProblem, ProxyError};
 use crate::routes::{self, Route};
 use crate::transport::{Affinity, ProxyBody};
-
-pub use admin::{status, ACTION_HEADER};
 
 /// Longest request target (path and query) forwarded; longer ones get 414.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -176,7 +172,8 @@ async fn answer(
         Route::Admin(admin_path) => {
             let admin_path = admin_path.to_owned();
             // Boxed: proxied requests' futures need not carry the admin endpoints' state.
-            Box::pin(admin::handle(app, &admin_path, &verdict, request)).await
+            let same_origin = verdict == guard::Verdict::SameOrigin;
+            Box::pin(crate::admin::handle(app, &admin_path, same_origin, request)).await
         }
         Route::NotFound => {
             return Err(ProxyError::NoRoute {

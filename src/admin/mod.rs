@@ -1,21 +1,27 @@
 //! tokenproxy's own endpoints under `/-/`, never forwarded: the status page (`/-/` and its
 //! assets), health, readiness, status, metrics, the per-upstream actions
 //! (`POST /-/upstreams/NAME/{login,logout,refresh}`) and the login callback
-//! (`/-/callback/NAME`).
+//! (`/-/callback/NAME`). The proxy hands it every `/-/` request that passed its guards;
+//! the JSON it answers is typed in [`crate::status`].
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::guard::Verdict;
-use super::page::{self, escape};
 use crate::app::{App, Upstream};
 use crate::metrics;
 use crate::problem::{json_response, ProxyError};
-use crate::providers::{CallbackParams, LoginMethod, Revocation};
+use crate::providers::{LoginMethod, Revocation};
+use crate::status::{
+    Action, LoginAnswer, Logout, LogoutAnswer, Refusals, RequestCounts, Status, TokenStatus,
+    UpstreamStatus,
+};
 use crate::transport::ProxyBody;
+
+mod callback;
+mod page;
 
 /// The largest body an admin endpoint reads (an implicit-grant fragment).
 const MAX_ADMIN_BODY: usize = 16 * 1024;
@@ -24,10 +30,12 @@ const MAX_ADMIN_BODY: usize = 16 * 1024;
 /// script can only after a CORS preflight, which the browser guard refuses.
 pub const ACTION_HEADER: &str = "tokenproxy-action";
 
+/// Answers `/-/{path}`. `same_origin`: the request came from the status page's own origin,
+/// or from no browser at all (the browser guard's verdict), which actions require.
 pub async fn handle(
     app: &App,
     path: &str,
-    verdict: &Verdict,
+    same_origin: bool,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let segments: Vec<&str> = path.split('/').collect();
@@ -40,7 +48,7 @@ pub async fn handle(
             })
         }
         (&Method::GET | &Method::HEAD, ["health"]) => {
-            Ok(json(StatusCode::OK, serde_json::json!({"status": "ok"})))
+            Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
         }
         (&Method::GET | &Method::HEAD, ["ready"]) => {
             let ready = app.ready();
@@ -49,16 +57,17 @@ pub async fn handle(
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            Ok(json(status, serde_json::json!({ "ready": ready })))
+            Ok(json(status, &serde_json::json!({ "ready": ready })))
         }
-        (&Method::GET | &Method::HEAD, ["status"]) => Ok(json(StatusCode::OK, status(app))),
+        (&Method::GET | &Method::HEAD, ["status"]) => Ok(json(StatusCode::OK, &status(app))),
         (&Method::GET | &Method::HEAD, ["metrics"]) => Ok(metrics_response(app, &request)),
-        (&Method::POST, ["upstreams", name, action]) => match action_allowed(verdict, &request) {
+        (&Method::POST, ["upstreams", name, action]) => match action_allowed(same_origin, &request)
+        {
             Ok(()) => upstream_action(app, name, action).await,
             Err(error) => Err(error),
         },
-        (&Method::GET, ["callback", name]) => callback_get(app, name, request.uri().query()).await,
-        (&Method::POST, ["callback", name]) => callback_post(app, name, request).await,
+        (&Method::GET, ["callback", name]) => callback::get(app, name, request.uri().query()).await,
+        (&Method::POST, ["callback", name]) => callback::post(app, name, request).await,
         (_, [""] | ["health" | "ready" | "status" | "metrics"] | ["assets", _])
         | (_, ["upstreams", _, _])
         | (_, ["callback", _]) => Err(ProxyError::MethodNotAllowed {
@@ -73,8 +82,8 @@ pub async fn handle(
 
 /// Actions change state, so they are same-origin only: the page's own origin (or no
 /// browser at all), and the action header.
-fn action_allowed(verdict: &Verdict, request: &Request<Incoming>) -> Result<(), ProxyError> {
-    if *verdict != Verdict::SameOrigin {
+fn action_allowed(same_origin: bool, request: &Request<Incoming>) -> Result<(), ProxyError> {
+    if !same_origin {
         return Err(ProxyError::CrossOrigin {
             reason: "actions are accepted from the status page's own origin only".into(),
         });
@@ -134,7 +143,9 @@ fn metrics_snapshot(app: &App) -> metrics::Snapshot {
     metrics::Snapshot { upstreams }
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+/// Through a `serde_json::Value`, whose keys are sorted, as the answers always were.
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<ProxyBody> {
+    let value = serde_json::to_value(value).expect("an admin answer serializes");
     json_response(status, "application/json", &value)
 }
 
@@ -172,16 +183,18 @@ async fn upstream_action(
                 .start(tokens, &app.callback_url(name))
                 .await
                 .map_err(|cause| no_token(name, cause))?;
-            let mut body = serde_json::to_value(&started).unwrap_or_default();
-            body["upstream"] = name.into();
-            Ok(json(StatusCode::OK, body))
+            let answer = LoginAnswer {
+                upstream: name.to_owned(),
+                started,
+            };
+            Ok(json(StatusCode::OK, &answer))
         }
         "refresh" => {
             tokens
                 .refresh()
                 .await
                 .map_err(|unavailable| no_token(name, unavailable.cause))?;
-            Ok(json(StatusCode::OK, upstream_status(app, upstream)))
+            Ok(json(StatusCode::OK, &upstream_status(app, upstream)))
         }
         "logout" => {
             app.logins.cancel(name);
@@ -206,12 +219,16 @@ async fn upstream_action(
                     metrics::unix_seconds(std::time::SystemTime::now(), Instant::now(), at).floor()
                         as u64
                 });
-            let mut body = upstream_status(app, upstream);
-            body["had_token"] = forgotten.is_some().into();
-            body["revoked"] = revoked.into();
-            body["still_valid_until_unix"] = still_valid_until.into();
-            body["revocation_error"] = revocation_error.into();
-            Ok(json(StatusCode::OK, body))
+            let answer = LogoutAnswer {
+                upstream: upstream_status(app, upstream),
+                logout: Logout {
+                    had_token: forgotten.is_some(),
+                    revoked,
+                    still_valid_until_unix: still_valid_until,
+                    revocation_error,
+                },
+            };
+            Ok(json(StatusCode::OK, &answer))
         }
         _ => Err(ProxyError::NoRoute {
             path: format!("/-/upstreams/{name}/{action}"),
@@ -219,118 +236,7 @@ async fn upstream_action(
     }
 }
 
-/// The vendor's redirect back. Authorization codes arrive in the query. Implicit-grant
-/// tokens arrive in the fragment, which browsers never send: the page reads it and posts
-/// it back here.
-async fn callback_get(
-    app: &App,
-    name: &str,
-    query: Option<&str>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let upstream = find(app, name)?;
-    let params = CallbackParams::parse(query.unwrap_or(""));
-    if params.get("code").is_none()
-        && params.get("error").is_none()
-        && params.get("access_token").is_none()
-    {
-        return Ok(html(StatusCode::OK, &fragment_handoff_page(name)));
-    }
-    Ok(finish_login(app, upstream, &params).await)
-}
-
-async fn callback_post(
-    app: &App,
-    name: &str,
-    request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let upstream = find(app, name)?;
-    let body = Limited::new(request.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-        .map_err(|_| ProxyError::BadRequest {
-            reason: format!(
-                "the callback body must be a URL fragment under {MAX_ADMIN_BODY} bytes"
-            ),
-        })?
-        .to_bytes();
-    let params = CallbackParams::parse(&String::from_utf8_lossy(&body));
-    Ok(finish_login(app, upstream, &params).await)
-}
-
-async fn finish_login(
-    app: &App,
-    upstream: &Upstream,
-    params: &CallbackParams,
-) -> Response<ProxyBody> {
-    let name = &upstream.config.name;
-    match app.logins.callback(&upstream.tokens, params).await {
-        Ok(()) => html(
-            StatusCode::OK,
-            &page(
-                &format!("Logged in to {name}"),
-                &format!(
-                    "<p>tokenproxy now holds a token for <b>{}</b>. You can close this tab.</p>",
-                    escape(name)
-                ),
-            ),
-        ),
-        Err(error) => html(
-            StatusCode::BAD_REQUEST,
-            &page(
-                &format!("Login to {name} failed"),
-                &format!("<p>{}</p>", escape(&error.to_string())),
-            ),
-        ),
-    }
-}
-
-fn fragment_handoff_page(name: &str) -> String {
-    page(
-        &format!("Logging in to {name}"),
-        &format!(
-            "<p id=msg>Handing the token to tokenproxy…</p><script>\
-             const fragment = location.hash.slice(1);\
-             history.replaceState(null, '', location.pathname);\
-             if (!fragment) {{ document.getElementById('msg').textContent = 'The login returned no token.'; }}\
-             else fetch('/-/callback/{name}', {{method: 'POST', headers: {{'Content-Type': 'application/x-www-form-urlencoded'}}, body: fragment}})\
-               .then(r => r.text()).then(t => {{ document.open(); document.write(t); document.close(); }});\
-             </script>",
-            name = escape(name)
-        ),
-    )
-}
-
-fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
-         <title>{title}</title><style>body{{font:16px system-ui,sans-serif;margin:3em auto;max-width:36em;padding:0 1em}}\
-         .code{{font:bold 2.5em monospace;letter-spacing:.1em}}</style><h1>{title}</h1>{body}</html>",
-        title = escape(title)
-    )
-}
-
-fn html(status: StatusCode, body: &str) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_owned()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // The callback page must not leak the code or token to other sites.
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    response
-}
-
-fn upstream_status(app: &App, upstream: &Upstream) -> serde_json::Value {
+fn upstream_status(app: &App, upstream: &Upstream) -> UpstreamStatus {
     let now = Instant::now();
     let config = &upstream.config;
     let current = upstream.tokens.current();
@@ -341,64 +247,70 @@ fn upstream_status(app: &App, upstream: &Upstream) -> serde_json::Value {
     let expires_at_unix = expires_at
         .map(|at| metrics::unix_seconds(std::time::SystemTime::now(), now, at).floor() as u64);
     let report = upstream.tokens.report();
-    serde_json::json!({
-        "name": config.name,
-        "prefix": config.prefix,
-        "host": config.host,
-        "listen": config.listen.map(|addr| addr.to_string()),
-        "target": config.target.uri.to_string(),
-        "kind": config.auth.kind,
-        "login": upstream.tokens.provider().login_method(),
-        "actions": actions(upstream),
-        "token": {
-            "state": upstream.tokens.state(),
-            "expires_in_seconds": expires_in,
-            "expires_at_unix": expires_at_unix,
-            "last_refresh_unix": report.last_refresh.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
-            "last_error": report.last_error,
-            "refreshes": report.refreshes,
-            "failures": report.failures,
-            "requests_waited": report.requests_waited,
+    UpstreamStatus {
+        name: config.name.clone(),
+        prefix: config.prefix.clone(),
+        host: config.host.clone(),
+        listen: config.listen.map(|addr| addr.to_string()),
+        target: config.target.uri.to_string(),
+        kind: config.auth.kind.clone(),
+        login: upstream.tokens.provider().login_method(),
+        actions: actions(upstream),
+        token: TokenStatus {
+            state: upstream.tokens.state(),
+            expires_in_seconds: expires_in,
+            expires_at_unix,
+            last_refresh_unix: report
+                .last_refresh
+                .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|since| since.as_secs()),
+            last_error: report.last_error,
+            refreshes: report.refreshes,
+            failures: report.failures,
+            requests_waited: report.requests_waited,
         },
-        "requests": {
-            "total": upstream.metrics.total(),
-            "errors": upstream.metrics.errors(),
+        requests: RequestCounts {
+            total: upstream.metrics.total(),
+            errors: upstream.metrics.errors(),
         },
-        "pending_login": app.logins.pending_device(&config.name),
-    })
+        pending_login: app.logins.pending_device(&config.name),
+    }
 }
 
 /// The actions an upstream offers: a static token has none.
-fn actions(upstream: &Upstream) -> Vec<&'static str> {
+fn actions(upstream: &Upstream) -> Vec<Action> {
     let provider = upstream.tokens.provider();
     if !provider.refreshes() {
         return Vec::new();
     }
     match provider.login_method() {
-        LoginMethod::Direct => vec!["refresh", "logout"],
-        LoginMethod::DeviceCode | LoginMethod::Browser => vec!["refresh", "login", "logout"],
+        LoginMethod::Direct => vec![Action::Refresh, Action::Logout],
+        LoginMethod::DeviceCode | LoginMethod::Browser => {
+            vec![Action::Refresh, Action::Login, Action::Logout]
+        }
     }
 }
 
-/// Per upstream: route, target, kind, token state and timings. Never a token.
-pub fn status(app: &App) -> serde_json::Value {
-    let upstreams: Vec<serde_json::Value> = app
-        .upstreams
-        .iter()
-        .map(|upstream| upstream_status(app, upstream))
-        .collect();
+/// The `/-/status` document.
+pub fn status(app: &App) -> Status {
     use std::sync::atomic::Ordering::Relaxed;
     let refusals = &app.refusals;
-    serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "now_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs()),
-        "ready": app.ready(),
-        "upstreams": upstreams,
-        "browser_guard_refusals": {
-            "foreign_host": refusals.foreign_host.load(Relaxed),
-            "foreign_origin": refusals.foreign_origin.load(Relaxed),
-            "null_origin": refusals.null_origin.load(Relaxed),
-            "cross_site_fetch": refusals.cross_site_fetch.load(Relaxed),
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        now_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs()),
+        ready: app.ready(),
+        upstreams: app
+            .upstreams
+            .iter()
+            .map(|upstream| upstream_status(app, upstream))
+            .collect(),
+        browser_guard_refusals: Refusals {
+            foreign_host: refusals.foreign_host.load(Relaxed),
+            foreign_origin: refusals.foreign_origin.load(Relaxed),
+            null_origin: refusals.null_origin.load(Relaxed),
+            cross_site_fetch: refusals.cross_site_fetch.load(Relaxed),
         },
-    })
+    }
 }

@@ -1,0 +1,270 @@
+//! The admin endpoints' JSON as types: the `/-/status` document, the answers to the
+//! login and logout actions. The admin side builds these values, and the status page and
+//! the CLI read them, so the field names live here once. `status.js` and the Postman
+//! collection read the same JSON.
+//!
+//! A missing optional field reads as `None`, and an unknown field is ignored, so a CLI
+//! reads a daemon one version apart.
+
+use serde::{Deserialize, Serialize};
+
+use crate::credential::TokenState;
+use crate::providers::LoginMethod;
+
+/// `GET /-/status`: per upstream, route, target, kind, token state and timings. Never a
+/// token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub now_unix: u64,
+    /// Every upstream has a valid token (`/-/ready` answers 200).
+    pub ready: bool,
+    pub upstreams: Vec<UpstreamStatus>,
+    pub browser_guard_refusals: Refusals,
+}
+
+/// One upstream in the status; also the answer to its `refresh` action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub prefix: String,
+    pub host: Option<String>,
+    /// The upstream's own listener, `IP:PORT`.
+    pub listen: Option<String>,
+    pub target: String,
+    /// The auth kind as configured (`static`, `oauth2_client_credentials`, a vendor...).
+    pub kind: String,
+    pub login: LoginMethod,
+    /// What the upstream offers: a static token offers nothing.
+    pub actions: Vec<Action>,
+    pub token: TokenStatus,
+    pub requests: RequestCounts,
+    /// A device login waiting for approval.
+    pub pending_login: Option<DeviceView>,
+}
+
+/// `POST /-/upstreams/NAME/ACTION`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Refresh,
+    Login,
+    Logout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenStatus {
+    pub state: TokenState,
+    pub expires_in_seconds: Option<u64>,
+    pub expires_at_unix: Option<u64>,
+    pub last_refresh_unix: Option<u64>,
+    /// The last failed token request, in words with the secrets taken out.
+    pub last_error: Option<String>,
+    pub refreshes: u64,
+    pub failures: u64,
+    pub requests_waited: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    pub total: u64,
+    pub errors: u64,
+}
+
+/// The browser guard's refusals, by reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusals {
+    pub foreign_host: u64,
+    pub foreign_origin: u64,
+    pub null_origin: u64,
+    pub cross_site_fetch: u64,
+}
+
+/// What a user needs to approve a device login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    /// Seconds left.
+    pub expires_in: u64,
+    pub interval: u64,
+}
+
+/// How a login started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum LoginStarted {
+    /// No user needed: a token was obtained now.
+    Direct,
+    /// Approve `user_code` at `verification_uri`; tokenproxy polls meanwhile.
+    DeviceCode(DeviceView),
+    /// Open `authorize_url` in a browser; the vendor sends it back to tokenproxy.
+    Browser { authorize_url: String },
+}
+
+/// `POST /-/upstreams/NAME/login`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginAnswer {
+    pub upstream: String,
+    #[serde(flatten)]
+    pub started: LoginStarted,
+}
+
+/// `POST /-/upstreams/NAME/logout`: the upstream's status after it, and what became of
+/// the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogoutAnswer {
+    #[serde(flatten)]
+    pub upstream: UpstreamStatus,
+    #[serde(flatten)]
+    pub logout: Logout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logout {
+    pub had_token: bool,
+    /// The vendor's revocation endpoint accepted the token.
+    pub revoked: bool,
+    /// Not revoked: until when a client that copied the token can still use it.
+    pub still_valid_until_unix: Option<u64>,
+    pub revocation_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn upstream(name: &str) -> UpstreamStatus {
+        UpstreamStatus {
+            name: name.to_owned(),
+            prefix: format!("/{name}"),
+            host: Some(format!("{name}.localhost")),
+            listen: None,
+            target: "http://127.0.0.1:40000/".to_owned(),
+            kind: "biganimal".to_owned(),
+            login: LoginMethod::DeviceCode,
+            actions: vec![Action::Refresh, Action::Login, Action::Logout],
+            token: TokenStatus {
+                state: TokenState::NeedsLogin,
+                expires_in_seconds: None,
+                expires_at_unix: Some(1_790_000_123),
+                last_refresh_unix: None,
+                last_error: Some("token endpoint answered HTTP 503".to_owned()),
+                refreshes: 2,
+                failures: 1,
+                requests_waited: 0,
+            },
+            requests: RequestCounts {
+                total: 10,
+                errors: 1,
+            },
+            pending_login: Some(DeviceView {
+                user_code: "ABCD-EFGH".to_owned(),
+                verification_uri: "http://127.0.0.1:4000/activate".to_owned(),
+                verification_uri_complete: None,
+                expires_in: 590,
+                interval: 5,
+            }),
+        }
+    }
+
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
+        serde_json::from_str(&serde_json::to_string(value).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_status_round_trips() {
+        let status = Status {
+            version: "0.1.0".to_owned(),
+            now_unix: 1_790_000_000,
+            ready: false,
+            upstreams: vec![upstream("biganimal"), {
+                let mut fixed = upstream("echo");
+                fixed.login = LoginMethod::Direct;
+                fixed.actions = Vec::new();
+                fixed.token.state = TokenState::Valid;
+                fixed.pending_login = None;
+                fixed
+            }],
+            browser_guard_refusals: Refusals {
+                foreign_host: 2,
+                foreign_origin: 0,
+                null_origin: 0,
+                cross_site_fetch: 1,
+            },
+        };
+        assert_eq!(round_trip(&status), status);
+        for state in TokenState::ALL {
+            let token = TokenStatus {
+                state,
+                ..upstream("x").token
+            };
+            assert_eq!(round_trip(&token), token);
+        }
+    }
+
+    #[test]
+    fn the_wire_names_are_the_documented_ones() {
+        let value = serde_json::to_value(upstream("biganimal")).unwrap();
+        assert_eq!(value["login"], "device_code");
+        assert_eq!(value["actions"], json!(["refresh", "login", "logout"]));
+        assert_eq!(value["token"]["state"], "needs_login");
+        assert_eq!(value["token"]["expires_in_seconds"], json!(null));
+        assert_eq!(value["pending_login"]["user_code"], "ABCD-EFGH");
+        assert_eq!(
+            value["pending_login"]["verification_uri_complete"],
+            json!(null)
+        );
+    }
+
+    #[test]
+    fn the_action_answers_are_the_status_plus_their_own_fields() {
+        let logout = LogoutAnswer {
+            upstream: upstream("api"),
+            logout: Logout {
+                had_token: true,
+                revoked: false,
+                still_valid_until_unix: Some(1_796_061_845),
+                revocation_error: None,
+            },
+        };
+        let value = serde_json::to_value(&logout).unwrap();
+        assert_eq!(value["name"], "api");
+        assert_eq!(value["token"]["state"], "needs_login");
+        assert_eq!(value["had_token"], true);
+        assert_eq!(value["revocation_error"], json!(null));
+        assert_eq!(round_trip(&logout), logout);
+
+        for started in [
+            LoginStarted::Direct,
+            LoginStarted::DeviceCode(upstream("x").pending_login.unwrap()),
+            LoginStarted::Browser {
+                authorize_url: "https://vendor.example/authorize?state=s".to_owned(),
+            },
+        ] {
+            let answer = LoginAnswer {
+                upstream: "api".to_owned(),
+                started,
+            };
+            let value = serde_json::to_value(&answer).unwrap();
+            assert_eq!(value["upstream"], "api");
+            assert!(value["method"].is_string(), "{value}");
+            assert_eq!(round_trip(&answer), answer);
+        }
+        let device: LoginAnswer = serde_json::from_value(json!({
+            "upstream": "ba", "method": "device_code", "user_code": "C", "verification_uri": "u",
+            "expires_in": 600, "interval": 5,
+        }))
+        .unwrap();
+        assert!(matches!(device.started, LoginStarted::DeviceCode(view) if view.user_code == "C"));
+    }
+
+    #[test]
+    fn an_unknown_state_is_an_error_not_a_guess() {
+        let mut value = serde_json::to_value(upstream("api").token).unwrap();
+        value["state"] = "sleeping".into();
+        assert!(serde_json::from_value::<TokenStatus>(value).is_err());
+    }
+}
