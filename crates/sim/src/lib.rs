@@ -1,5 +1,6 @@
-//! Vendor simulators: real HTTP servers on `127.0.0.1:0` used by the integration tests and by
-//! `tokenproxy demo`.
+//! Vendor simulators: real HTTP servers on `127.0.0.1:0` used by tokenproxy's integration
+//! tests and by `tokenproxy demo` (its `demo` feature). A crate of its own so that a release
+//! build without that feature carries no simulator, test knob or TLS acceptor.
 //!
 //! Layout:
 //! - this file: [`SimServer`] (accept loop, optional TLS), body/response helpers, [`Fnv1a`] and
@@ -12,7 +13,7 @@
 //!   plus token exchange, a raw-header token swap, Spring-style OAuth with redirects), each a
 //!   server of its own built from the helpers here.
 //!
-//! Nothing here depends on the rest of the crate, so the simulators can be reused unchanged.
+//! Nothing here depends on tokenproxy itself, so the simulators can be reused unchanged.
 
 pub mod amm;
 pub mod biganimal;
