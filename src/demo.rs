@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::{self, ProcessSources};
-use crate::sim::{amm, biganimal, bigeval, bigid, caepe, echo};
+use tokenproxy_sim::{amm, biganimal, bigeval, bigid, caepe, echo};
 
 const BIGEVAL_CLIENT_ID: &str = "e01b7ba2dd930ea97da79b0005341ee0";
 const BIGEVAL_CLIENT_SECRET: &str = "demo-bigeval-secret";

@@ -34,9 +34,10 @@
 //!   hyper, connection deadlines (first request, body, idle, write), HTTP/1.1 + h2c, limits,
 //!   graceful shutdown, reloads (`ArcSwap<App>`), serving until a signal.
 //! - [`app`]: the runtime state built from a config.
-//! - [`cli`], [`demo`]: the command line; one-shot commands talk to a running daemon's
-//!   admin endpoints, or to a server started for the command.
-//! - [`sim`]: simulated vendors (real HTTP servers) for tests and `tokenproxy demo`.
+//! - [`cli`], `demo`: the command line; one-shot commands talk to a running daemon's
+//!   admin endpoints, or to a server started for the command. `demo` (the default-on `demo`
+//!   feature) serves the simulated vendors of the `tokenproxy-sim` crate (`crates/sim`),
+//!   which the tests use too; a build without the feature has no simulator.
 //! - [`secret`]: the redacting type every secret and token is held in.
 //! - [`scrub`]: takes secrets out of text a vendor wrote (errors that echo the request).
 //!
@@ -44,7 +45,7 @@
 //! A module imports only modules of a lower layer (`tests/layers.rs` checks it), so no
 //! two modules import each other and each layer can be read without those above it.
 //!
-//! 1. `secret`, `scrub`, `schema`, `transport`, `sim`
+//! 1. `secret`, `scrub`, `schema`, `transport`
 //! 2. `credential`
 //! 3. `metrics`, `providers`, `store`
 //! 4. `problem`, `tokens`, `config`, `status`
@@ -61,6 +62,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod credential;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod login;
 pub mod metrics;
@@ -72,7 +74,6 @@ pub mod schema;
 pub mod scrub;
 pub mod secret;
 pub mod server;
-pub mod sim;
 pub mod status;
 pub mod store;
 pub mod tokens;

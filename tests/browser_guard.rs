@@ -6,7 +6,7 @@ mod support;
 
 use http::{Request, StatusCode};
 use support::*;
-use tokenproxy::sim::{echo, json_response, SimServer};
+use tokenproxy_sim::{echo, json_response, SimServer};
 
 fn config(echo: &str, extra_server: &str) -> String {
     format!(
@@ -299,7 +299,7 @@ async fn browse(chromium: String, pages: Vec<String>) -> serde_json::Value {
 async fn page(html: String) -> SimServer {
     SimServer::start(move |_request| {
         let html = html.clone();
-        async move { tokenproxy::sim::response(StatusCode::OK, "text/html; charset=utf-8", html) }
+        async move { tokenproxy_sim::response(StatusCode::OK, "text/html; charset=utf-8", html) }
     })
     .await
 }

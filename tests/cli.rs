@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 use support::*;
-use tokenproxy::sim::echo;
-use tokenproxy::sim::oauth::{self, OAuthSimConfig, SimClient};
+use tokenproxy_sim::echo;
+use tokenproxy_sim::oauth::{self, OAuthSimConfig, SimClient};
 
 #[test]
 fn each_bad_config_is_one_line_naming_file_and_field_with_exit_2() {

@@ -8,7 +8,7 @@ mod support;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use support::*;
-use tokenproxy::sim::{json_response, SimServer};
+use tokenproxy_sim::{json_response, SimServer};
 
 /// Secrets that look different raw, percent-encoded, form-encoded and in base64.
 const CLIENT_SECRET: &str = "cl1ent+s3cret/=&ü x";
@@ -108,7 +108,7 @@ fn leaks(text: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_comes_back_through_a_vendors_error_text() {
     let token = echoing_token_endpoint().await;
-    let echo = tokenproxy::sim::echo::start().await;
+    let echo = tokenproxy_sim::echo::start().await;
     let dir = temp_dir("echoed-secrets");
     std::fs::write(dir.join("tokenproxy.toml"), config(&token, &echo.url())).unwrap();
     let daemon = Daemon::start(&dir).await;

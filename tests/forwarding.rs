@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use support::*;
-use tokenproxy::sim::{echo, fnv1a64};
+use tokenproxy_sim::{echo, fnv1a64};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -167,7 +167,7 @@ async fn a_5_mb_body_streams_both_ways_intact() {
         .unwrap();
     assert_eq!(download.status(), StatusCode::OK);
     let mut body = download.into_body();
-    let mut hash = tokenproxy::sim::Fnv1a::new();
+    let mut hash = tokenproxy_sim::Fnv1a::new();
     let mut received = 0u64;
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame.unwrap().into_data() {

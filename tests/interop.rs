@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use support::oidc::{post_form, query_param, OidcProvider};
 use support::*;
-use tokenproxy::sim::echo;
+use tokenproxy_sim::echo;
 
 async fn wait_until_ready(proxy: &TestProxy, within: Duration) {
     let deadline = Instant::now() + within;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use support::*;
-use tokenproxy::sim::biganimal::{self, BigAnimalSimConfig};
-use tokenproxy::sim::oauth::TokenMode;
-use tokenproxy::sim::{json_response, SimServer};
+use tokenproxy_sim::biganimal::{self, BigAnimalSimConfig};
+use tokenproxy_sim::oauth::TokenMode;
+use tokenproxy_sim::{json_response, SimServer};
 
 const SECRET: &str = "lifecycle-secret";
 
@@ -317,7 +317,7 @@ async fn after_logout_a_device_kind_needs_a_login() {
 
 #[tokio::test]
 async fn a_static_token_offers_no_refresh_login_or_logout() {
-    let upstream = tokenproxy::sim::echo::start().await;
+    let upstream = tokenproxy_sim::echo::start().await;
     let proxy = TestProxy::start(&format!(
         "[upstreams.fixed]\ntarget = \"{}/\"\n[upstreams.fixed.auth]\nkind = \"static\"\ntoken = \"fixed-token\"\n",
         upstream.url()
@@ -375,7 +375,7 @@ async fn an_unreachable_token_endpoint_is_named_with_the_operating_systems_words
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let upstream = tokenproxy::sim::echo::start().await;
+    let upstream = tokenproxy_sim::echo::start().await;
     let proxy = TestProxy::start(&format!(
         "[upstreams.api]\ntarget = \"{}/\"\n[upstreams.api.auth]\nkind = \"client_credentials\"\n\
          token_url = \"http://user:pw@127.0.0.1:{port}/oauth/token?tenant=t1\"\nclient_id = \"svc\"\nclient_secret = \"{SECRET}\"\n",
@@ -406,7 +406,7 @@ async fn a_200_answer_without_access_token_says_so() {
         )
     })
     .await;
-    let upstream = tokenproxy::sim::echo::start().await;
+    let upstream = tokenproxy_sim::echo::start().await;
     let proxy = TestProxy::start(&format!(
         "[upstreams.api]\ntarget = \"{}/\"\n[upstreams.api.auth]\nkind = \"client_credentials\"\n\
          token_url = \"{}/token\"\nclient_id = \"svc\"\nclient_secret = \"{SECRET}\"\n",

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, StatusCode};
 use support::*;
-use tokenproxy::sim::echo;
-use tokenproxy::sim::oauth::{self, TokenMode};
+use tokenproxy_sim::echo;
+use tokenproxy_sim::oauth::{self, TokenMode};
 
 const CLIENT_SECRET: &str = "metrics-client-secret-never-shown";
 const STATIC_TOKEN: &str = "metrics-static-token-never-shown";

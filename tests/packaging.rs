@@ -6,7 +6,7 @@ mod support;
 use std::process::Stdio;
 
 use support::*;
-use tokenproxy::sim::echo;
+use tokenproxy_sim::echo;
 
 #[test]
 fn init_writes_a_private_starter_config_that_passes_check_and_is_not_overwritten() {

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use support::*;
-use tokenproxy::sim::echo;
-use tokenproxy::sim::oauth::{self, TokenMode};
+use tokenproxy_sim::echo;
+use tokenproxy_sim::oauth::{self, TokenMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn cc_server() -> oauth::OAuthSim {

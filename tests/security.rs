@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::{Request, StatusCode};
 use support::*;
-use tokenproxy::sim::echo;
+use tokenproxy_sim::echo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -410,7 +410,7 @@ async fn the_unix_socket_is_private_to_its_user_and_serves() {
 
 #[tokio::test]
 async fn a_whole_run_at_trace_level_prints_no_secret_or_token() {
-    use tokenproxy::sim::oauth::{self, OAuthSimConfig, SimClient};
+    use tokenproxy_sim::oauth::{self, OAuthSimConfig, SimClient};
     const CLIENT_SECRET: &str = "trace-client-secret-91f3";
     const PASSWORD: &str = "trace-password-77ab";
     const STATIC_TOKEN: &str = "trace-static-token-5e2d";

@@ -19,9 +19,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use tokenproxy::sim::echo::{self, Recorded};
-use tokenproxy::sim::oauth::{self, ClientAuth, OAuthSimConfig, SimClient, TokenMode};
-use tokenproxy::sim::{bigeval, caepe, fnv1a64, jwt_claims, unsigned_jwt, Fnv1a};
+use tokenproxy_sim::echo::{self, Recorded};
+use tokenproxy_sim::oauth::{self, ClientAuth, OAuthSimConfig, SimClient, TokenMode};
+use tokenproxy_sim::{bigeval, caepe, fnv1a64, jwt_claims, unsigned_jwt, Fnv1a};
 
 async fn send(request: Request<Full<Bytes>>) -> Answer {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();

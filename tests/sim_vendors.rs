@@ -15,11 +15,11 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use support::answer::Answer;
 
-use tokenproxy::sim::amm::{self, AmmSimConfig};
-use tokenproxy::sim::biganimal::{self, BigAnimalSim, BigAnimalSimConfig, DEVICE_CODE_GRANT};
-use tokenproxy::sim::bigid::{self, BigIdMode, BigIdSimConfig};
-use tokenproxy::sim::jwt_claims;
-use tokenproxy::sim::oauth::parse_form;
+use tokenproxy_sim::amm::{self, AmmSimConfig};
+use tokenproxy_sim::biganimal::{self, BigAnimalSim, BigAnimalSimConfig, DEVICE_CODE_GRANT};
+use tokenproxy_sim::bigid::{self, BigIdMode, BigIdSimConfig};
+use tokenproxy_sim::jwt_claims;
+use tokenproxy_sim::oauth::parse_form;
 
 async fn send(
     method: Method,

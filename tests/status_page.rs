@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use support::*;
-use tokenproxy::sim::{biganimal, echo};
+use tokenproxy_sim::{biganimal, echo};
 
 fn header<'a>(response: &'a http::Response<bytes::Bytes>, name: &str) -> &'a str {
     response

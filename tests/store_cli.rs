@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use support::*;
-use tokenproxy::sim::amm::{self, AmmSimConfig};
-use tokenproxy::sim::biganimal::{self, BigAnimalSimConfig};
+use tokenproxy_sim::amm::{self, AmmSimConfig};
+use tokenproxy_sim::biganimal::{self, BigAnimalSimConfig};
 
 fn store_path(dir: &Path) -> PathBuf {
     dir.join("state/tokenproxy/tokens.json")

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use support::*;
-use tokenproxy::sim::echo;
+use tokenproxy_sim::echo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;

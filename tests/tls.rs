@@ -9,7 +9,7 @@ use http::StatusCode;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use support::*;
-use tokenproxy::sim::echo;
+use tokenproxy_sim::echo;
 
 struct PrivateCa {
     pem_path: PathBuf,
@@ -140,8 +140,8 @@ async fn mutual_tls_presents_the_configured_client_certificate() {
         .unwrap();
     server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
-    let upstream = tokenproxy::sim::SimServer::start_tls(acceptor, |_request| async {
-        tokenproxy::sim::json_response(http::StatusCode::OK, &serde_json::json!({"mtls": true}))
+    let upstream = tokenproxy_sim::SimServer::start_tls(acceptor, |_request| async {
+        tokenproxy_sim::json_response(http::StatusCode::OK, &serde_json::json!({"mtls": true}))
     })
     .await;
 

@@ -1,5 +1,5 @@
 //! Token kinds, refresh and single flight through the real server against real token
-//! servers (`tokenproxy::sim`) on 127.0.0.1.
+//! servers (`tokenproxy_sim`) on 127.0.0.1.
 
 mod support;
 
@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use support::*;
-use tokenproxy::sim::oauth::{self, OAuthSimConfig, SimClient, TokenMode};
-use tokenproxy::sim::{bigeval, caepe};
+use tokenproxy_sim::oauth::{self, OAuthSimConfig, SimClient, TokenMode};
+use tokenproxy_sim::{bigeval, caepe};
 
 const SECRET: &str = "cc-secret-do-not-print";
 

@@ -1,4 +1,4 @@
-//! Each vendor through the real proxy against its simulator (`tokenproxy::sim`): the right
+//! Each vendor through the real proxy against its simulator (`tokenproxy_sim`): the right
 //! header shape arrives, and expiry, refresh, rotation and re-exchange happen.
 
 mod support;
@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use support::*;
-use tokenproxy::sim::amm::{self, AmmSimConfig};
-use tokenproxy::sim::biganimal::{self, BigAnimalSimConfig};
-use tokenproxy::sim::bigid::{self, BigIdMode, BigIdSimConfig};
+use tokenproxy_sim::amm::{self, AmmSimConfig};
+use tokenproxy_sim::biganimal::{self, BigAnimalSimConfig};
+use tokenproxy_sim::bigid::{self, BigIdMode, BigIdSimConfig};
 
 async fn wait_for_state(proxy: &TestProxy, state: &str, within: Duration) -> serde_json::Value {
     let deadline = Instant::now() + within;
@@ -378,11 +378,11 @@ async fn scripted_device_server(
     script: Vec<&'static str>,
     expires_in: u64,
 ) -> (
-    tokenproxy::sim::SimServer,
+    tokenproxy_sim::SimServer,
     std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
 ) {
     use http::Response;
-    use tokenproxy::sim::{json_response, SimServer};
+    use tokenproxy_sim::{json_response, SimServer};
     let polls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = std::sync::Arc::clone(&polls);
     let server = SimServer::start(move |request: Request<hyper::body::Incoming>| {
@@ -411,7 +411,7 @@ async fn scripted_device_server(
     (server, polls)
 }
 
-fn device_config(server: &tokenproxy::sim::SimServer, target: &str) -> String {
+fn device_config(server: &tokenproxy_sim::SimServer, target: &str) -> String {
     format!(
         "[upstreams.dev]\ntarget = \"{target}/\"\n[upstreams.dev.auth]\nkind = \"device_code\"\ndevice_authorization_url = \"{url}/device\"\ntoken_url = \"{url}/token\"\nclient_id = \"c\"\n",
         url = server.url()
@@ -422,7 +422,7 @@ fn device_config(server: &tokenproxy::sim::SimServer, target: &str) -> String {
 async fn device_polling_waits_five_seconds_more_after_slow_down() {
     let (server, polls) =
         scripted_device_server(vec!["authorization_pending", "slow_down", "token"], 60).await;
-    let upstream = tokenproxy::sim::echo::start().await;
+    let upstream = tokenproxy_sim::echo::start().await;
     let proxy = TestProxy::start(&device_config(&server, &upstream.url())).await;
     post_action(&proxy.url("/-/upstreams/dev/login")).await;
     wait_for_state(&proxy, "valid", Duration::from_secs(20)).await;
@@ -440,7 +440,7 @@ async fn device_polling_waits_five_seconds_more_after_slow_down() {
 #[tokio::test]
 async fn an_expired_device_code_stops_polling_and_is_reported() {
     let (server, polls) = scripted_device_server(vec![], 3).await;
-    let upstream = tokenproxy::sim::echo::start().await;
+    let upstream = tokenproxy_sim::echo::start().await;
     let proxy = TestProxy::start(&device_config(&server, &upstream.url())).await;
     post_action(&proxy.url("/-/upstreams/dev/login")).await;
     let deadline = Instant::now() + Duration::from_secs(10);

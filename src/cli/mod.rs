@@ -39,6 +39,7 @@ enum Command {
     /// Validate the config and exit: 0 if it is good, 2 with a one-line error if not.
     Check,
     /// Serve every vendor on built-in simulated endpoints: try it with no vendor account.
+    #[cfg(feature = "demo")]
     Demo {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
@@ -128,6 +129,7 @@ pub fn main() -> ExitCode {
             Ok(config) => block_on(serve(config)),
             Err(code) => code,
         },
+        #[cfg(feature = "demo")]
         Command::Demo {
             listen,
             manual_login,

@@ -1,5 +1,5 @@
 //! Shared test helpers: the real tokenproxy server started in-process on port 0, an HTTP
-//! client, and request bodies. Upstreams and token servers are `tokenproxy::sim`.
+//! client, and request bodies. Upstreams and token servers are `tokenproxy_sim`.
 #![allow(dead_code)]
 
 pub mod answer;
@@ -109,8 +109,8 @@ impl Body for PatternBody {
 pub async fn client_credentials_sim(
     secret: &str,
     ttl: std::time::Duration,
-) -> tokenproxy::sim::oauth::OAuthSim {
-    use tokenproxy::sim::oauth::{self, OAuthSimConfig, SimClient};
+) -> tokenproxy_sim::oauth::OAuthSim {
+    use tokenproxy_sim::oauth::{self, OAuthSimConfig, SimClient};
     oauth::start(OAuthSimConfig {
         vendor: "generic".into(),
         token_path: "/oauth/token".into(),
@@ -132,7 +132,7 @@ pub fn static_upstream(name: &str, target: &str, token: &str, extra: &str) -> St
 /// Upstream `name` of kind `client_credentials` against `sim`'s token endpoint and API.
 pub fn client_credentials_upstream(
     name: &str,
-    sim: &tokenproxy::sim::oauth::OAuthSim,
+    sim: &tokenproxy_sim::oauth::OAuthSim,
     secret: &str,
 ) -> String {
     format!(

@@ -1,9 +1,12 @@
-//! Vendor simulators: real HTTP servers on `127.0.0.1:0` used by the integration tests and by
-//! `tokenproxy demo`.
+//! Vendor simulators: real HTTP servers on `127.0.0.1:0` used by tokenproxy's integration
+//! tests and by `tokenproxy demo` (its `demo` feature). A crate of its own so that a release
+//! build without that feature carries no simulator, test knob or TLS acceptor.
 //!
 //! Layout:
 //! - this file: [`SimServer`] (accept loop, optional TLS), body/response helpers, [`Fnv1a`] and
 //!   [`unsigned_jwt`];
+//! - `grant`: token bookkeeping the vendor simulators share (expiry, revocation, refresh
+//!   rotation, counts per grant type);
 //! - [`echo`]: an upstream that reports exactly what it received;
 //! - [`oauth`]: a scripted RFC 6749 authorization server plus a protected API, the base of every
 //!   vendor simulator;
@@ -12,7 +15,7 @@
 //!   plus token exchange, a raw-header token swap, Spring-style OAuth with redirects), each a
 //!   server of its own built from the helpers here.
 //!
-//! Nothing here depends on the rest of the crate, so the simulators can be reused unchanged.
+//! Nothing here depends on tokenproxy itself, so the simulators can be reused unchanged.
 
 pub mod amm;
 pub mod biganimal;
@@ -20,6 +23,7 @@ pub mod bigeval;
 pub mod bigid;
 pub mod caepe;
 pub mod echo;
+mod grant;
 pub mod oauth;
 
 use std::collections::hash_map::RandomState;
@@ -82,6 +86,20 @@ impl SimServer {
         Fut: Future<Output = Response<SimBody>> + Send + 'static,
     {
         Self::spawn(Some(acceptor), handler).await
+    }
+
+    /// Serves `handle` over `state` (a vendor simulator's), with TLS when `acceptor` is given.
+    pub(crate) async fn with_state<S, Fut>(
+        state: &Arc<Mutex<S>>,
+        acceptor: Option<TlsAcceptor>,
+        handle: fn(Request<Incoming>, Arc<Mutex<S>>) -> Fut,
+    ) -> SimServer
+    where
+        S: Send + 'static,
+        Fut: Future<Output = Response<SimBody>> + Send + 'static,
+    {
+        let state = state.clone();
+        Self::spawn(acceptor, move |request| handle(request, state.clone())).await
     }
 
     async fn spawn<H, Fut>(acceptor: Option<TlsAcceptor>, handler: H) -> SimServer
@@ -227,6 +245,33 @@ pub fn response(
 /// A JSON response; `serde_json::Value` serialisation cannot fail.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<SimBody> {
     response(status, "application/json", body.to_string())
+}
+
+/// The credential after `scheme` (e.g. `"Bearer "`; auth schemes are case-insensitive, RFC
+/// 9110 11.1), or `None` if the value does not start with it.
+pub(crate) fn strip_scheme<'a>(value: &'a HeaderValue, scheme: &str) -> Option<&'a str> {
+    let value = value.to_str().ok()?;
+    value
+        .get(..scheme.len())
+        .is_some_and(|sent| sent.eq_ignore_ascii_case(scheme))
+        .then(|| &value[scheme.len()..])
+}
+
+/// What a protected API answers an authorized request with: what arrived, so a test can see
+/// what the proxy forwarded.
+pub(crate) fn api_echo(
+    vendor: &str,
+    parts: &http::request::Parts,
+    body_len: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "vendor": vendor,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "body_len": body_len,
+        "authorized": true,
+    })
 }
 
 /// Sets a header whose value was built at run time; values that are not valid header text are

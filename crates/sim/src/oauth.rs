@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -22,10 +22,12 @@ use hyper::body::Incoming;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
+use super::grant::{self, GrantCounts, RefreshGrant, RefreshRefusal, TokenGrant};
 use super::{
-    json_response, random_hex, response, set_header, tls_acceptor, unix_now, unsigned_jwt, SimBody,
-    SimServer,
+    api_echo, drain_body, json_response, lock_state, random_hex, response, set_header,
+    strip_scheme, tls_acceptor, unix_now, unsigned_jwt, SimBody, SimServer,
 };
 
 /// Token requests are small forms; anything bigger is a client bug worth a 413.
@@ -157,15 +159,7 @@ pub struct OAuthSim {
 
 /// Starts the simulator on `http://127.0.0.1:0`.
 pub async fn start(config: OAuthSimConfig) -> OAuthSim {
-    let token_path = config.token_path.clone();
-    let state = Arc::new(Mutex::new(SimState::new(config)));
-    let handler_state = state.clone();
-    let server = SimServer::start(move |request| handle(request, handler_state.clone())).await;
-    OAuthSim {
-        server,
-        token_path,
-        state,
-    }
+    serve(config, None).await
 }
 
 /// Starts the simulator on `https://127.0.0.1:0` (ALPN `h2`, `http/1.1`).
@@ -178,13 +172,13 @@ pub async fn start_tls(
 ) -> OAuthSim {
     let acceptor =
         tls_acceptor(cert_chain, key).expect("oauth sim: invalid TLS certificate or key");
+    serve(config, Some(acceptor)).await
+}
+
+async fn serve(config: OAuthSimConfig, acceptor: Option<TlsAcceptor>) -> OAuthSim {
     let token_path = config.token_path.clone();
     let state = Arc::new(Mutex::new(SimState::new(config)));
-    let handler_state = state.clone();
-    let server = SimServer::start_tls(acceptor, move |request| {
-        handle(request, handler_state.clone())
-    })
-    .await;
+    let server = SimServer::with_state(&state, acceptor, handle).await;
     OAuthSim {
         server,
         token_path,
@@ -207,7 +201,7 @@ impl OAuthSim {
     }
 
     fn state(&self) -> MutexGuard<'_, SimState> {
-        lock(&self.state)
+        lock_state(&self.state)
     }
 
     /// Every POST to the token path, counted before any check.
@@ -217,16 +211,11 @@ impl OAuthSim {
 
     /// Token requests per `grant_type` as sent (counted before validation, after form parsing).
     pub fn grant_counts(&self) -> HashMap<String, usize> {
-        self.state().counters.grants.clone()
+        self.state().counters.grants.all()
     }
 
     pub fn count_for_grant(&self, grant_type: &str) -> usize {
-        self.state()
-            .counters
-            .grants
-            .get(grant_type)
-            .copied()
-            .unwrap_or(0)
+        self.state().counters.grants.get(grant_type)
     }
 
     /// Successful token responses.
@@ -255,15 +244,11 @@ impl OAuthSim {
 
     /// Every access and refresh token issued so far becomes invalid.
     pub fn revoke_all(&self) {
-        let mut state = self.state();
-        for grant in state.access_tokens.values_mut() {
-            grant.revoked = true;
-        }
-        for grant in state.refresh_tokens.values_mut() {
-            if grant.status == RefreshStatus::Active {
-                grant.status = RefreshStatus::Revoked;
-            }
-        }
+        let state = &mut *self.state();
+        grant::revoke_all(
+            state.access_tokens.values_mut(),
+            state.refresh_tokens.values_mut(),
+        );
     }
 
     /// Lifetime of access tokens issued from now on.
@@ -278,12 +263,7 @@ impl OAuthSim {
 
     /// Access tokens the API would accept right now.
     pub fn valid_access_tokens(&self) -> usize {
-        let now = Instant::now();
-        self.state()
-            .access_tokens
-            .values()
-            .filter(|grant| grant.is_valid(now))
-            .count()
+        grant::count_valid(&self.state().access_tokens)
     }
 
     /// A copy of the configuration as currently in effect.
@@ -292,53 +272,28 @@ impl OAuthSim {
     }
 }
 
-fn lock(state: &Mutex<SimState>) -> MutexGuard<'_, SimState> {
-    // A panicking test thread must not take every later request down with it.
-    state.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 struct SimState {
     config: OAuthSimConfig,
     mode: TokenMode,
-    access_tokens: HashMap<String, AccessGrant>,
-    refresh_tokens: HashMap<String, RefreshGrant>,
+    access_tokens: HashMap<String, TokenGrant>,
+    refresh_tokens: HashMap<String, RefreshGrant<Granted>>,
     counters: Counters,
 }
 
 #[derive(Default)]
 struct Counters {
     token_requests: usize,
-    grants: HashMap<String, usize>,
+    grants: GrantCounts,
     tokens_issued: usize,
     api_requests: usize,
     api_authorized: usize,
     refresh_reuse: usize,
 }
 
-struct AccessGrant {
-    expires_at: Instant,
-    revoked: bool,
-}
-
-impl AccessGrant {
-    fn is_valid(&self, now: Instant) -> bool {
-        !self.revoked && now < self.expires_at
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RefreshStatus {
-    Active,
-    Used,
-    Revoked,
-}
-
-struct RefreshGrant {
-    client_id: String,
+/// What a refresh token was issued for.
+struct Granted {
     username: Option<String>,
     scope: Option<String>,
-    expires_at: Instant,
-    status: RefreshStatus,
 }
 
 /// Who the tokens are for.
@@ -371,13 +326,8 @@ impl SimState {
         });
 
         let access_token = self.new_token(&subject, access_ttl, "Bearer");
-        self.access_tokens.insert(
-            access_token.clone(),
-            AccessGrant {
-                expires_at: now + access_ttl,
-                revoked: false,
-            },
-        );
+        self.access_tokens
+            .insert(access_token.clone(), TokenGrant::new(now, access_ttl));
 
         let mut body = Map::new();
         body.insert("access_token".into(), json!(access_token));
@@ -386,15 +336,13 @@ impl SimState {
             let refresh_token = self.new_token(&subject, ttl, "Refresh");
             body.insert("refresh_expires_in".into(), json!(whole_seconds(ttl)));
             body.insert("refresh_token".into(), json!(refresh_token));
+            let granted = Granted {
+                username: subject.username.clone(),
+                scope: subject.scope.clone(),
+            };
             self.refresh_tokens.insert(
                 refresh_token,
-                RefreshGrant {
-                    client_id: subject.client_id.clone(),
-                    username: subject.username.clone(),
-                    scope: subject.scope.clone(),
-                    expires_at: now + ttl,
-                    status: RefreshStatus::Active,
-                },
+                RefreshGrant::new(&subject.client_id, granted, now, ttl),
             );
         } else if self.config.keycloak_fields {
             // Keycloak reports 0 when it issues no refresh token.
@@ -481,7 +429,7 @@ pub(crate) fn uuid_like() -> String {
 }
 
 async fn handle(request: Request<Incoming>, state: Arc<Mutex<SimState>>) -> Response<SimBody> {
-    let token_path = lock(&state).config.token_path.clone();
+    let token_path = lock_state(&state).config.token_path.clone();
     if request.uri().path() == token_path {
         token_endpoint(request, &state).await
     } else {
@@ -524,11 +472,7 @@ impl OAuthError {
     }
 
     fn into_response(self, vendor: &str) -> Response<SimBody> {
-        let mut response = json_response(
-            self.status,
-            &json!({ "error": self.error, "error_description": self.description }),
-        );
-        no_store(&mut response);
+        let mut response = error_response(self.status, self.error, &self.description);
         if self.basic_challenge {
             set_header(
                 &mut response,
@@ -547,8 +491,29 @@ pub(crate) fn no_store(response: &mut Response<SimBody>) {
     headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
+/// A 200 answer of a token (or device-code) endpoint, not to be cached.
+pub(crate) fn token_response(body: &Value) -> Response<SimBody> {
+    let mut response = json_response(StatusCode::OK, body);
+    no_store(&mut response);
+    response
+}
+
+/// An RFC 6749 5.2 `{"error", "error_description"}` answer, not to be cached.
+pub(crate) fn error_response(
+    status: StatusCode,
+    error: &str,
+    description: &str,
+) -> Response<SimBody> {
+    let mut response = json_response(
+        status,
+        &json!({ "error": error, "error_description": description }),
+    );
+    no_store(&mut response);
+    response
+}
+
 async fn token_endpoint(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<SimBody> {
-    let vendor = lock(state).config.vendor.clone();
+    let vendor = lock_state(state).config.vendor.clone();
     if request.method() != Method::POST {
         let mut response = OAuthError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -561,7 +526,7 @@ async fn token_endpoint(request: Request<Incoming>, state: &Mutex<SimState>) -> 
             .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    lock(state).counters.token_requests += 1;
+    lock_state(state).counters.token_requests += 1;
 
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, MAX_TOKEN_REQUEST_BODY).collect().await {
@@ -582,15 +547,12 @@ async fn token_endpoint(request: Request<Incoming>, state: &Mutex<SimState>) -> 
     } else {
         Vec::new()
     };
-    if let Some(grant_type) = form_value(&form, "grant_type") {
-        *lock(state)
-            .counters
-            .grants
-            .entry(grant_type.to_owned())
-            .or_default() += 1;
-    }
+    lock_state(state)
+        .counters
+        .grants
+        .record(form_value(&form, "grant_type"));
 
-    let mode = lock(state).mode.clone();
+    let mode = lock_state(state).mode.clone();
     match mode {
         TokenMode::Normal => {}
         TokenMode::Delay(delay) => tokio::time::sleep(delay).await,
@@ -600,12 +562,7 @@ async fn token_endpoint(request: Request<Incoming>, state: &Mutex<SimState>) -> 
             description,
         } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-            let mut response = json_response(
-                status,
-                &json!({ "error": error, "error_description": description }),
-            );
-            no_store(&mut response);
-            return response;
+            return error_response(status, &error, &description);
         }
         TokenMode::Html => {
             return response(
@@ -637,12 +594,8 @@ async fn token_endpoint(request: Request<Incoming>, state: &Mutex<SimState>) -> 
         }
     }
 
-    match grant(&parts.headers, &form, &mut lock(state)) {
-        Ok(body) => {
-            let mut response = json_response(StatusCode::OK, &body);
-            no_store(&mut response);
-            response
-        }
+    match grant(&parts.headers, &form, &mut lock_state(state)) {
+        Ok(body) => token_response(&body),
         Err(error) => error.into_response(&vendor),
     }
 }
@@ -757,29 +710,29 @@ fn grant(
                     "Invalid refresh token. Token client and authorized client don't match",
                 ));
             }
-            match refresh.status {
-                RefreshStatus::Used => {
+            match refresh.check(now) {
+                Ok(()) => {}
+                Err(RefreshRefusal::Reused) => {
                     state.counters.refresh_reuse += 1;
                     return Err(OAuthError::invalid_grant(
                         "Maximum allowed refresh token reuse exceeded",
                     ));
                 }
-                RefreshStatus::Revoked => {
+                Err(RefreshRefusal::Revoked) => {
                     return Err(OAuthError::invalid_grant("Session not active"))
                 }
-                RefreshStatus::Active if now >= refresh.expires_at => {
+                Err(RefreshRefusal::Expired) => {
                     return Err(OAuthError::invalid_grant("Token is not active"))
                 }
-                RefreshStatus::Active => {}
             }
             if single_use {
-                refresh.status = RefreshStatus::Used;
+                refresh.status = grant::RefreshStatus::Used;
             }
             Subject {
                 client_id,
-                username: refresh.username.clone(),
+                username: refresh.grant.username.clone(),
                 // RFC 6749 6: omitted scope means the originally granted one.
-                scope: requested_scope.or_else(|| refresh.scope.clone()),
+                scope: requested_scope.or_else(|| refresh.grant.scope.clone()),
             }
         }
     };
@@ -922,16 +875,10 @@ pub(crate) fn form_value<'a>(form: &'a [(String, String)], name: &str) -> Option
 }
 
 async fn api(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<SimBody> {
-    let (parts, mut body) = request.into_parts();
-    // Drain (and size) the body without buffering it: API calls may upload anything.
-    let mut body_len = 0u64;
-    while let Some(Ok(frame)) = body.frame().await {
-        if let Some(data) = frame.data_ref() {
-            body_len += data.len() as u64;
-        }
-    }
+    let (parts, body) = request.into_parts();
+    let body_len = drain_body(body).await;
 
-    let mut state = lock(state);
+    let mut state = lock_state(state);
     state.counters.api_requests += 1;
     let config = &state.config;
     let vendor = config.vendor.clone();
@@ -963,15 +910,7 @@ async fn api(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<Si
             &json!({ "error": "invalid_request", "error_description": format!("more than one {} header", config.api_header) }),
         );
     }
-    let token = credential.to_str().ok().and_then(|value| {
-        let scheme_len = config.api_scheme.len();
-        // Auth schemes are case-insensitive (RFC 9110 11.1).
-        let scheme_matches = value
-            .get(..scheme_len)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case(&config.api_scheme));
-        scheme_matches.then(|| &value[scheme_len..])
-    });
-    let Some(token) = token else {
+    let Some(token) = strip_scheme(credential, &config.api_scheme) else {
         return unauthorized(&format!("expected \"{}<token>\"", config.api_scheme));
     };
     match state.access_tokens.get(token) {
@@ -996,15 +935,5 @@ async fn api(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<Si
     }
 
     state.counters.api_authorized += 1;
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "vendor": vendor,
-            "method": parts.method.as_str(),
-            "path": parts.uri.path(),
-            "query": parts.uri.query(),
-            "body_len": body_len,
-            "authorized": true,
-        }),
-    )
+    json_response(StatusCode::OK, &api_echo(&vendor, &parts, body_len))
 }

@@ -20,9 +20,11 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::oauth::{no_store, uuid_like, whole_seconds};
+use super::grant::{self, TokenGrant};
+use super::oauth::{token_response, uuid_like, whole_seconds};
 use super::{
-    drain_body, json_response, lock_state, response, unix_now, unsigned_jwt, SimBody, SimServer,
+    api_echo, drain_body, json_response, lock_state, response, unix_now, unsigned_jwt, SimBody,
+    SimServer,
 };
 
 pub const TOKEN_PATH: &str = "/api/v1/refresh-access-token";
@@ -92,8 +94,7 @@ pub async fn start(config: BigIdSimConfig) -> BigIdSim {
         api_requests: 0,
         api_authorized: 0,
     }));
-    let handler_state = state.clone();
-    let server = SimServer::start(move |request| handle(request, handler_state.clone())).await;
+    let server = SimServer::with_state(&state, None, handle).await;
     BigIdSim { server, state }
 }
 
@@ -165,12 +166,7 @@ impl BigIdSim {
 
     /// systemTokens the API would accept right now.
     pub fn valid_system_tokens(&self) -> usize {
-        let now = Instant::now();
-        self.state()
-            .system_tokens
-            .values()
-            .filter(|grant| grant.is_valid(now))
-            .count()
+        grant::count_valid(&self.state().system_tokens)
     }
 }
 
@@ -178,22 +174,11 @@ struct SimState {
     config: BigIdSimConfig,
     mode: BigIdMode,
     revoked_user_tokens: HashSet<String>,
-    system_tokens: HashMap<String, SystemGrant>,
+    system_tokens: HashMap<String, TokenGrant>,
     exchange_requests: usize,
     tokens_issued: usize,
     api_requests: usize,
     api_authorized: usize,
-}
-
-struct SystemGrant {
-    expires_at: Instant,
-    revoked: bool,
-}
-
-impl SystemGrant {
-    fn is_valid(&self, now: Instant) -> bool {
-        !self.revoked && now < self.expires_at
-    }
 }
 
 async fn handle(request: Request<Incoming>, state: Arc<Mutex<SimState>>) -> Response<SimBody> {
@@ -298,20 +283,11 @@ async fn exchange(request: Request<Incoming>, state: &Mutex<SimState>) -> Respon
     state
         .system_tokens
         .retain(|_, grant| now < grant.expires_at);
-    state.system_tokens.insert(
-        system_token.clone(),
-        SystemGrant {
-            expires_at: now + ttl,
-            revoked: false,
-        },
-    );
+    state
+        .system_tokens
+        .insert(system_token.clone(), TokenGrant::new(now, ttl));
     state.tokens_issued += 1;
-    let mut response = json_response(
-        StatusCode::OK,
-        &json!({ "success": true, "systemToken": system_token }),
-    );
-    no_store(&mut response);
-    response
+    token_response(&json!({ "success": true, "systemToken": system_token }))
 }
 
 /// BigID's failure answer: HTTP 200 with `success: false`.
@@ -357,18 +333,9 @@ async fn api(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<Si
     } else {
         json!({})
     };
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "status": "success",
-            "statusCode": 200,
-            "data": data,
-            "vendor": "BigID",
-            "method": parts.method.as_str(),
-            "path": path,
-            "query": parts.uri.query(),
-            "body_len": body_len,
-            "authorized": true,
-        }),
-    )
+    let mut answer = api_echo("BigID", &parts, body_len);
+    answer["status"] = json!("success");
+    answer["statusCode"] = json!(200);
+    answer["data"] = data;
+    json_response(StatusCode::OK, &answer)
 }

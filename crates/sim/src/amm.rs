@@ -32,13 +32,16 @@ use hyper::body::Incoming;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
+use super::grant::{self, GrantCounts, RefreshGrant, RefreshRefusal, RefreshStatus, TokenGrant};
 use super::oauth::{
-    form_value, is_form, no_store, parse_basic, parse_form, uuid_like, whole_seconds,
+    error_response, form_value, is_form, no_store, parse_basic, parse_form, token_response,
+    uuid_like, whole_seconds,
 };
 use super::{
-    drain_body, empty_body, encode_pairs, json_response, lock_state, random_chars, read_small_body,
-    set_header, tls_acceptor, SimBody, SimServer,
+    api_echo, drain_body, empty_body, encode_pairs, json_response, lock_state, random_chars,
+    read_small_body, set_header, strip_scheme, tls_acceptor, SimBody, SimServer,
 };
 
 pub const TOKEN_PATH: &str = "/api/oauth/token";
@@ -96,10 +99,7 @@ pub struct AmmSim {
 
 /// Starts the simulator on `http://127.0.0.1:0`.
 pub async fn start(config: AmmSimConfig) -> AmmSim {
-    let state = Arc::new(Mutex::new(SimState::new(config)));
-    let handler_state = state.clone();
-    let server = SimServer::start(move |request| handle(request, handler_state.clone())).await;
-    AmmSim { server, state }
+    serve(config, None).await
 }
 
 /// Starts the simulator on `https://127.0.0.1:0`: AMM is often on premises behind a
@@ -112,12 +112,12 @@ pub async fn start_tls(
     key: PrivateKeyDer<'static>,
 ) -> AmmSim {
     let acceptor = tls_acceptor(cert_chain, key).expect("amm sim: invalid TLS certificate or key");
+    serve(config, Some(acceptor)).await
+}
+
+async fn serve(config: AmmSimConfig, acceptor: Option<TlsAcceptor>) -> AmmSim {
     let state = Arc::new(Mutex::new(SimState::new(config)));
-    let handler_state = state.clone();
-    let server = SimServer::start_tls(acceptor, move |request| {
-        handle(request, handler_state.clone())
-    })
-    .await;
+    let server = SimServer::with_state(&state, acceptor, handle).await;
     AmmSim { server, state }
 }
 
@@ -148,12 +148,7 @@ impl AmmSim {
 
     /// Token requests per `grant_type` as sent (counted before validation).
     pub fn count_for_grant(&self, grant_type: &str) -> usize {
-        self.state()
-            .counters
-            .grants
-            .get(grant_type)
-            .copied()
-            .unwrap_or(0)
+        self.state().counters.grants.get(grant_type)
     }
 
     /// Every POST to the token endpoint, counted before any check.
@@ -220,11 +215,9 @@ impl AmmSim {
     /// Access tokens the API would accept right now.
     pub fn valid_access_tokens(&self) -> usize {
         let now = Instant::now();
-        self.state()
-            .access_tokens
-            .values()
-            .filter(|grant| grant.is_valid(now))
-            .count()
+        let state = self.state();
+        let tokens = state.access_tokens.values();
+        tokens.filter(|access| access.life.is_valid(now)).count()
     }
 
     /// Lifetime of access tokens issued from now on.
@@ -256,15 +249,14 @@ impl AmmSim {
 
     /// Every access and refresh token issued so far becomes invalid.
     pub fn revoke_all(&self) {
-        let mut state = self.state();
-        for grant in state.access_tokens.values_mut() {
-            grant.revoked = true;
-        }
-        for grant in state.refresh_tokens.values_mut() {
-            if grant.status == RefreshStatus::Active {
-                grant.status = RefreshStatus::Revoked;
-            }
-        }
+        let state = &mut *self.state();
+        grant::revoke_all(
+            state
+                .access_tokens
+                .values_mut()
+                .map(|access| &mut access.life),
+            state.refresh_tokens.values_mut(),
+        );
     }
 }
 
@@ -274,7 +266,8 @@ struct SimState {
     api_disabled: bool,
     authorize_denied: bool,
     access_tokens: HashMap<String, AccessGrant>,
-    refresh_tokens: HashMap<String, RefreshGrant>,
+    /// Refresh tokens with the user they were issued to.
+    refresh_tokens: HashMap<String, RefreshGrant<String>>,
     codes: HashMap<String, CodeGrant>,
     /// The newest access token per subject, for `reuse_live_token`.
     latest: HashMap<Subject, String>,
@@ -284,7 +277,7 @@ struct SimState {
 #[derive(Default)]
 struct Counters {
     token_requests: usize,
-    grants: HashMap<String, usize>,
+    grants: GrantCounts,
     basic_auth: usize,
     param_client_auth: usize,
     query_params: usize,
@@ -310,29 +303,7 @@ struct Subject {
 struct AccessGrant {
     client_id: String,
     refresh_token: Option<String>,
-    expires_at: Instant,
-    revoked: bool,
-}
-
-impl AccessGrant {
-    fn is_valid(&self, now: Instant) -> bool {
-        !self.revoked && now < self.expires_at
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RefreshStatus {
-    Active,
-    /// Consumed by a refresh: using it again is a reuse.
-    Used,
-    Revoked,
-}
-
-struct RefreshGrant {
-    client_id: String,
-    username: String,
-    expires_at: Instant,
-    status: RefreshStatus,
+    life: TokenGrant,
 }
 
 struct CodeGrant {
@@ -392,7 +363,8 @@ impl SimState {
     /// Keeps the maps bounded over a long demo run. Consumed refresh tokens stay until they
     /// expire so a reuse is still recognised as one.
     fn forget_expired(&mut self, now: Instant) {
-        self.access_tokens.retain(|_, grant| now < grant.expires_at);
+        self.access_tokens
+            .retain(|_, grant| now < grant.life.expires_at);
         self.refresh_tokens
             .retain(|_, grant| now < grant.expires_at);
         self.codes.retain(|_, grant| now < grant.expires_at);
@@ -410,12 +382,12 @@ impl SimState {
                 .latest
                 .get(&subject)
                 .and_then(|token| Some((token, self.access_tokens.get(token)?)))
-                .filter(|(_, grant)| grant.is_valid(now));
+                .filter(|(_, grant)| grant.life.is_valid(now));
             if let Some((token, grant)) = live {
                 return Issued {
                     access_token: token.clone(),
                     refresh_token: grant.refresh_token.clone(),
-                    expires_in: whole_seconds(grant.expires_at.duration_since(now)),
+                    expires_in: whole_seconds(grant.life.expires_at.duration_since(now)),
                 };
             }
         }
@@ -424,12 +396,12 @@ impl SimState {
             let refresh_token = uuid_like();
             self.refresh_tokens.insert(
                 refresh_token.clone(),
-                RefreshGrant {
-                    client_id: subject.client_id.clone(),
-                    username: subject.username.clone(),
-                    expires_at: now + self.config.refresh_ttl,
-                    status: RefreshStatus::Active,
-                },
+                RefreshGrant::new(
+                    &subject.client_id,
+                    subject.username.clone(),
+                    now,
+                    self.config.refresh_ttl,
+                ),
             );
             refresh_token
         });
@@ -439,8 +411,7 @@ impl SimState {
             AccessGrant {
                 client_id: subject.client_id.clone(),
                 refresh_token: refresh_token.clone(),
-                expires_at: now + access_ttl,
-                revoked: false,
+                life: TokenGrant::new(now, access_ttl),
             },
         );
         self.latest.insert(subject, access_token.clone());
@@ -485,11 +456,7 @@ impl AmmError {
     }
 
     fn into_response(self) -> Response<SimBody> {
-        let mut response = json_response(
-            self.status,
-            &json!({ "error": self.error, "error_description": self.description }),
-        );
-        no_store(&mut response);
+        let mut response = error_response(self.status, self.error, &self.description);
         if self.status == StatusCode::UNAUTHORIZED && self.description == BAD_CLIENT {
             set_header(
                 &mut response,
@@ -594,18 +561,14 @@ async fn token(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<
     let counters = &mut state.counters;
     counters.query_params += usize::from(params.from_query);
     counters.body_params += usize::from(params.from_body);
-    if let Some(grant_type) = form_value(&params.pairs, "grant_type") {
-        *counters.grants.entry(grant_type.to_owned()).or_default() += 1;
-    }
+    counters
+        .grants
+        .record(form_value(&params.pairs, "grant_type"));
     if let Some(retry_after) = state.rate_limit {
         return rate_limited(retry_after);
     }
     match token_grant(&headers, &params.pairs, &mut state) {
-        Ok(issued) => {
-            let mut response = json_response(StatusCode::OK, &issued.to_json());
-            no_store(&mut response);
-            response
-        }
+        Ok(issued) => token_response(&issued.to_json()),
         Err(error) => error.into_response(),
     }
 }
@@ -705,14 +668,11 @@ fn token_grant(
             let Some(refresh) = state.refresh_tokens.get_mut(presented) else {
                 return Err(invalid());
             };
-            match refresh.status {
-                RefreshStatus::Used => {
+            if let Err(refusal) = refresh.check(now) {
+                if refusal == RefreshRefusal::Reused {
                     state.counters.refresh_reuse += 1;
-                    return Err(invalid());
                 }
-                RefreshStatus::Revoked => return Err(invalid()),
-                RefreshStatus::Active if now >= refresh.expires_at => return Err(invalid()),
-                RefreshStatus::Active => {}
+                return Err(invalid());
             }
             if refresh.client_id != client_id {
                 return Err(AmmError::invalid_grant(
@@ -722,7 +682,7 @@ fn token_grant(
             refresh.status = RefreshStatus::Used;
             let subject = Subject {
                 client_id,
-                username: refresh.username.clone(),
+                username: refresh.grant.clone(),
                 with_refresh: true,
             };
             // A refresh always mints a new pair, never hands back a live token.
@@ -897,10 +857,10 @@ async fn expire(request: Request<Incoming>, state: &Mutex<SimState>) -> Response
     let now = Instant::now();
     let refresh_token = match state.access_tokens.get_mut(token) {
         Some(grant)
-            if grant.is_valid(now)
+            if grant.life.is_valid(now)
                 && client_id.as_ref().is_none_or(|id| *id == grant.client_id) =>
         {
-            grant.revoked = true;
+            grant.life.revoked = true;
             grant.refresh_token.clone()
         }
         _ => {
@@ -913,9 +873,7 @@ async fn expire(request: Request<Incoming>, state: &Mutex<SimState>) -> Response
         }
     };
     if let Some(refresh) = refresh_token.and_then(|token| state.refresh_tokens.get_mut(&token)) {
-        if refresh.status == RefreshStatus::Active {
-            refresh.status = RefreshStatus::Revoked;
-        }
+        refresh.revoke();
     }
     state.counters.revoked_tokens += 1;
     let mut response = Response::new(empty_body());
@@ -943,32 +901,15 @@ async fn api(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<Si
     let (Some(value), None) = (values.next(), values.next()) else {
         return unauthorized("expected exactly one Authorization: Bearer <token> header");
     };
-    // Auth schemes are case-insensitive (RFC 9110 11.1).
-    let token = value.to_str().ok().and_then(|value| {
-        value
-            .get(..7)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer "))
-            .then(|| value[7..].trim())
-    });
-    let Some(token) = token else {
+    let Some(token) = strip_scheme(value, "Bearer ").map(str::trim) else {
         return unauthorized("expected Authorization: Bearer <token>");
     };
     let now = Instant::now();
     match state.access_tokens.get(token) {
-        Some(grant) if grant.is_valid(now) => {}
+        Some(grant) if grant.life.is_valid(now) => {}
         Some(_) => return unauthorized("Access token expired or revoked"),
         None => return unauthorized("Invalid access token"),
     }
     state.counters.api_authorized += 1;
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "vendor": "AMM",
-            "method": parts.method.as_str(),
-            "path": parts.uri.path(),
-            "query": parts.uri.query(),
-            "body_len": body_len,
-            "authorized": true,
-        }),
-    )
+    json_response(StatusCode::OK, &api_echo("AMM", &parts, body_len))
 }

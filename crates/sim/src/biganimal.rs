@@ -32,10 +32,13 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::oauth::{form_value, is_form, no_store, parse_form, uuid_like, whole_seconds};
+use super::grant::{self, GrantCounts, RefreshGrant, RefreshStatus, TokenGrant};
+use super::oauth::{
+    error_response, form_value, is_form, parse_form, token_response, uuid_like, whole_seconds,
+};
 use super::{
-    drain_body, json_response, lock_state, percent_encode, random_chars, random_hex,
-    read_small_body, response, unix_now, unsigned_jwt, SimBody, SimServer,
+    api_echo, drain_body, json_response, lock_state, percent_encode, random_chars, random_hex,
+    read_small_body, response, strip_scheme, unix_now, unsigned_jwt, SimBody, SimServer,
 };
 
 pub const PROVIDER_PATH: &str = "/api/v3/auth/provider";
@@ -116,8 +119,7 @@ pub async fn start(config: BigAnimalSimConfig) -> BigAnimalSim {
     // The URL (issuer, verification URI) is only known once bound; no client can reach the
     // server before this returns, so filling it in afterwards races with nothing.
     let state = Arc::new(Mutex::new(SimState::new(config)));
-    let handler_state = state.clone();
-    let server = SimServer::start(move |request| handle(request, handler_state.clone())).await;
+    let server = SimServer::with_state(&state, None, handle).await;
     lock_state(&state).base_url = server.url();
     BigAnimalSim { server, state }
 }
@@ -195,12 +197,7 @@ impl BigAnimalSim {
 
     /// Requests to `/oauth/token` per `grant_type` as sent (counted before validation).
     pub fn count_for_grant(&self, grant_type: &str) -> usize {
-        self.state()
-            .counters
-            .grants
-            .get(grant_type)
-            .copied()
-            .unwrap_or(0)
+        self.state().counters.grants.get(grant_type)
     }
 
     /// Device-code polls (= `count_for_grant(DEVICE_CODE_GRANT)`).
@@ -240,18 +237,14 @@ impl BigAnimalSim {
 
     /// Raw, exchanged and refresh tokens issued so far all become invalid.
     pub fn revoke_all(&self) {
-        let mut state = self.state();
-        for grant in state.raw_tokens.values_mut() {
-            grant.revoked = true;
-        }
-        for grant in state.exchanged_tokens.values_mut() {
-            grant.revoked = true;
-        }
-        for grant in state.refresh_tokens.values_mut() {
-            if grant.status == RefreshStatus::Active {
-                grant.status = RefreshStatus::Revoked;
-            }
-        }
+        let state = &mut *self.state();
+        grant::revoke_all(
+            state
+                .raw_tokens
+                .values_mut()
+                .chain(state.exchanged_tokens.values_mut()),
+            state.refresh_tokens.values_mut(),
+        );
     }
 
     /// Lifetime of raw tokens issued from now on.
@@ -266,12 +259,7 @@ impl BigAnimalSim {
 
     /// Exchanged tokens the API would accept right now.
     pub fn valid_exchanged_tokens(&self) -> usize {
-        let now = Instant::now();
-        self.state()
-            .exchanged_tokens
-            .values()
-            .filter(|grant| grant.is_valid(now))
-            .count()
+        grant::count_valid(&self.state().exchanged_tokens)
     }
 }
 
@@ -282,14 +270,15 @@ struct SimState {
     device_codes: HashMap<String, DeviceGrant>,
     raw_tokens: HashMap<String, TokenGrant>,
     exchanged_tokens: HashMap<String, TokenGrant>,
-    refresh_tokens: HashMap<String, RefreshGrant>,
+    /// Refresh tokens with the scope they were granted.
+    refresh_tokens: HashMap<String, RefreshGrant<String>>,
     counters: Counters,
 }
 
 #[derive(Default)]
 struct Counters {
     device_code_requests: usize,
-    grants: HashMap<String, usize>,
+    grants: GrantCounts,
     slow_downs: usize,
     /// When each device-code poll arrived, across codes.
     poll_times: Vec<Instant>,
@@ -321,32 +310,6 @@ struct DeviceGrant {
     polls: u32,
 }
 
-struct TokenGrant {
-    expires_at: Instant,
-    revoked: bool,
-}
-
-impl TokenGrant {
-    fn is_valid(&self, now: Instant) -> bool {
-        !self.revoked && now < self.expires_at
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RefreshStatus {
-    Active,
-    /// Rotated away: using it again is a reuse.
-    Used,
-    Revoked,
-}
-
-struct RefreshGrant {
-    client_id: String,
-    scope: String,
-    expires_at: Instant,
-    status: RefreshStatus,
-}
-
 /// An Auth0-style `{"error", "error_description"}` answer.
 struct AuthError {
     status: StatusCode,
@@ -364,12 +327,7 @@ impl AuthError {
     }
 
     fn into_response(self) -> Response<SimBody> {
-        let mut response = json_response(
-            self.status,
-            &json!({ "error": self.error, "error_description": self.description }),
-        );
-        no_store(&mut response);
-        response
+        error_response(self.status, self.error, &self.description)
     }
 }
 
@@ -501,13 +459,8 @@ impl SimState {
             "azp": client_id,
             "scope": scope,
         }));
-        self.raw_tokens.insert(
-            access_token.clone(),
-            TokenGrant {
-                expires_at: now + raw_ttl,
-                revoked: false,
-            },
-        );
+        self.raw_tokens
+            .insert(access_token.clone(), TokenGrant::new(now, raw_ttl));
         let mut body = json!({
             "access_token": access_token,
             "scope": scope,
@@ -531,12 +484,7 @@ impl SimState {
             let refresh_token = random_hex::<32>();
             self.refresh_tokens.insert(
                 refresh_token.clone(),
-                RefreshGrant {
-                    client_id: client_id.to_owned(),
-                    scope: scope.to_owned(),
-                    expires_at: now + self.config.refresh_ttl,
-                    status: RefreshStatus::Active,
-                },
+                RefreshGrant::new(client_id, scope.to_owned(), now, self.config.refresh_ttl),
             );
             body["refresh_token"] = json!(refresh_token);
         }
@@ -666,10 +614,7 @@ async fn device_code(request: Request<Incoming>, state: &Mutex<SimState>) -> Res
         .into_response();
     }
     let scope = form_value(&params, "scope").unwrap_or_default().to_owned();
-    let body = state.new_device_code(client_id, &scope);
-    let mut response = json_response(StatusCode::OK, &body);
-    no_store(&mut response);
-    response
+    token_response(&state.new_device_code(client_id, &scope))
 }
 
 async fn token(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<SimBody> {
@@ -681,13 +626,10 @@ async fn token(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<
         Err(error) => return error.into_response(),
     };
     let mut state = lock_state(state);
-    if let Some(grant_type) = form_value(&params, "grant_type") {
-        *state
-            .counters
-            .grants
-            .entry(grant_type.to_owned())
-            .or_default() += 1;
-    }
+    state
+        .counters
+        .grants
+        .record(form_value(&params, "grant_type"));
     let result = match form_value(&params, "grant_type") {
         Some(DEVICE_CODE_GRANT) => device_code_grant(&params, &mut state),
         Some("refresh_token") => refresh_grant(&params, &mut state),
@@ -703,11 +645,7 @@ async fn token(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<
         )),
     };
     match result {
-        Ok(body) => {
-            let mut response = json_response(StatusCode::OK, &body);
-            no_store(&mut response);
-            response
-        }
+        Ok(body) => token_response(&body),
         Err(error) => error.into_response(),
     }
 }
@@ -835,17 +773,14 @@ fn refresh_grant(params: &[(String, String)], state: &mut SimState) -> Result<Va
     if refresh.client_id != client_id {
         return Err(invalid());
     }
-    match refresh.status {
-        RefreshStatus::Used => {
+    if let Err(refusal) = refresh.check(now) {
+        if refusal == grant::RefreshRefusal::Reused {
             state.counters.refresh_reuse += 1;
-            return Err(invalid());
         }
-        RefreshStatus::Revoked => return Err(invalid()),
-        RefreshStatus::Active if now >= refresh.expires_at => return Err(invalid()),
-        RefreshStatus::Active => {}
+        return Err(invalid());
     }
     refresh.status = RefreshStatus::Used;
-    let scope = refresh.scope.clone();
+    let scope = refresh.grant.clone();
     Ok(state.issue(&client_id, &scope))
 }
 
@@ -889,16 +824,10 @@ async fn exchange(request: Request<Incoming>, state: &Mutex<SimState>) -> Respon
         "exp": issued_at + whole_seconds(ttl),
         "jti": uuid_like(),
     }));
-    state.exchanged_tokens.insert(
-        token.clone(),
-        TokenGrant {
-            expires_at: now + ttl,
-            revoked: false,
-        },
-    );
-    let mut response = json_response(StatusCode::OK, &json!({ "token": token }));
-    no_store(&mut response);
-    response
+    state
+        .exchanged_tokens
+        .insert(token.clone(), TokenGrant::new(now, ttl));
+    token_response(&json!({ "token": token }))
 }
 
 async fn api(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<SimBody> {
@@ -910,17 +839,7 @@ async fn api(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<Si
         return api_error(StatusCode::UNAUTHORIZED, &problem, "unauthorized");
     }
     state.counters.api_authorized += 1;
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "vendor": "BigAnimal",
-            "method": parts.method.as_str(),
-            "path": parts.uri.path(),
-            "query": parts.uri.query(),
-            "body_len": body_len,
-            "authorized": true,
-        }),
-    )
+    json_response(StatusCode::OK, &api_echo("BigAnimal", &parts, body_len))
 }
 
 /// Either credential may carry the request; the message names what was wrong.
@@ -950,14 +869,7 @@ fn authorize_api(headers: &HeaderMap, state: &SimState) -> Result<(), String> {
 }
 
 fn bearer_problem(value: &HeaderValue, state: &SimState) -> Option<String> {
-    let token = value.to_str().ok().and_then(|value| {
-        // Auth schemes are case-insensitive (RFC 9110 11.1).
-        let scheme = value.get(..7)?;
-        scheme
-            .eq_ignore_ascii_case("bearer ")
-            .then(|| value[7..].trim())
-    });
-    let Some(token) = token else {
+    let Some(token) = strip_scheme(value, "Bearer ").map(str::trim) else {
         return Some("expected \"Authorization: Bearer <token>\"".to_owned());
     };
     let now = Instant::now();
