@@ -24,7 +24,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+// Generous: a cold start of node with oidc-provider on a loaded 2-core machine has taken
+// over 20 s.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HOPS: usize = 20;
 
