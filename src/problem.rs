@@ -205,27 +205,20 @@ impl ProxyError {
         }
     }
 
+    /// The vendor-side kind of a failure that is not the client's (`fault` classifies every
+    /// variant; only those it does not blame on the client are looked at here).
     fn upstream_error_kind(&self) -> Option<UpstreamErrorKind> {
+        if self.fault() == Fault::Client {
+            return None;
+        }
         match self {
-            ProxyError::NoRoute { .. }
-            | ProxyError::BadRequest { .. }
-            | ProxyError::PathAboveBase { .. }
-            | ProxyError::InvalidHost(_)
-            | ProxyError::UriTooLong { .. }
-            | ProxyError::UnsupportedTransferCoding { .. }
-            | ProxyError::MalformedBody { .. }
-            | ProxyError::BodyTimeout { .. }
-            | ProxyError::MethodNotAllowed { .. }
-            | ProxyError::ClientKeyRequired
-            | ProxyError::MisdirectedHost { .. }
-            | ProxyError::StaticToken { .. }
-            | ProxyError::CrossOrigin { .. } => None,
             ProxyError::NoToken { .. } => Some(UpstreamErrorKind::NoToken),
             ProxyError::UpstreamUnreachable { .. } => Some(UpstreamErrorKind::Connect),
             ProxyError::UpstreamTls { .. } => Some(UpstreamErrorKind::Tls),
             ProxyError::UpstreamTimeout { .. } | ProxyError::ConnectTimeout { .. } => {
                 Some(UpstreamErrorKind::Timeout)
             }
+            _ => None,
         }
     }
 

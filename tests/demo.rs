@@ -1,5 +1,6 @@
 //! `tokenproxy demo` as a newcomer runs it: the real binary, every curl line it prints
 //! answers 200 through the proxy.
+#![allow(clippy::disallowed_types)] // Real servers on the real clock: deadlines use std time.
 
 mod support;
 

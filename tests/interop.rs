@@ -1,5 +1,6 @@
 //! tokenproxy's generic kinds against a real, independent OAuth server: the certified
 //! `oidc-provider` (npm), started on 127.0.0.1 by `tests/support/oidc.rs`.
+#![allow(clippy::disallowed_types)] // Real servers on the real clock: deadlines use std time.
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! `slow_down` and `authorization_pending` with Auth0's status codes, codes that expire or
 //! are denied, logout that says what happened at the vendor, states after logout, and
 //! error texts a person can act on. Real proxy, simulators on 127.0.0.1.
+#![allow(clippy::disallowed_types)] // Real servers on the real clock: deadlines use std time.
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! Faults: a vendor that revokes tokens, a token endpoint that is down, connections that
 //! reset, and the process-level lifecycle (SIGTERM drain, SIGHUP and file-change reloads).
+#![allow(clippy::disallowed_types)] // Real servers on the real clock: deadlines use std time.
 
 mod support;
 

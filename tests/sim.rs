@@ -1,4 +1,5 @@
 //! The simulators over real HTTP on 127.0.0.1: what the proxy's own tests rely on.
+#![allow(clippy::disallowed_types)] // Real servers on the real clock: deadlines use std time.
 
 mod support;
 

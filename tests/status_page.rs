@@ -1,6 +1,7 @@
 //! The status page at `/-/`: served self-contained with its security headers, one row per
 //! upstream; and, in a real headless Chromium against `tokenproxy demo --manual-login`, a
 //! BigAnimal device login done from the page, which turns the row valid without a reload.
+#![allow(clippy::disallowed_types)] // Real servers on the real clock: deadlines use std time.
 
 mod support;
 

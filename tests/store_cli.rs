@@ -1,6 +1,7 @@
 //! The token store and the one-shot commands, through the real binary: tokens survive a
 //! kill -9, one daemon per store, a corrupt store is moved aside, and `login`, `logout`,
 //! `status` and `token` work with and without a running daemon.
+#![allow(clippy::disallowed_types)] // Real servers on the real clock: deadlines use std time.
 
 mod support;
 

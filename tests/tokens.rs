@@ -1,5 +1,6 @@
 //! Token kinds, refresh and single flight through the real server against real token
 //! servers (`tokenproxy_sim`) on 127.0.0.1.
+#![allow(clippy::disallowed_types)] // Real servers on the real clock: deadlines use std time.
 
 mod support;
 

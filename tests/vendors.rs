@@ -1,5 +1,6 @@
 //! Each vendor through the real proxy against its simulator (`tokenproxy_sim`): the right
 //! header shape arrives, and expiry, refresh, rotation and re-exchange happen.
+#![allow(clippy::disallowed_types)] // Real servers on the real clock: deadlines use std time.
 
 mod support;
 

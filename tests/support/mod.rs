@@ -1,5 +1,6 @@
 //! Shared test helpers: the real tokenproxy server started in-process on port 0, an HTTP
 //! client, and request bodies. Upstreams and token servers are `tokenproxy_sim`.
+#![allow(clippy::disallowed_types)] // Real servers on the real clock: deadlines use std time.
 #![allow(dead_code)]
 
 pub mod answer;
