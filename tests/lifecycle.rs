@@ -202,7 +202,6 @@ async fn cli_login(
     name: &str,
     decide: impl Fn(&str),
 ) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
-    use std::process::Stdio;
     let dir = temp_dir(name);
     std::fs::write(
         dir.join("tokenproxy.toml"),
@@ -212,15 +211,7 @@ async fn cli_login(
         ),
     )
     .unwrap();
-    let mut login = tokenproxy(&dir)
-        .args(["login", "biganimal", "--no-browser"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = capture(login.stdout.take().unwrap());
-    let stderr = capture(login.stderr.take().unwrap());
-    let code = printed_device_code(&stdout, &stderr).await;
+    let (mut login, stdout, stderr, code) = start_device_login(&dir, "biganimal").await;
     decide(&code);
     let exit = tokio::task::spawn_blocking(move || login.wait().unwrap())
         .await

@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -194,15 +194,7 @@ async fn device_login_from_the_command_line_takes_effect_in_the_running_daemon()
         StatusCode::SERVICE_UNAVAILABLE
     );
 
-    let mut login = tokenproxy(&dir)
-        .args(["login", "biganimal", "--no-browser"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = capture(login.stdout.take().unwrap());
-    let stderr = capture(login.stderr.take().unwrap());
-    let code = printed_device_code(&stdout, &stderr).await;
+    let (mut login, stdout, stderr, code) = start_device_login(&dir, "biganimal").await;
     assert!(
         sim.approve(&code),
         "the printed code is the simulator's: {code}"

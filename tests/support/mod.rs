@@ -233,6 +233,28 @@ pub fn tokenproxy(dir: &std::path::Path) -> std::process::Command {
     command
 }
 
+/// A line collector for a child's output, shared with the thread that reads it.
+pub type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// `tokenproxy login NAME --no-browser` started in `dir`, its output collected, and the device
+/// code it printed.
+pub async fn start_device_login(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::process::Child, Lines, Lines, String) {
+    use std::process::Stdio;
+    let mut login = tokenproxy(dir)
+        .args(["login", name, "--no-browser"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = capture(login.stdout.take().unwrap());
+    let stderr = capture(login.stderr.take().unwrap());
+    let code = printed_device_code(&stdout, &stderr).await;
+    (login, stdout, stderr, code)
+}
+
 /// The device code `tokenproxy login` printed ("and enter the code:  ABCD-EFGH"), waited for.
 pub async fn printed_device_code(
     stdout: &std::sync::Mutex<Vec<String>>,
