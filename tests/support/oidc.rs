@@ -24,9 +24,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-// Generous: a cold start of node with oidc-provider on a loaded 2-core machine has taken
-// over 20 s.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// A normal start takes under 2 s, also with the other tests running.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+const START_ATTEMPTS: u32 = 3;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HOPS: usize = 20;
 
@@ -51,7 +51,23 @@ impl OidcProvider {
     /// Starts the server with extra environment variables, e.g.
     /// `[("ACCESS_TTL", "2")]`. Known: `ACCESS_TTL`, `REFRESH_TTL`,
     /// `DEVICE_TTL` (seconds), `DEBUG` (e.g. `oidc-provider:*`, to stderr).
+    ///
+    /// Now and then (about one start in 20 under the test harness, never when started by
+    /// hand) node stops for good between loading oidc-provider and listening, its main
+    /// thread parked on a futex; not understood yet. A start that does not report within
+    /// `START_TIMEOUT` is killed and tried again, at most `START_ATTEMPTS` times.
     pub async fn start_with(env: &[(&str, &str)]) -> OidcProvider {
+        for attempt in 1..=START_ATTEMPTS {
+            if let Some(started) = Self::start_once(env).await {
+                return started;
+            }
+            eprintln!("oidc-provider did not print its issuer within {START_TIMEOUT:?} (attempt {attempt}); starting it again");
+        }
+        panic!("oidc-provider did not start in {START_ATTEMPTS} attempts");
+    }
+
+    /// One start; `None` when the server says nothing within `START_TIMEOUT` (it is killed).
+    async fn start_once(env: &[(&str, &str)]) -> Option<OidcProvider> {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let interop = root.join("tests").join("interop");
         if !interop.join("node_modules").join("oidc-provider").is_dir() {
@@ -118,7 +134,7 @@ impl OidcProvider {
         let line = match tokio::time::timeout(START_TIMEOUT, rx).await {
             Ok(Ok(line)) => line,
             Ok(Err(_)) => String::new(),
-            Err(_) => panic!("oidc-provider did not print its issuer within {START_TIMEOUT:?}"),
+            Err(_) => return None,
         };
         let ready: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| {
             let status = op.child.try_wait().ok().flatten();
@@ -153,7 +169,7 @@ impl OidcProvider {
         op.device_authorization_url = endpoint("device_authorization_endpoint");
         op.authorization_url = endpoint("authorization_endpoint");
         op.discovery = discovery;
-        op
+        Some(op)
     }
 
     /// `http://127.0.0.1:PORT` (no trailing slash).
