@@ -16,8 +16,8 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
-echo "== promtool for the metrics test (Debian's prometheus package)"
-if [ ! -x "${PROMTOOL:-/usr/bin/promtool}" ]; then
+echo "== Prometheus for the metrics test (Debian's prometheus package)"
+if [ ! -x "${PROMETHEUS:-/usr/bin/prometheus}" ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null

@@ -3,8 +3,9 @@
 //! The request path only touches plain atomics in [`RequestMetrics`] (one per upstream,
 //! kept across reloads): no lock, no label lookup, no allocation. A scrape reads them, and
 //! each token cell's figures, into a snapshot that `prometheus-client`'s encoder writes as
-//! OpenMetrics text; plain Prometheus text (`text/plain; version=0.0.4`) is derived from
-//! it for scrapers that do not ask for OpenMetrics.
+//! OpenMetrics 1.0 text, as is. Prometheus (since 2.5), the OpenTelemetry collector,
+//! VictoriaMetrics and Grafana Alloy choose their parser by the answer's content type; the
+//! library has no classic-text encoder, and rewriting its output by hand is what we avoid.
 //!
 //! Label values are bounded: the upstream's configured name, a status code, and small
 //! fixed sets (error kind, refresh outcome, token state). Never a path, a client address,
@@ -210,64 +211,17 @@ pub struct TokenMetrics {
     pub logins: AtomicU64,
 }
 
-/// `application/openmetrics-text` when the scraper's `Accept` lists it.
-pub fn wants_openmetrics(accept: Option<&str>) -> bool {
-    accept.is_some_and(|accept| accept.contains("application/openmetrics-text"))
-}
-
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The whole exposition, in OpenMetrics or classic Prometheus text.
-pub fn render(snapshot: Snapshot, openmetrics: bool) -> String {
+/// The whole exposition in OpenMetrics text (counters named `x` in `# TYPE`, sampled as
+/// `x_total`; ends with `# EOF`).
+pub fn render(snapshot: Snapshot) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .expect("writing to a String cannot fail");
-    if openmetrics {
-        text
-    } else {
-        to_prometheus_text(&text)
-    }
-}
-
-/// Classic Prometheus text from OpenMetrics: counters are named with their `_total`
-/// suffix in `# HELP`/`# TYPE`, and `# UNIT` and `# EOF` are dropped.
-fn to_prometheus_text(openmetrics: &str) -> String {
-    let mut counters: Vec<&str> = Vec::new();
-    for line in openmetrics.lines() {
-        if let Some(name) = line
-            .strip_prefix("# TYPE ")
-            .and_then(|rest| rest.strip_suffix(" counter"))
-        {
-            counters.push(name);
-        }
-    }
-    let mut text = String::with_capacity(openmetrics.len() + counters.len() * 12);
-    for line in openmetrics.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let descriptor = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|prefix| line.strip_prefix(prefix).map(|rest| (prefix, rest)));
-        match descriptor {
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                text.push_str(prefix);
-                text.push_str(name);
-                if counters.contains(&name) {
-                    text.push_str("_total");
-                }
-                text.push(' ');
-                text.push_str(tail);
-            }
-            None => text.push_str(line),
-        }
-        text.push('\n');
-    }
     text
 }
 
@@ -507,34 +461,9 @@ mod tests {
     }
 
     #[test]
-    fn prometheus_text_names_counters_with_total() {
-        let openmetrics = "# HELP tokenproxy_requests Requests.\n# TYPE tokenproxy_requests counter\n\
-                           tokenproxy_requests_total{upstream=\"a\",code=\"200\"} 3\n\
-                           # HELP tokenproxy_inflight_requests In flight.\n# TYPE tokenproxy_inflight_requests gauge\n\
-                           tokenproxy_inflight_requests{upstream=\"a\"} 0\n# EOF\n";
-        let text = to_prometheus_text(openmetrics);
-        assert_eq!(
-            text,
-            "# HELP tokenproxy_requests_total Requests.\n# TYPE tokenproxy_requests_total counter\n\
-             tokenproxy_requests_total{upstream=\"a\",code=\"200\"} 3\n\
-             # HELP tokenproxy_inflight_requests In flight.\n# TYPE tokenproxy_inflight_requests gauge\n\
-             tokenproxy_inflight_requests{upstream=\"a\"} 0\n"
-        );
-    }
-
-    #[test]
     fn every_error_kind_has_its_own_slot() {
         for (slot, kind) in UpstreamErrorKind::ALL.iter().enumerate() {
             assert_eq!(*kind as usize, slot, "{kind:?}");
         }
-    }
-
-    #[test]
-    fn openmetrics_is_asked_for_by_accept() {
-        assert!(wants_openmetrics(Some(
-            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
-        )));
-        assert!(!wants_openmetrics(Some("text/plain")));
-        assert!(!wants_openmetrics(None));
     }
 }

@@ -60,7 +60,7 @@ pub async fn handle(
             Ok(json(status, &serde_json::json!({ "ready": ready })))
         }
         (&Method::GET | &Method::HEAD, ["status"]) => Ok(json(StatusCode::OK, &status(app))),
-        (&Method::GET | &Method::HEAD, ["metrics"]) => Ok(metrics_response(app, &request)),
+        (&Method::GET | &Method::HEAD, ["metrics"]) => Ok(metrics_response(app)),
         (&Method::POST, ["upstreams", name, action]) => match action_allowed(same_origin, &request)
         {
             Ok(()) => upstream_action(app, name, action).await,
@@ -98,25 +98,20 @@ fn action_allowed(same_origin: bool, request: &Request<Incoming>) -> Result<(), 
     Ok(())
 }
 
-fn metrics_response(app: &App, request: &Request<Incoming>) -> Response<ProxyBody> {
-    let accept = request
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|accept| accept.to_str().ok());
-    let openmetrics = metrics::wants_openmetrics(accept);
-    let text = metrics::render(metrics_snapshot(app), openmetrics);
+/// OpenMetrics 1.0, prometheus-client's own encoding, whatever the scraper's `Accept`:
+/// Prometheus picks its parser by the answer's content type.
+fn metrics_response(app: &App) -> Response<ProxyBody> {
+    let text = metrics::render(metrics_snapshot(app));
     let mut response = Response::new(
         Full::new(Bytes::from(text))
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
-    let content_type = if openmetrics {
-        metrics::OPENMETRICS_CONTENT_TYPE
-    } else {
-        metrics::PROMETHEUS_CONTENT_TYPE
-    };
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::OPENMETRICS_CONTENT_TYPE),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
