@@ -23,6 +23,14 @@ if [ ! -x "${PROMETHEUS:-/usr/bin/prometheus}" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+echo "== redis-server and redis-cli for the fleet tests (Debian's redis-server)"
+if [ ! -x "${REDIS_SERVER:-/usr/bin/redis-server}" ] || ! command -v redis-cli >/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+fi
+# The package starts a system Redis on 6379; the tests start their own on free ports.
+
 echo "== npm packages for the interop and browser tests (oidc-provider, puppeteer-core)"
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 

@@ -4,12 +4,13 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::config::{Config, ServerConfig, UpstreamConfig};
+use crate::fleet::Fleet;
 use crate::login::Logins;
 use crate::metrics::RequestMetrics;
 use crate::providers::{Provider, ProviderError};
 use crate::routes::RouteTable;
 use crate::store::SharedStore;
-use crate::tokens::TokenCell;
+use crate::tokens::{FleetLink, TokenCell};
 use crate::transport::{TlsSettings, Transport, TransportBuildError, Transports};
 
 pub struct Upstream {
@@ -63,6 +64,7 @@ impl App {
         config: &Config,
         transports: &Transports,
         store: SharedStore,
+        fleet: Option<&Arc<Fleet>>,
         previous: Option<&App>,
     ) -> Result<App, BuildError> {
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
@@ -102,7 +104,10 @@ impl App {
             })?;
             let fingerprint = upstream.auth.fingerprint();
             let stored = store.credential(&upstream.name, &fingerprint, &upstream.auth.injection);
-            let tokens = TokenCell::new(
+            let when_redis_down = upstream
+                .when_redis_down
+                .unwrap_or_else(|| provider.default_when_redis_down());
+            let mut tokens = TokenCell::new(
                 upstream.name.clone(),
                 provider,
                 upstream.auth.refresh_skew,
@@ -110,6 +115,13 @@ impl App {
                 fingerprint,
                 stored,
             );
+            if let Some(fleet) = fleet {
+                tokens = tokens.in_fleet(FleetLink::new(
+                    Arc::clone(fleet),
+                    upstream.auth.injection.clone(),
+                    when_redis_down,
+                ));
+            }
             upstreams.push(Arc::new(Upstream {
                 config: upstream.clone(),
                 tokens: Arc::new(tokens),

@@ -17,6 +17,8 @@
 //!   `TokenSource` (the providers).
 //! - [`login`]: logins that need a user (device code, browser callback).
 //! - [`store`]: the token file that survives restarts, and its one-owner lock.
+//! - [`fleet`]: fleet mode's Redis: sealed token entries written by compare-and-set, the
+//!   per-upstream lease that picks the one refresher, and the fleet's events (pub/sub).
 //! - [`routes`]: which upstream a request is for (listener, `Host`, normalized path prefix).
 //! - [`proxy`]: the request path: admission (no open proxy), the browser guard, route,
 //!   credential, header rewrite, forward (401 and reset retries), answer, counted in the
@@ -46,7 +48,7 @@
 //! two modules import each other and each layer can be read without those above it.
 //!
 //! 1. `secret`, `scrub`, `schema`, `transport`
-//! 2. `credential`
+//! 2. `credential`, `fleet`
 //! 3. `metrics`, `providers`, `store`
 //! 4. `problem`, `tokens`, `config`, `status`
 //! 5. `login`, `routes`
@@ -64,6 +66,7 @@ pub mod config;
 pub mod credential;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod fleet;
 pub mod login;
 pub mod metrics;
 pub mod problem;

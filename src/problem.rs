@@ -186,7 +186,8 @@ impl ProxyError {
             ProxyError::NoToken { cause, .. } => match cause {
                 ProviderError::NeedsLogin
                 | ProviderError::LoginExpired
-                | ProviderError::LoginDenied => Fault::Proxy,
+                | ProviderError::LoginDenied
+                | ProviderError::Fleet(_) => Fault::Proxy,
                 _ => Fault::TokenEndpoint,
             },
             ProxyError::UpstreamUnreachable { .. }

@@ -41,6 +41,26 @@ pub struct UpstreamStatus {
     pub requests: RequestCounts,
     /// A device login waiting for approval.
     pub pending_login: Option<DeviceView>,
+    /// Fleet mode: who refreshes this upstream's shared token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// An upstream's place in the fleet (`store.redis`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// The replica that holds the lease and alone calls the token endpoint (`host/pid`).
+    pub holder: String,
+    /// The lease's fencing generation: bumped at every new holder.
+    pub generation: u64,
+    /// This replica is the holder.
+    pub this_replica: bool,
+    /// The version of the shared entry this replica's token came from (0: none, or
+    /// fetched alone while Redis was unreachable).
+    pub version: u64,
+    pub redis_reachable: bool,
+    /// `keep_held_token` or `fetch_locally`.
+    pub when_redis_down: String,
 }
 
 /// `POST /-/upstreams/NAME/ACTION`.
@@ -166,6 +186,14 @@ mod tests {
                 verification_uri_complete: None,
                 expires_in: 590,
                 interval: 5,
+            }),
+            fleet: Some(FleetStatus {
+                holder: "pod-7/1".to_owned(),
+                generation: 3,
+                this_replica: false,
+                version: 12,
+                redis_reachable: true,
+                when_redis_down: "keep_held_token".to_owned(),
             }),
         }
     }

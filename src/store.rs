@@ -400,7 +400,7 @@ fn from_unix(unix: f64) -> Instant {
     }
 }
 
-fn stored(fingerprint: &str, credential: &Credential) -> StoredToken {
+pub fn stored(fingerprint: &str, credential: &Credential) -> StoredToken {
     StoredToken {
         fingerprint: fingerprint.to_owned(),
         access_token: credential.token.expose().to_owned(),
@@ -414,7 +414,7 @@ fn stored(fingerprint: &str, credential: &Credential) -> StoredToken {
     }
 }
 
-fn restore(stored: &StoredToken, injection: &Injection) -> Option<Credential> {
+pub fn restore(stored: &StoredToken, injection: &Injection) -> Option<Credential> {
     let token = Secret::new(stored.access_token.clone());
     Some(Credential {
         headers: injection.headers_for(&token).ok()?,

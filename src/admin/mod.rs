@@ -15,8 +15,8 @@ use crate::metrics;
 use crate::problem::{json_response, ProxyError};
 use crate::providers::{LoginMethod, Revocation};
 use crate::status::{
-    Action, LoginAnswer, Logout, LogoutAnswer, Refusals, RequestCounts, Status, TokenStatus,
-    UpstreamStatus,
+    Action, FleetStatus, LoginAnswer, Logout, LogoutAnswer, Refusals, RequestCounts, Status,
+    TokenStatus, UpstreamStatus,
 };
 use crate::transport::ProxyBody;
 
@@ -269,6 +269,17 @@ fn upstream_status(app: &App, upstream: &Upstream) -> UpstreamStatus {
             errors: upstream.metrics.errors(),
         },
         pending_login: app.logins.pending_device(&config.name),
+        fleet: upstream.tokens.fleet().map(|link| {
+            let view = link.view();
+            FleetStatus {
+                holder: view.holder,
+                generation: view.generation,
+                this_replica: view.this_replica,
+                version: view.version,
+                redis_reachable: link.reachable(),
+                when_redis_down: view.when_redis_down.label().to_owned(),
+            }
+        }),
     }
 }
 

@@ -14,8 +14,9 @@ use http::{HeaderName, HeaderValue};
 pub use crate::schema::{parse_duration, FieldError, RawAuth, RawDuration, RawScope, Target};
 pub use interpolate::{ProcessSources, Sources};
 
+use crate::fleet::{FleetSettings, WhenRedisDown};
 use crate::providers::AuthSpec;
-use crate::schema::{duration_or, header_pairs, RawConfig, RawUpstream};
+use crate::schema::{duration_or, header_pairs, RawConfig, RawStore, RawUpstream};
 use crate::secret::Secret;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -103,6 +104,8 @@ pub struct Config {
     pub source: String,
     pub server: ServerConfig,
     pub store_path: Option<PathBuf>,
+    /// Fleet mode: tokens shared through Redis (`store.redis`); then `store_path` is unused.
+    pub fleet: Option<FleetSettings>,
     pub upstreams: Vec<UpstreamConfig>,
 }
 
@@ -162,6 +165,8 @@ pub struct UpstreamConfig {
     /// Browser origins (web apps) allowed to call this upstream through the proxy.
     pub allowed_origins: Vec<String>,
     pub auth: AuthSpec,
+    /// Fleet mode, Redis unreachable: `None` is the kind's default.
+    pub when_redis_down: Option<WhenRedisDown>,
     /// The target and auth settings as written: equal keys mean a reload may keep the
     /// upstream's tokens.
     pub auth_key: Secret,
@@ -391,7 +396,15 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         )?,
     };
 
+    let fleet = fleet_settings(&raw.store)?;
     let store_path = match raw.store.path.as_deref() {
+        Some(_) if fleet.is_some() => {
+            return Err(FieldError::new(
+                "store.path",
+                "not used with store.redis: the fleet keeps its tokens in Redis; remove one",
+            ))
+        }
+        None if fleet.is_some() => None,
         Some("memory") => None,
         Some("") => return Err(FieldError::new("store.path", "must not be empty")),
         Some(path) => Some(PathBuf::from(path)),
@@ -415,6 +428,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         source: file.to_owned(),
         server: server_config,
         store_path,
+        fleet,
         upstreams,
     })
 }
@@ -500,7 +514,20 @@ fn validate_upstream(
         )
     })?;
     let auth = AuthSpec::from_raw(auth_raw, &target, &field("auth"))?;
+    let when_redis_down = raw
+        .when_redis_down
+        .as_deref()
+        .map(|text| {
+            WhenRedisDown::parse(text).ok_or_else(|| {
+                FieldError::new(
+                    field("when_redis_down"),
+                    format!("{text:?} is not one of \"keep_held_token\", \"fetch_locally\""),
+                )
+            })
+        })
+        .transpose()?;
     Ok(UpstreamConfig {
+        when_redis_down,
         name: name.to_owned(),
         target,
         prefix,
@@ -698,6 +725,78 @@ fn timeout_or(
         Duration::ZERO => Err(FieldError::new(field, "must be more than 0")),
         timeout => Ok(timeout),
     }
+}
+
+/// `[store]` with `redis`: the fleet's settings. The other fleet fields without `redis`
+/// are an error, not silently ignored.
+fn fleet_settings(store: &RawStore) -> Result<Option<FleetSettings>, FieldError> {
+    let Some(url) = store.redis.as_deref() else {
+        let stray = [
+            ("key_prefix", store.key_prefix.is_some()),
+            ("encryption_key", store.encryption_key.is_some()),
+            (
+                "previous_encryption_keys",
+                store.previous_encryption_keys.is_some(),
+            ),
+            ("lease_ttl", store.lease_ttl.is_some()),
+            ("reread_interval", store.reread_interval.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set);
+        return match stray {
+            Some((name, _)) => Err(FieldError::new(
+                format!("store.{name}"),
+                "only means something with store.redis (fleet mode)",
+            )),
+            None => Ok(None),
+        };
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(FieldError::new(
+            "store.redis",
+            "must be a redis:// or rediss:// (TLS) URL, such as redis://127.0.0.1:6379/0",
+        ));
+    }
+    let key_prefix = store
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| "tokenproxy:".into());
+    if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
+        return Err(FieldError::new(
+            "store.key_prefix",
+            "must be a non-empty word such as \"tokenproxy:\"",
+        ));
+    }
+    let key = store.encryption_key.as_deref().ok_or_else(|| {
+        FieldError::new(
+            "store.encryption_key",
+            "missing: tokens in Redis are sealed; give 32 random bytes in base64 (openssl rand -base64 32), best as \"${file:/path}\"",
+        )
+    })?;
+    let mut encryption_keys = vec![Secret::new(key.to_owned())];
+    for previous in store.previous_encryption_keys.iter().flatten() {
+        encryption_keys.push(Secret::new(previous.clone()));
+    }
+    for (index, key) in encryption_keys.iter().enumerate() {
+        if let Err(problem) = crate::fleet::seal::SealKey::parse(key) {
+            let name = match index {
+                0 => "store.encryption_key".to_owned(),
+                n => format!("store.previous_encryption_keys[{}]", n - 1),
+            };
+            return Err(FieldError::new(name, problem));
+        }
+    }
+    Ok(Some(FleetSettings {
+        url: Secret::new(url.to_owned()),
+        key_prefix,
+        encryption_keys,
+        lease_ttl: timeout_or("store.lease_ttl", &store.lease_ttl, Duration::from_secs(10))?,
+        reread_interval: timeout_or(
+            "store.reread_interval",
+            &store.reread_interval,
+            Duration::from_secs(5),
+        )?,
+    }))
 }
 
 fn default_store_path() -> Option<PathBuf> {

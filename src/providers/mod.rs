@@ -250,6 +250,22 @@ impl Provider {
         !matches!(self.source, Source::Static(_))
     }
 
+    /// Fleet mode's default when Redis is down: fetch alone only where a new grant forks
+    /// no refresh-token chain (static keys, client credentials, password, BigID's
+    /// exchange of a fixed user token).
+    pub fn default_when_redis_down(&self) -> crate::fleet::WhenRedisDown {
+        let independent = match &self.source {
+            Source::Static(_) | Source::BigId(_) => true,
+            Source::OAuth(grant) => grant.grants_independent_tokens(),
+            Source::BigAnimal(_) => false,
+        };
+        if independent {
+            crate::fleet::WhenRedisDown::FetchLocally
+        } else {
+            crate::fleet::WhenRedisDown::KeepHeldToken
+        }
+    }
+
     pub fn login_method(&self) -> LoginMethod {
         match &self.source {
             Source::Static(_) | Source::BigId(_) => LoginMethod::Direct,
@@ -365,6 +381,11 @@ pub enum ProviderError {
     /// RFC 8628 / RFC 6749 `access_denied`: the person said no.
     #[error("the login was denied at the vendor")]
     LoginDenied,
+    /// Fleet mode: the shared token store cannot give a token now (Redis unreachable, or
+    /// the lease holder has not refreshed in time), and this upstream's tokens must not be
+    /// fetched apart from the fleet.
+    #[error("fleet token store: {0}")]
+    Fleet(String),
 }
 
 impl ProviderError {
@@ -435,6 +456,7 @@ impl ProviderError {
             ProviderError::Rejected(message) => ProviderError::Rejected(clean(message)),
             ProviderError::Malformed(message) => ProviderError::Malformed(clean(message)),
             other @ (ProviderError::Timeout(_)
+            | ProviderError::Fleet(_)
             | ProviderError::NeedsLogin
             | ProviderError::LoginExpired
             | ProviderError::LoginDenied) => other,

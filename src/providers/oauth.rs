@@ -557,6 +557,12 @@ impl OAuthGrant {
         }
     }
 
+    /// Each grant gives a token of its own, independent of the others: asking again
+    /// without the refresh token forks nothing.
+    pub fn grants_independent_tokens(&self) -> bool {
+        matches!(self.flow, Flow::ClientCredentials | Flow::Password { .. })
+    }
+
     /// Uses the refresh token of `previous` when there is a live one. When the server
     /// refuses it (`invalid_grant`: expired, revoked or already used), grants that need no
     /// user run again; the others need a new login.

@@ -43,6 +43,12 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     pub path: Option<String>,
+    pub redis: Option<String>,
+    pub key_prefix: Option<String>,
+    pub encryption_key: Option<String>,
+    pub previous_encryption_keys: Option<Vec<String>>,
+    pub lease_ttl: Option<RawDuration>,
+    pub reread_interval: Option<RawDuration>,
 }
 
 #[derive(Default, Deserialize)]
@@ -61,6 +67,7 @@ pub struct RawUpstream {
     pub client_cert_key: Option<String>,
     pub insecure_skip_verify: Option<bool>,
     pub allowed_origins: Option<Vec<String>>,
+    pub when_redis_down: Option<String>,
     pub auth: Option<RawAuth>,
 }
 

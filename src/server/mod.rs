@@ -26,9 +26,10 @@ pub use run::{serve_until_signal, start_logged};
 
 use crate::app::{App, BuildError};
 use crate::config::Config;
+use crate::fleet::{Fleet, FleetError};
 use crate::proxy::{self, Connection};
 use crate::store::{self, Owner, SharedStore, Store, StoreError};
-use crate::tokens::spawn_refresher;
+use crate::tokens::{spawn_follower, spawn_refresher};
 use crate::transport::Transports;
 use deadline::{Activity, Deadlines, Timeouts};
 
@@ -38,6 +39,8 @@ pub enum StartError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("store.redis: {0}")]
+    Fleet(#[from] FleetError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -60,6 +63,7 @@ pub struct Server {
     app: SharedApp,
     transports: Transports,
     store: SharedStore,
+    fleet: Option<Arc<Fleet>>,
     config: Config,
     refreshers: bool,
     main_addr: SocketAddr,
@@ -88,8 +92,15 @@ impl Server {
             )?,
             None => Store::memory(),
         });
+        let fleet = config.fleet.as_ref().map(Fleet::connect).transpose()?;
         let transports = Transports::new();
-        let app = App::build(config, &transports, Arc::clone(&store), None)?;
+        let app = App::build(
+            config,
+            &transports,
+            Arc::clone(&store),
+            fleet.as_ref(),
+            None,
+        )?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -129,6 +140,7 @@ impl Server {
         if refreshers {
             for upstream in &app.upstreams {
                 spawn_refresher(Arc::clone(&upstream.tokens), shutdown_rx.clone());
+                spawn_follower(Arc::clone(&upstream.tokens), shutdown_rx.clone());
             }
         }
         let app: SharedApp = Arc::new(ArcSwap::from_pointee(app));
@@ -165,6 +177,7 @@ impl Server {
             app,
             transports,
             store,
+            fleet,
             config: config.clone(),
             refreshers,
             main_addr,
@@ -190,6 +203,18 @@ impl Server {
         if config.store_path != self.config.store_path {
             needs_restart.push("store.path".to_owned());
         }
+        let fleet_key = |config: &Config| {
+            config.fleet.as_ref().map(|fleet| {
+                (
+                    fleet.url.expose().to_owned(),
+                    fleet.key_prefix.clone(),
+                    fleet.lease_ttl,
+                )
+            })
+        };
+        if fleet_key(config) != fleet_key(&self.config) {
+            needs_restart.push("store.redis".to_owned());
+        }
         for upstream in &config.upstreams {
             let before = self
                 .config
@@ -205,6 +230,7 @@ impl Server {
             config,
             &self.transports,
             Arc::clone(&self.store),
+            self.fleet.as_ref(),
             Some(&current),
         )
         .map_err(|error| error.to_string())?;
@@ -216,6 +242,7 @@ impl Server {
                 .any(|old| Arc::ptr_eq(&old.tokens, &upstream.tokens));
             if is_new && self.refreshers {
                 spawn_refresher(Arc::clone(&upstream.tokens), shutdown_rx.clone());
+                spawn_follower(Arc::clone(&upstream.tokens), shutdown_rx.clone());
             }
         }
         for dropped in current.dropped_by(&next) {
@@ -264,6 +291,18 @@ impl Server {
         let _ = self.shutdown.send(true);
         for accept_loop in self.accept_loops {
             let _ = accept_loop.await;
+        }
+        // Fleet mode: hand the leases this replica holds over at once, not at their expiry.
+        if let Some(fleet) = &self.fleet {
+            for upstream in &self.app.load().upstreams {
+                let holds = upstream
+                    .tokens
+                    .fleet()
+                    .is_some_and(|link| link.view().this_replica);
+                if holds {
+                    let _ = fleet.release(&upstream.config.name).await;
+                }
+            }
         }
     }
 

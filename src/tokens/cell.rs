@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
+use super::fleet::FleetLink;
 use super::{refresh_at, TokenReport, TokenSource, TokenUnavailable};
 use crate::credential::{Credential, TokenState};
 use crate::metrics::TokenMetrics;
@@ -21,7 +22,7 @@ use crate::store::SharedStore;
 
 /// What is known besides the credential itself.
 #[derive(Default)]
-struct Lifecycle {
+pub(super) struct Lifecycle {
     /// Why there is no token, or why the last token request failed.
     failure: Option<ProviderError>,
     /// Until when the token endpoint is left alone after failures.
@@ -35,7 +36,7 @@ struct Lifecycle {
 
 impl Lifecycle {
     /// A token arrived, from a token request or a login.
-    fn succeeded(&mut self) {
+    pub(super) fn succeeded(&mut self) {
         self.failure = None;
         self.backoff = Backoff::default();
         self.logged_out = false;
@@ -66,7 +67,7 @@ impl Lifecycle {
 
     /// Logged out: nothing is fetched ahead of time until a login, or, for kinds that need
     /// no person, the next request.
-    fn logged_out(&mut self) {
+    pub(super) fn logged_out(&mut self) {
         self.failure = Some(ProviderError::NeedsLogin);
         self.backoff = Backoff::default();
         self.logged_out = true;
@@ -113,21 +114,23 @@ fn lock(lifecycle: &Mutex<Lifecycle>) -> MutexGuard<'_, Lifecycle> {
 }
 
 pub struct TokenCell<S: TokenSource = Provider> {
-    upstream: String,
-    source: S,
+    pub(super) upstream: String,
+    pub(super) source: S,
     store: SharedStore,
     /// Identifies the auth settings in the store.
-    fingerprint: String,
+    pub(super) fingerprint: String,
     refresh_skew: Option<Duration>,
-    current: ArcSwapOption<Credential>,
+    pub(super) current: ArcSwapOption<Credential>,
     lifecycle: Mutex<Lifecycle>,
     /// Held while a token request is in flight.
-    flight: tokio::sync::Mutex<()>,
+    pub(super) flight: tokio::sync::Mutex<()>,
     /// Counts finished token requests, so a caller that waited on the flight lock can tell
     /// that someone else's request finished meanwhile and share its outcome.
-    finished: AtomicU64,
+    pub(super) finished: AtomicU64,
     /// Wakes the refresher early (a new credential or a shutdown).
-    wake: Notify,
+    pub(super) wake: Notify,
+    /// Fleet mode: the tokens are shared through Redis.
+    pub(super) fleet: Option<FleetLink>,
     /// Set when a reload dropped this upstream: its refresher stops.
     retired: AtomicBool,
     metrics: Arc<TokenMetrics>,
@@ -156,12 +159,23 @@ impl<S: TokenSource> TokenCell<S> {
             flight: tokio::sync::Mutex::new(()),
             finished: AtomicU64::new(0),
             wake: Notify::new(),
+            fleet: None,
             retired: AtomicBool::new(false),
             metrics: Arc::default(),
         }
     }
 
-    fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
+    /// Shares this upstream's tokens with the fleet: the local store is not used for it.
+    pub fn in_fleet(mut self, link: FleetLink) -> Self {
+        self.fleet = Some(link);
+        self
+    }
+
+    pub fn fleet(&self) -> Option<&FleetLink> {
+        self.fleet.as_ref()
+    }
+
+    pub(super) fn lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
         lock(&self.lifecycle)
     }
 
@@ -201,7 +215,7 @@ impl<S: TokenSource> TokenCell<S> {
         self.current.load_full()
     }
 
-    fn valid_now(&self) -> Option<Arc<Credential>> {
+    pub(super) fn valid_now(&self) -> Option<Arc<Credential>> {
         let current = self.current.load();
         match current.as_ref() {
             Some(credential) if credential.is_valid_at(Instant::now()) => {
@@ -260,12 +274,31 @@ impl<S: TokenSource> TokenCell<S> {
         Box::pin(self.fetch()).await
     }
 
-    /// One token request. The caller holds the flight lock.
+    /// One token request (in a fleet: the fleet's protocol). The caller holds the flight lock.
     async fn fetch(&self) -> Result<Arc<Credential>, TokenUnavailable> {
-        let previous = self.current.load_full();
         let obtaining = Obtaining::start(&self.lifecycle);
+        let result = if self.fleet.is_some() {
+            self.fetch_in_fleet().await
+        } else {
+            let previous = self.current.load_full();
+            match self.request_token(previous.as_deref()).await {
+                Ok(credential) => Ok(self.put(credential).await),
+                Err(unavailable) => Err(unavailable),
+            }
+        };
+        drop(obtaining);
+        self.finished.fetch_add(1, Ordering::Release);
+        self.wake.notify_waiters();
+        result
+    }
+
+    /// Asks the source, counted and logged; a failure is recorded (backoff).
+    pub(super) async fn request_token(
+        &self,
+        previous: Option<&Credential>,
+    ) -> Result<Credential, TokenUnavailable> {
         let started = Instant::now();
-        let outcome = self.source.obtain(previous.as_deref()).await;
+        let outcome = self.source.obtain(previous).await;
         // "Needs a login" is known without asking the vendor: not a token request.
         if outcome.as_ref().err() != Some(&ProviderError::NeedsLogin) {
             self.metrics.duration.observe(started.elapsed());
@@ -275,7 +308,7 @@ impl<S: TokenSource> TokenCell<S> {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        let result = match outcome {
+        match outcome {
             Ok(credential) => {
                 let lifetime = credential.expires_at.map(|expires_at| {
                     expires_at
@@ -288,22 +321,18 @@ impl<S: TokenSource> TokenCell<S> {
                     refresh_token = credential.refresh_token.is_some(),
                     "token obtained"
                 );
-                Ok(self.put(credential).await)
+                Ok(credential)
             }
             Err(cause) => {
                 let retry_after = self.record_failure(&cause);
                 Err(TokenUnavailable { cause, retry_after })
             }
-        };
-        drop(obtaining);
-        self.finished.fetch_add(1, Ordering::Release);
-        self.wake.notify_waiters();
-        result
+        }
     }
 
     /// The one success path, for token requests and logins: stored before anything uses
     /// it, then current.
-    async fn put(&self, credential: Credential) -> Arc<Credential> {
+    pub(super) async fn put(&self, credential: Credential) -> Arc<Credential> {
         self.persist(&credential).await;
         let credential = Arc::new(credential);
         let mut lifecycle = self.lifecycle();
@@ -355,6 +384,9 @@ impl<S: TokenSource> TokenCell<S> {
     pub async fn install(&self, credential: Credential) -> Arc<Credential> {
         let _flight = self.flight.lock().await;
         let credential = self.put(credential).await;
+        if self.fleet.is_some() {
+            self.publish_login(&credential).await;
+        }
         self.metrics.logins.fetch_add(1, Ordering::Relaxed);
         tracing::info!(upstream = %self.upstream, "logged in");
         self.finished.fetch_add(1, Ordering::Release);
@@ -370,6 +402,9 @@ impl<S: TokenSource> TokenCell<S> {
             tracing::error!(upstream = %self.upstream, error = %error, "could not remove the stored tokens");
         }
         self.lifecycle().logged_out();
+        if self.fleet.is_some() {
+            self.publish_logout().await;
+        }
         self.finished.fetch_add(1, Ordering::Release);
         self.wake.notify_waiters();
         previous

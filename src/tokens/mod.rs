@@ -7,6 +7,7 @@
 
 mod backoff;
 mod cell;
+mod fleet;
 mod refresher;
 mod schedule;
 #[cfg(test)]
@@ -19,6 +20,7 @@ use crate::credential::Credential;
 use crate::providers::{LoginMethod, Provider, ProviderError};
 
 pub use cell::TokenCell;
+pub use fleet::{spawn_follower, FleetLink, FleetView};
 pub use refresher::spawn_refresher;
 pub use schedule::refresh_at;
 

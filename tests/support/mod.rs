@@ -5,6 +5,7 @@
 
 pub mod answer;
 pub mod oidc;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::pin::Pin;

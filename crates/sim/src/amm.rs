@@ -220,6 +220,17 @@ impl AmmSim {
         tokens.filter(|access| access.life.is_valid(now)).count()
     }
 
+    /// Every access and refresh token the simulator still knows, to look for leaks.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let state = self.state();
+        state
+            .access_tokens
+            .keys()
+            .chain(state.refresh_tokens.keys())
+            .cloned()
+            .collect()
+    }
+
     /// Lifetime of access tokens issued from now on.
     pub fn set_access_ttl(&self, ttl: Duration) {
         self.state().config.access_ttl = ttl;

@@ -1,0 +1,115 @@
+//! Fleet mode against a real `redis-server`: several tokenproxies share one vendor
+//! credential, exactly one of them (the lease holder) calls the token endpoint, the others
+//! follow, and a rotating single-use refresh token is never used twice.
+
+#![allow(clippy::disallowed_types)]
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use support::redis::Redis;
+use support::*;
+use tokenproxy_sim::amm::{self, AmmSimConfig};
+
+const KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+const CLIENT_SECRET: &str = "amm-secret-never-in-redis";
+const PASSWORD: &str = "op-password-never-in-redis";
+
+fn amm_sim_config() -> AmmSimConfig {
+    AmmSimConfig {
+        clients: vec![("amm-client".into(), CLIENT_SECRET.into())],
+        users: vec![("operator".into(), PASSWORD.into())],
+        default_user: "operator".into(),
+        access_ttl: Duration::from_secs(2),
+        reuse_live_token: false,
+        ..AmmSimConfig::default()
+    }
+}
+
+fn fleet_config(redis: &Redis, sim: &amm::AmmSim, extra_store: &str) -> String {
+    format!(
+        "[store]\nredis = \"{}\"\nkey_prefix = \"fleet-test:\"\nencryption_key = \"{KEY}\"\nlease_ttl = \"2s\"\n{extra_store}\n\
+         [upstreams.amm]\ntarget = \"{}/\"\n[upstreams.amm.auth]\nkind = \"amm\"\ngrant = \"password\"\n\
+         client_id = \"amm-client\"\nclient_secret = \"{CLIENT_SECRET}\"\nusername = \"operator\"\npassword = \"{PASSWORD}\"\n",
+        redis.url(),
+        sim.url()
+    )
+}
+
+async fn fleet_status(proxy: &TestProxy) -> serde_json::Value {
+    json(&get(&proxy.url("/-/status")).await)["upstreams"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_token_chain_with_one_refresher() {
+    let redis = Redis::start("share").await;
+    let sim = amm::start(amm_sim_config()).await;
+    let config = fleet_config(&redis, &sim, "");
+    let replicas = [
+        TestProxy::start(&config).await,
+        TestProxy::start(&config).await,
+        TestProxy::start(&config).await,
+    ];
+    // 6 s of requests through every replica: three 2-s token lifetimes.
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    let mut requests = 0;
+    while std::time::Instant::now() < until {
+        for replica in &replicas {
+            let response = get(&replica.url("/amm/api/v1/systems")).await;
+            assert_eq!(response.status(), StatusCode::OK, "{:?}", response.body());
+            requests += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(requests > 100);
+    assert_eq!(
+        sim.refresh_token_reused(),
+        0,
+        "a single-use refresh token was used twice"
+    );
+    assert_eq!(
+        sim.count_for_grant("password"),
+        1,
+        "one replica made the first grant"
+    );
+    let refreshes = sim.count_for_grant("refresh_token");
+    assert!(
+        (2..=8).contains(&refreshes),
+        "about one refresh per lifetime for the whole fleet, not per replica: {refreshes}"
+    );
+    // Exactly one holder, the same one seen by all.
+    let mut holders = Vec::new();
+    let mut mine = 0;
+    for replica in &replicas {
+        let fleet = fleet_status(replica).await["fleet"].clone();
+        holders.push(fleet["holder"].as_str().unwrap().to_owned());
+        mine += usize::from(fleet["this_replica"].as_bool().unwrap());
+        assert_eq!(fleet["redis_reachable"], true);
+        assert_eq!(fleet["when_redis_down"], "fetch_locally");
+    }
+    assert_eq!(mine, 1, "{holders:?}");
+    assert!(
+        holders.windows(2).all(|pair| pair[0] == pair[1]),
+        "{holders:?}"
+    );
+
+    // Nothing in Redis can be used or read: no token, no refresh token, no secret.
+    let dump = redis.dump();
+    assert!(dump.contains("fleet-test:token:amm"), "{dump}");
+    assert!(dump.contains("tp1."), "values are sealed: {dump}");
+    for secret in [
+        CLIENT_SECRET,
+        PASSWORD,
+        "operator",
+        "access_token",
+        "refresh_token",
+        "eyJ",
+    ] {
+        assert!(!dump.contains(secret), "{secret} in redis:\n{dump}");
+    }
+    for token in sim.issued_tokens() {
+        assert!(!dump.contains(&token), "a token in redis:\n{dump}");
+    }
+}
