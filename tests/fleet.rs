@@ -113,3 +113,120 @@ async fn three_replicas_share_one_token_chain_with_one_refresher() {
         assert!(!dump.contains(&token), "a token in redis:\n{dump}");
     }
 }
+
+/// A replica as its own process: `tokenproxy run` in a directory of its own.
+async fn start_replica(name: &str, config: &str) -> Daemon {
+    let dir = temp_dir(&format!("fleet-{name}"));
+    std::fs::write(
+        dir.join("tokenproxy.toml"),
+        format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}"),
+    )
+    .unwrap();
+    Daemon::start(&dir).await
+}
+
+async fn replica_fleet(replica: &Daemon) -> serde_json::Value {
+    json(&get(&format!("http://{}/-/status", replica.addr)).await)["upstreams"][0].clone()
+}
+
+/// Waits until `condition` holds, 10 s at most.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, condition: impl Fn() -> F) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_with_sigkill_hands_over_and_logout_reaches_every_replica() {
+    let mut redis = Redis::start("failover").await;
+    let sim = amm::start(amm_sim_config()).await;
+    let config = fleet_config(&redis, &sim, "");
+    let mut replicas = Vec::new();
+    for name in ["a", "b", "c"] {
+        replicas.push(start_replica(name, &config).await);
+    }
+    for replica in &replicas {
+        let url = format!("http://{}/amm/api/v1/systems", replica.addr);
+        assert_eq!(get(&url).await.status(), StatusCode::OK);
+    }
+    let mut holder = None;
+    for (index, replica) in replicas.iter().enumerate() {
+        if replica_fleet(replica).await["fleet"]["this_replica"] == true {
+            holder = Some(index);
+        }
+    }
+    let holder = holder.expect("one replica holds the lease");
+    let generation = replica_fleet(&replicas[holder]).await["fleet"]["generation"]
+        .as_u64()
+        .unwrap();
+
+    // Killed just after a refresh was written (a holder killed between spending a refresh
+    // token and writing its successor takes that one with it: nobody can help that).
+    let before = sim.count_for_grant("refresh_token");
+    eventually("a refresh", || async {
+        sim.count_for_grant("refresh_token") > before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut killed = replicas.remove(holder);
+    killed.child.kill().unwrap();
+    let _ = killed.child.wait();
+
+    // The survivors serve on through the takeover (requests wait for the new token) and a
+    // Redis restart (its append-only file keeps the keys).
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    let mut restarted = false;
+    while std::time::Instant::now() < until {
+        for replica in &replicas {
+            let url = format!("http://{}/amm/api/v1/systems", replica.addr);
+            let response = get(&url).await;
+            assert_eq!(response.status(), StatusCode::OK, "{:?}", response.body());
+        }
+        if !restarted && until - std::time::Instant::now() < Duration::from_secs(3) {
+            redis.restart().await;
+            restarted = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sim.refresh_token_reused(), 0);
+    assert_eq!(
+        sim.count_for_grant("password"),
+        1,
+        "the chain went on from Redis"
+    );
+    let mut new_holders = 0;
+    for replica in &replicas {
+        let fleet = replica_fleet(replica).await["fleet"].clone();
+        if fleet["this_replica"] == true {
+            new_holders += 1;
+            assert!(
+                fleet["generation"].as_u64().unwrap() > generation,
+                "{fleet}"
+            );
+        }
+    }
+    assert_eq!(new_holders, 1);
+
+    // A logout on one replica: every replica forgets within a second.
+    let logout = post_action(&format!(
+        "http://{}/-/upstreams/amm/logout",
+        replicas[0].addr
+    ))
+    .await;
+    assert_eq!(logout.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    eventually("the other replica forgets", || async {
+        replica_fleet(&replicas[1]).await["token"]["state"] == "logged_out"
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
