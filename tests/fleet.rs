@@ -230,3 +230,63 @@ async fn a_holder_killed_with_sigkill_hands_over_and_logout_reaches_every_replic
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_rotating_tokens_serve_until_expiry_and_independent_ones_are_fetched_alone() {
+    let mut redis = Redis::start("down").await;
+    let sim = amm::start(amm_sim_config()).await;
+    // `amm` is told to keep its held token (as rotating refresh tokens must); `amm2` has
+    // the password grant's default, fetching alone.
+    let config = fleet_config(&redis, &sim, "")
+        .replace("[upstreams.amm.auth]", "when_redis_down = \"keep_held_token\"\n[upstreams.amm.auth]")
+        + &format!(
+            "[upstreams.amm2]\ntarget = \"{}/\"\n[upstreams.amm2.auth]\nkind = \"amm\"\ngrant = \"password\"\n\
+             client_id = \"amm-client\"\nclient_secret = \"{CLIENT_SECRET}\"\nusername = \"operator\"\npassword = \"{PASSWORD}\"\n",
+            sim.url()
+        );
+    let replica = TestProxy::start(&config).await;
+    for upstream in ["amm", "amm2"] {
+        let url = replica.url(&format!("/{upstream}/api/v1/systems"));
+        assert_eq!(get(&url).await.status(), StatusCode::OK);
+    }
+    redis.kill();
+    let killed = std::time::Instant::now();
+    let requests_before = sim.token_requests();
+    let mut refused_after = None;
+    while killed.elapsed() < Duration::from_secs(4) {
+        let held = get(&replica.url("/amm/api/v1/systems")).await;
+        match held.status() {
+            StatusCode::OK => assert!(refused_after.is_none(), "a 200 after a 503"),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(held.headers().contains_key("retry-after"));
+                let problem = String::from_utf8_lossy(held.body()).to_string();
+                assert!(problem.contains("fleet token store"), "{problem}");
+                refused_after.get_or_insert(killed.elapsed());
+            }
+            other => panic!("{other}"),
+        }
+        let alone = get(&replica.url("/amm2/api/v1/systems")).await;
+        assert_eq!(alone.status(), StatusCode::OK, "{:?}", alone.body());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused_after = refused_after.expect("the held token expired and was not replaced");
+    assert!(
+        refused_after > Duration::from_millis(100),
+        "{refused_after:?}: served the held token first"
+    );
+    assert_eq!(sim.refresh_token_reused(), 0);
+    assert!(
+        sim.count_for_grant("password") >= 3,
+        "amm2 fetched alone: {}",
+        sim.count_for_grant("password")
+    );
+    assert!(sim.token_requests() > requests_before);
+
+    // Redis back: the rotating upstream recovers by itself.
+    redis.restart().await;
+    eventually("amm recovers", || async {
+        get(&replica.url("/amm/api/v1/systems")).await.status() == StatusCode::OK
+    })
+    .await;
+    assert_eq!(sim.refresh_token_reused(), 0);
+}

@@ -286,11 +286,6 @@ impl<S: TokenSource> TokenCell<S> {
     /// Redis did not answer.
     async fn without_redis(&self, error: FleetError) -> Result<Arc<Credential>, TokenUnavailable> {
         let link = self.link();
-        if let Some(current) = self.valid_now() {
-            // Recorded, so the refresher backs off instead of asking Redis in a loop.
-            self.record_failure(&ProviderError::Fleet(error.to_string()));
-            return Ok(current);
-        }
         if link.when_down == WhenRedisDown::FetchLocally {
             // A token of our own, from the kind's grant, not the shared refresh token; it is
             // never written to the fleet.
@@ -300,6 +295,12 @@ impl<S: TokenSource> TokenCell<S> {
             self.current.store(Some(Arc::clone(&credential)));
             self.lifecycle().succeeded();
             return Ok(credential);
+        }
+        if let Some(current) = self.valid_now() {
+            // Recorded, so the refresher backs off instead of asking Redis in a loop;
+            // requests keep getting the held token while it is valid.
+            self.record_failure(&ProviderError::Fleet(error.to_string()));
+            return Ok(current);
         }
         let cause = ProviderError::Fleet(format!(
             "{error}; this upstream's tokens are refreshed only through the fleet (when_redis_down = \"keep_held_token\")"
