@@ -278,3 +278,40 @@ fn a_listener_beyond_loopback_needs_the_client_key_or_an_explicit_opt_out() {
         assert!(config.warnings().is_empty(), "{:?}", config.warnings());
     }
 }
+
+#[test]
+fn fleet_settings_are_checked_and_name_their_field() {
+    let key = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+    let with_store = |store: &str| format!("[store]\n{store}\n{BIGEVAL}");
+    let config = parse_with(&with_store(&format!(
+        "redis = \"redis://127.0.0.1:6379/0\"\nencryption_key = \"{key}\"\nlease_ttl = \"3s\""
+    )))
+    .unwrap();
+    let fleet = config.fleet.expect("fleet mode");
+    assert_eq!(fleet.key_prefix, "tokenproxy:");
+    assert_eq!(fleet.lease_ttl, Duration::from_secs(3));
+    assert_eq!(fleet.reread_interval, Duration::from_secs(5));
+    assert_eq!(config.store_path, None, "the fleet's tokens live in Redis");
+
+    let cases = [
+        ("redis = \"redis://r/0\"".to_owned(), "store.encryption_key: missing"),
+        (format!("redis = \"http://r/0\"\nencryption_key = \"{key}\""), "store.redis: must be a redis://"),
+        ("redis = \"redis://r/0\"\nencryption_key = \"c2hvcnQ=\"".to_owned(), "store.encryption_key: must be 32 random bytes"),
+        (format!("redis = \"redis://r/0\"\nencryption_key = \"{key}\"\nprevious_encryption_keys = [\"x\"]"), "store.previous_encryption_keys[0]"),
+        (format!("redis = \"redis://r/0\"\nencryption_key = \"{key}\"\npath = \"/tmp/t.json\""), "store.path: not used with store.redis"),
+        ("lease_ttl = \"3s\"".to_owned(), "store.lease_ttl: only means something with store.redis"),
+    ];
+    for (store, expected) in cases {
+        let message = error_of(&with_store(&store));
+        assert!(message.contains(expected), "{store:?}: {message}");
+        assert!(!message.contains(key), "{message}");
+    }
+    let message = error_of(&BIGEVAL.replace(
+        "[upstreams.bigeval.auth]",
+        "when_redis_down = \"panic\"\n[upstreams.bigeval.auth]",
+    ));
+    assert!(
+        message.contains("upstreams.bigeval.when_redis_down"),
+        "{message}"
+    );
+}
