@@ -229,6 +229,18 @@ pub fn render(snapshot: Snapshot) -> String {
 #[derive(Debug)]
 pub struct Snapshot {
     pub upstreams: Vec<UpstreamSnapshot>,
+    /// Fleet mode: commands Redis did not answer.
+    pub redis_errors: Option<u64>,
+}
+
+/// One upstream's part in the fleet, for this replica.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetFigures {
+    /// Times this replica became the lease holder.
+    pub lease_acquisitions: u64,
+    /// Token requests this replica made as the holder.
+    pub refreshes: u64,
+    pub holds_lease: bool,
 }
 
 #[derive(Debug)]
@@ -238,6 +250,7 @@ pub struct UpstreamSnapshot {
     pub tokens: Arc<TokenMetrics>,
     pub state: TokenState,
     pub expires_at_unix: Option<f64>,
+    pub fleet: Option<FleetFigures>,
 }
 
 /// The wall-clock time of a monotonic instant.
@@ -299,6 +312,62 @@ impl Snapshot {
                     .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
             }
         }
+        Ok(())
+    }
+}
+
+/// Reads one figure of an upstream's fleet part.
+type FleetFigure = fn(&FleetFigures) -> u64;
+
+impl Snapshot {
+    /// Fleet mode only: lease changes, the holder's token requests, Redis errors.
+    fn encode_fleet(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(redis_errors) = self.redis_errors else {
+            return Ok(());
+        };
+        let in_fleet = || {
+            self.upstreams
+                .iter()
+                .filter_map(|upstream| upstream.fleet.map(|fleet| (upstream, fleet)))
+        };
+        let counters: [(&str, &str, FleetFigure); 2] = [
+            (
+                "tokenproxy_fleet_lease_acquisitions",
+                "Times this replica became the upstream's lease holder (its one refresher).",
+                |fleet| fleet.lease_acquisitions,
+            ),
+            (
+                "tokenproxy_fleet_refreshes",
+                "Token requests this replica made for the fleet as the lease holder.",
+                |fleet| fleet.refreshes,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (upstream, fleet) in in_fleet() {
+                family
+                    .encode_family(&upstream_label(&upstream.name))?
+                    .encode_counter::<NoLabelSet, _, u64>(&value(&fleet), None)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_fleet_lease_held",
+            "1 while this replica holds the upstream's lease.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (upstream, fleet) in in_fleet() {
+            family
+                .encode_family(&upstream_label(&upstream.name))?
+                .encode_gauge(&i64::from(fleet.holds_lease))?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_fleet_redis_errors",
+            "Commands to the fleet's Redis that failed (unreachable, timed out, refused).",
+            None,
+            MetricType::Counter,
+        )?;
+        family.encode_counter::<NoLabelSet, _, u64>(&redis_errors, None)?;
         Ok(())
     }
 }
@@ -408,6 +477,8 @@ impl Collector for Snapshot {
                 .encode_family(&upstream_label(&upstream.name))?
                 .encode_gauge(&upstream.requests.inflight.load(Relaxed))?;
         }
+
+        self.encode_fleet(&mut encoder)?;
 
         let mut family = encoder.encode_descriptor(
             "tokenproxy_build_info",

@@ -95,6 +95,28 @@ async fn three_replicas_share_one_token_chain_with_one_refresher() {
         "{holders:?}"
     );
 
+    // The metrics say who refreshed: one holder made every fleet refresh.
+    let mut acquisitions = 0.0;
+    let mut fleet_refreshes = 0.0;
+    for replica in &replicas {
+        let text =
+            String::from_utf8(get(&replica.url("/-/metrics")).await.body().to_vec()).unwrap();
+        let value = |series: &str| -> f64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        };
+        acquisitions += value("tokenproxy_fleet_lease_acquisitions_total{upstream=\"amm\"}");
+        fleet_refreshes += value("tokenproxy_fleet_refreshes_total{upstream=\"amm\"}");
+        assert_eq!(value("tokenproxy_fleet_redis_errors_total"), 0.0);
+    }
+    assert_eq!(acquisitions, 1.0, "one lease for the whole run");
+    assert_eq!(
+        fleet_refreshes,
+        (refreshes + 1) as f64,
+        "the first grant and every refresh"
+    );
+
     // Nothing in Redis can be used or read: no token, no refresh token, no secret.
     let dump = redis.dump();
     assert!(dump.contains("fleet-test:token:amm"), "{dump}");

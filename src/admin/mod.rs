@@ -118,6 +118,7 @@ fn metrics_response(app: &App) -> Response<ProxyBody> {
 
 /// What a scrape reports, read once from every upstream.
 fn metrics_snapshot(app: &App) -> metrics::Snapshot {
+    use std::sync::atomic::Ordering::Relaxed;
     let now = Instant::now();
     let wall = std::time::SystemTime::now();
     let upstreams = app
@@ -133,9 +134,22 @@ fn metrics_snapshot(app: &App) -> metrics::Snapshot {
                 .current()
                 .and_then(|credential| credential.expires_at)
                 .map(|expires_at| metrics::unix_seconds(wall, now, expires_at)),
+            fleet: upstream.tokens.fleet().map(|link| metrics::FleetFigures {
+                lease_acquisitions: link.lease_changes.load(Relaxed),
+                refreshes: link.fleet_refreshes.load(Relaxed),
+                holds_lease: link.view().this_replica,
+            }),
         })
         .collect();
-    metrics::Snapshot { upstreams }
+    let redis_errors = app
+        .upstreams
+        .iter()
+        .find_map(|upstream| upstream.tokens.fleet())
+        .map(|link| link.redis_errors());
+    metrics::Snapshot {
+        upstreams,
+        redis_errors,
+    }
 }
 
 /// Through a `serde_json::Value`, whose keys are sorted, as the answers always were.

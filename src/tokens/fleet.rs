@@ -85,6 +85,10 @@ impl FleetLink {
         self.fleet.reachable()
     }
 
+    pub fn redis_errors(&self) -> u64 {
+        self.fleet.metrics.redis_errors.load(Ordering::Relaxed)
+    }
+
     pub fn view(&self) -> FleetView {
         let lease = self.lease();
         FleetView {
