@@ -111,7 +111,12 @@ async fn device_code_login_then_rotating_refresh() {
     assert!(first.starts_with("Bearer "));
 
     // 2-second tokens: the refresher rotates the refresh token a few times.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_until(Duration::from_secs(10), "two refreshes", async || {
+        oidc.stats().await["token_requests"]["refresh_token"]
+            .as_u64()
+            .is_some_and(|refreshes| refreshes >= 2)
+    })
+    .await;
     let later = get(&proxy.url("/dev/x")).await;
     assert_eq!(later.status(), StatusCode::OK);
     assert_ne!(bearer(&later), first);
@@ -253,7 +258,10 @@ async fn authorization_code_with_pkce_through_the_callback() {
     let first = bearer(&response);
     assert!(first.starts_with("Bearer "));
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until(Duration::from_secs(10), "a refreshed token", async || {
+        bearer(&get(&proxy.url("/interop/x")).await) != first
+    })
+    .await;
     let later = get(&proxy.url("/interop/x")).await;
     assert_eq!(later.status(), StatusCode::OK);
     assert_ne!(bearer(&later), first, "the token was refreshed");

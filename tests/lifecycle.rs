@@ -58,8 +58,8 @@ async fn a_refused_token_is_never_sent_again_and_token_requests_back_off() {
     sim.revoke_all();
     sim.set_mode(TokenMode::Down);
     let started = Instant::now();
-    for n in 0..10u32 {
-        tokio::time::sleep_until((started + Duration::from_millis(500) * n).into()).await;
+    for n in 0..20u32 {
+        tokio::time::sleep_until((started + Duration::from_millis(100) * n).into()).await;
         let response = get(&proxy.url("/api/x")).await;
         assert_eq!(
             response.status(),
@@ -75,26 +75,25 @@ async fn a_refused_token_is_never_sent_again_and_token_requests_back_off() {
             "request {n} has no Retry-After"
         );
     }
-    // 10 requests in 5 s: one vendor call (the first 401), and token requests at the
-    // backoff's pace (0.5 s, 1 s, 2 s, ... with ±20 % jitter), not one per request.
+    // 20 requests in 2 s: one vendor call (the first 401), and token requests at the
+    // backoff's pace (at about 0, 0.5 and 1.5 s, with ±20 % jitter), not one per request.
     let vendor_calls = sim.api_requests() - api_requests;
     let token_calls = sim.token_requests() - token_requests;
-    println!("10 requests in 5 s: {vendor_calls} vendor calls, {token_calls} token requests");
+    println!("20 requests in 2 s: {vendor_calls} vendor calls, {token_calls} token requests");
     assert_eq!(vendor_calls, 1, "the refused token was sent again");
     assert!(
-        (2..=5).contains(&token_calls),
-        "{token_calls} token requests in 5 s"
+        (2..=4).contains(&token_calls),
+        "{token_calls} token requests in 2 s"
     );
     let upstream = status_of(&proxy, "api").await;
     assert_eq!(upstream["token"]["state"], "backing_off", "{upstream}");
 
     // The endpoint comes back: the proxy recovers by itself, within the backoff.
     sim.set_mode(TokenMode::Normal);
-    let deadline = Instant::now() + Duration::from_secs(12);
-    while get(&proxy.url("/api/x")).await.status() != StatusCode::OK {
-        assert!(Instant::now() < deadline, "no recovery");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(Duration::from_secs(12), "a recovery", async || {
+        get(&proxy.url("/api/x")).await.status() == StatusCode::OK
+    })
+    .await;
 }
 
 // ------------------------------------------------------------ device polls as Auth0 answers
@@ -113,14 +112,21 @@ async fn log_in_approved(proxy: &TestProxy, sim: &biganimal::BigAnimalSim) {
     assert!(sim.approve(login["user_code"].as_str().unwrap()), "{login}");
 }
 
-async fn slow_down_is_honoured(status: StatusCode) {
-    let sim = biganimal::start(BigAnimalSimConfig {
+fn slowed_down_once(slow_down_status: StatusCode) -> BigAnimalSimConfig {
+    BigAnimalSimConfig {
         interval: Duration::from_secs(1),
-        slow_down_status: status,
+        slow_down_status,
         slow_down_first_polls: 1,
         ..BigAnimalSimConfig::default()
-    })
-    .await;
+    }
+}
+
+/// Through the real server, once: the login completes 1 + 5 s after a `slow_down`. The
+/// schedule itself (every status, later polls, expiry) is the unit tests of
+/// `providers/device.rs` on a paused clock.
+#[tokio::test]
+async fn slow_down_as_http_429_like_auth0_slows_the_polls_and_the_login_completes() {
+    let sim = biganimal::start(slowed_down_once(StatusCode::TOO_MANY_REQUESTS)).await;
     let proxy = TestProxy::start(&biganimal_config(&sim)).await;
     log_in_approved(&proxy, &sim).await;
     wait_for_state(&proxy, "biganimal", "valid", Duration::from_secs(15)).await;
@@ -136,14 +142,22 @@ async fn slow_down_is_honoured(status: StatusCode) {
     );
 }
 
+/// The code is approved at once, so a poll 1 s after the `slow_down` (the interval, or an
+/// outage's retry) would complete the login: none comes for 2 s.
 #[tokio::test]
-async fn slow_down_as_http_429_like_auth0_slows_the_polls_and_the_login_completes() {
-    slow_down_is_honoured(StatusCode::TOO_MANY_REQUESTS).await;
-}
-
-#[tokio::test]
-async fn slow_down_as_http_400_like_rfc_8628_slows_the_polls_and_the_login_completes() {
-    slow_down_is_honoured(StatusCode::BAD_REQUEST).await;
+async fn slow_down_as_http_400_like_rfc_8628_slows_the_polls() {
+    let sim = biganimal::start(slowed_down_once(StatusCode::BAD_REQUEST)).await;
+    let proxy = TestProxy::start(&biganimal_config(&sim)).await;
+    log_in_approved(&proxy, &sim).await;
+    wait_until(Duration::from_secs(5), "a slow_down", async || {
+        sim.slow_downs_sent() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sim.poll_count(), 1, "{:?}", sim.poll_times());
+    let upstream = status_of(&proxy, "biganimal").await;
+    assert_eq!(upstream["token"]["state"], "needs_login", "{upstream}");
+    assert!(!upstream["pending_login"].is_null(), "{upstream}");
 }
 
 #[tokio::test]
@@ -156,11 +170,11 @@ async fn authorization_pending_as_http_429_keeps_polling() {
     .await;
     let proxy = TestProxy::start(&biganimal_config(&sim)).await;
     let login = json(&post_action(&proxy.url("/-/upstreams/biganimal/login")).await);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sim.poll_count() < 2 {
-        assert!(Instant::now() < deadline, "polling stopped");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Approved after the first (pending) poll: only a poll after it can complete the login.
+    wait_until(Duration::from_secs(5), "a first poll", async || {
+        sim.poll_count() == 1
+    })
+    .await;
     assert!(sim.approve(login["user_code"].as_str().unwrap()));
     wait_for_state(&proxy, "biganimal", "valid", Duration::from_secs(5)).await;
 }
@@ -225,7 +239,7 @@ async fn cli_login(
 async fn the_login_command_reports_an_expired_code_as_expired() {
     let sim = biganimal::start(BigAnimalSimConfig {
         interval: Duration::from_secs(1),
-        device_code_ttl: Duration::from_secs(3),
+        device_code_ttl: Duration::from_secs(2),
         ..BigAnimalSimConfig::default()
     })
     .await;

@@ -113,7 +113,9 @@ async fn an_outage_of_the_token_endpoint_is_503_with_retry_after_then_recovers_b
     let proxy = TestProxy::start(&cc_upstream("api", &sim.url(), &sim.token_url())).await;
     let outage = Instant::now();
     let mut answered = 0;
-    while outage.elapsed() < Duration::from_secs(10) {
+    // Two seconds of it; the backoff's pace over a long outage is the unit test
+    // `an_outage_is_asked_about_at_the_backoffs_pace_and_recovery_needs_no_request`.
+    while outage.elapsed() < Duration::from_secs(2) {
         let response = get(&proxy.url("/api/x")).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(
@@ -130,20 +132,21 @@ async fn an_outage_of_the_token_endpoint_is_503_with_retry_after_then_recovers_b
         answered += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(answered > 100);
-    // Backoff 0.5 s, 1 s, 2 s, 4 s, 8 s (with jitter): a handful of attempts, not one per request.
+    assert!(answered > 20, "{answered} requests");
+    // Backoff 0.5 s, 1 s, 2 s (with jitter): attempts at about 0, 0.5 and 1.5 s, not one
+    // per request.
     let attempts = sim.token_requests();
     assert!(
-        (3..=8).contains(&attempts),
+        (2..=4).contains(&attempts),
         "{attempts} token requests during the outage"
     );
 
     sim.set_mode(TokenMode::Normal);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while get(&proxy.url("/api/x")).await.status() != StatusCode::OK {
-        assert!(Instant::now() < deadline, "no recovery");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The next attempt comes when the 2-second backoff ends.
+    wait_until(Duration::from_secs(10), "a recovery", async || {
+        get(&proxy.url("/api/x")).await.status() == StatusCode::OK
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -161,7 +164,8 @@ async fn a_refused_client_stops_the_retries_and_asks_for_a_login() {
             StatusCode::SERVICE_UNAVAILABLE
         );
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Twice the first backoff: a retry would have come by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(sim.token_requests(), 1, "a permanent error is not retried");
     let status = json(&get(&proxy.url("/-/status")).await);
     assert_eq!(
@@ -268,19 +272,25 @@ async fn sigterm_drains(name: &str, env: &[(&str, &str)]) {
     let slow = tokio::spawn(async move {
         send(
             Request::get(url)
-                .header("x-echo-delay-ms", "3000")
+                .header("x-echo-delay-ms", "1500")
                 .body(empty())
                 .unwrap(),
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The signal comes while the upstream is still answering.
+    wait_until(
+        Duration::from_secs(5),
+        "the request at the upstream",
+        async || upstream.request_count() == 1,
+    )
+    .await;
     let started = Instant::now();
     signal(&daemon, "TERM");
     let response = slow.await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(
-        started.elapsed() >= Duration::from_millis(2000),
+        started.elapsed() >= Duration::from_millis(1000),
         "the response was not cut short"
     );
     let mut child = std::mem::replace(

@@ -481,9 +481,9 @@ token = "{STATIC_TOKEN}"
         (child, stdout, stderr)
     };
     let addr = listening_address(&daemon.2, Some(&mut daemon.0)).await;
-    let mut tokens = vec![STATIC_TOKEN.to_owned()];
-    // Three rounds over 2-second tokens: grants, refreshes, rotations, all at trace level.
-    for _ in 0..3 {
+    // The tokens each upstream sends now.
+    let round = async || {
+        let mut sent = Vec::new();
         for name in ["cc", "pw", "fixed"] {
             let response = send(
                 Request::get(format!("http://{addr}/{name}/x"))
@@ -494,10 +494,26 @@ token = "{STATIC_TOKEN}"
             .await;
             assert_eq!(response.status(), StatusCode::OK);
             let authorization = echoed(&json(&response), "authorization").remove(0);
-            tokens.push(authorization.trim_start_matches("Bearer ").to_owned());
+            sent.push(authorization.trim_start_matches("Bearer ").to_owned());
         }
-        tokio::time::sleep(Duration::from_millis(1600)).await;
-    }
+        sent
+    };
+    // Grants, then refreshes and rotations of the 2-second tokens (at 1.5 s), all at trace
+    // level, until the refreshed tokens are sent.
+    let first = round().await;
+    let mut tokens = first.clone();
+    wait_until(Duration::from_secs(5), "refreshed tokens", async || {
+        let now = round().await;
+        let refreshed = now[0] != first[0] && now[1] != first[1];
+        for token in now {
+            if !tokens.contains(&token) {
+                tokens.push(token);
+            }
+        }
+        refreshed
+    })
+    .await;
+    tokens.push(STATIC_TOKEN.to_owned());
     let _ = daemon.0.kill();
     let _ = daemon.0.wait();
     tokio::time::sleep(Duration::from_millis(100)).await;

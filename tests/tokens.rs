@@ -60,8 +60,13 @@ organization = "acme"
     .await;
     let first = get(&proxy.url("/caepe/api/v1/applications")).await;
     assert_eq!(first.status(), StatusCode::OK, "{:?}", first.body());
-    // Past the 2-second lifetime: the refresher must have used the refresh token.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // At 1.5 s of the 2-second lifetime the refresher uses the refresh token.
+    wait_until(
+        Duration::from_secs(5),
+        "a refresh with the refresh token",
+        async || sim.count_for_grant("refresh_token") >= 1,
+    )
+    .await;
     let later = get(&proxy.url("/caepe/api/v1/applications")).await;
     assert_eq!(later.status(), StatusCode::OK, "{:?}", later.body());
     assert_eq!(sim.count_for_grant("password"), 1);
@@ -82,7 +87,13 @@ async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
     .await;
     assert_eq!(get(&proxy.url("/caepe/x")).await.status(), StatusCode::OK);
     sim.revoke_all();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The refresher's refresh (at 0.75 s of the 1-second lifetime) is refused.
+    wait_until(
+        Duration::from_secs(5),
+        "a second password grant",
+        async || sim.count_for_grant("password") >= 2,
+    )
+    .await;
     let response = get(&proxy.url("/caepe/x")).await;
     assert_eq!(response.status(), StatusCode::OK, "{:?}", response.body());
     assert!(
@@ -92,6 +103,8 @@ async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
     );
 }
 
+/// Two refresh cycles through the real server; the pace over many cycles is the unit test
+/// `two_second_tokens_under_steady_requests_are_refreshed_before_expiry` (paused time).
 #[tokio::test]
 async fn two_second_tokens_are_refreshed_before_expiry_with_no_failed_request() {
     let sim = cc_server(Duration::from_secs(2)).await;
@@ -103,7 +116,7 @@ async fn two_second_tokens_are_refreshed_before_expiry_with_no_failed_request() 
         let proxy = Arc::clone(&proxy);
         workers.push(tokio::spawn(async move {
             let mut statuses = Vec::new();
-            while started.elapsed() < Duration::from_secs(10) {
+            while started.elapsed() < Duration::from_secs(4) {
                 statuses.push(get(&proxy.url("/api/resource")).await.status());
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -117,17 +130,17 @@ async fn two_second_tokens_are_refreshed_before_expiry_with_no_failed_request() 
         let failed: Vec<_> = statuses.iter().filter(|s| **s != StatusCode::OK).collect();
         assert!(failed.is_empty(), "failed requests: {failed:?}");
     }
-    assert!(total > 200, "only {total} requests were made");
+    assert!(total > 80, "only {total} requests were made");
     // The refresher stayed ahead: no request ever waited for a token request.
     let status = json(&get(&proxy.url("/-/status")).await);
     assert_eq!(
         status["upstreams"][0]["token"]["requests_waited"], 0,
         "{status}"
     );
-    // 10 s of 2-second tokens refreshed at 1.5 s: about 7 token requests.
+    // 4 s of 2-second tokens refreshed at 1.5 s: the first and two or three refreshes.
     let token_requests = sim.token_requests();
     assert!(
-        (5..=12).contains(&token_requests),
+        (3..=5).contains(&token_requests),
         "{token_requests} token requests"
     );
 }
@@ -185,11 +198,7 @@ async fn an_oauth_error_is_a_503_naming_the_upstream_and_the_error_but_not_the_s
 async fn garbage_from_the_token_endpoint_is_a_503_and_the_proxy_recovers() {
     let sim = cc_server(Duration::from_secs(300)).await;
     let proxy = TestProxy::start(&cc_config(&sim)).await;
-    for mode in [
-        TokenMode::Html,
-        TokenMode::InvalidJson,
-        TokenMode::ServerError,
-    ] {
+    for mode in [TokenMode::Html, TokenMode::InvalidJson, TokenMode::Down] {
         sim.set_mode(mode.clone());
         let fresh = TestProxy::start(&cc_config(&sim)).await;
         let response = get(&fresh.url("/api/x")).await;
@@ -205,7 +214,7 @@ async fn garbage_from_the_token_endpoint_is_a_503_and_the_proxy_recovers() {
             "{problem}"
         );
         sim.set_mode(TokenMode::Normal);
-        // ServerError asked for `Retry-After: 3`; the others may be retried at once.
+        // None asked for a `Retry-After`: it recovers after the first backoff (0.5 s).
         let deadline = Instant::now() + Duration::from_secs(5);
         while get(&fresh.url("/api/x")).await.status() != StatusCode::OK {
             assert!(Instant::now() < deadline, "no recovery after {mode:?}");

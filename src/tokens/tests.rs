@@ -31,6 +31,8 @@ struct Scripted {
     calls: AtomicUsize,
     delay: Duration,
     login: LoginMethod,
+    /// Until then every token request meets an outage (HTTP 503), script or not.
+    down_until: Option<Instant>,
 }
 
 impl Scripted {
@@ -40,6 +42,7 @@ impl Scripted {
             calls: AtomicUsize::new(0),
             delay: Duration::from_millis(100),
             login: LoginMethod::Direct,
+            down_until: None,
         }
     }
 }
@@ -50,12 +53,15 @@ impl TokenSource for Scripted {
         _previous: Option<&Credential>,
     ) -> impl Future<Output = Result<Credential, ProviderError>> + Send {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let answer = self
-            .answers
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(Answer::Token(Duration::from_secs(3600)));
+        let answer = if self.down_until.is_some_and(|until| Instant::now() < until) {
+            outage()
+        } else {
+            self.answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Answer::Token(Duration::from_secs(3600)))
+        };
         let delay = self.delay;
         async move {
             sleep(delay).await;
@@ -111,6 +117,15 @@ fn outage() -> Answer {
     })
 }
 
+/// HTTP 429 with a `Retry-After`.
+fn rate_limited(seconds: u64) -> Answer {
+    Answer::Fail(ProviderError::Status {
+        status: 429,
+        retry_after: Some(Duration::from_secs(seconds)),
+        error: None,
+    })
+}
+
 fn within(wait: Option<Duration>, low_ms: u64, high_ms: u64) -> bool {
     wait.is_some_and(|wait| {
         wait >= Duration::from_millis(low_ms) && wait <= Duration::from_millis(high_ms)
@@ -162,11 +177,7 @@ async fn failures_back_off_exponentially_and_requests_meanwhile_ask_nobody() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_is_never_undercut() {
-    let cell = cell(Scripted::new(vec![Answer::Fail(ProviderError::Status {
-        status: 429,
-        retry_after: Some(Duration::from_secs(30)),
-        error: None,
-    })]));
+    let cell = cell(Scripted::new(vec![rate_limited(30)]));
     let refused = cell.credential().await.unwrap_err();
     assert!(refused.retry_after.unwrap() >= Duration::from_secs(30));
     sleep(Duration::from_secs(29)).await;
@@ -317,4 +328,81 @@ async fn a_login_installs_its_credential_and_clears_the_failure() {
     assert_eq!(cell.state(), TokenState::Valid);
     assert_eq!(cell.credential().await.unwrap().token.expose(), "logged-in");
     assert_eq!(cell.report().last_error, None);
+}
+
+/// Asks `cell` for a credential every 20 ms for `period`, as a steady client would;
+/// returns the outcomes.
+async fn steady_requests(
+    cell: &TokenCell<Scripted>,
+    period: Duration,
+) -> Vec<Result<Arc<Credential>, TokenUnavailable>> {
+    let end = Instant::now() + period;
+    let mut outcomes = Vec::new();
+    while Instant::now() < end {
+        outcomes.push(cell.credential().await);
+        sleep(Duration::from_millis(20)).await;
+    }
+    outcomes
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_second_tokens_under_steady_requests_are_refreshed_before_expiry() {
+    let cell = cell(Scripted::new(
+        (0..20)
+            .map(|_| Answer::Token(Duration::from_secs(2)))
+            .collect(),
+    ));
+    cell.credential().await.unwrap();
+    let (_stop, shutdown) = watch::channel(false);
+    spawn_refresher(Arc::clone(&cell), shutdown);
+    let outcomes = steady_requests(&cell, Duration::from_secs(10)).await;
+    assert!(outcomes.len() > 400, "{} requests", outcomes.len());
+    assert!(outcomes.iter().all(Result::is_ok), "a request met no token");
+    // Only the first request waited: the refresher kept ahead of every expiry.
+    assert_eq!(cell.report().requests_waited, 1);
+    // A refresh 1.5 s into each 2-second lifetime (plus the 100 ms answer): 6 in 10 s.
+    assert_eq!(calls(&cell), 1 + 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_is_asked_about_at_the_backoffs_pace_and_recovery_needs_no_request() {
+    let mut source = Scripted::new(vec![]);
+    source.down_until = Some(Instant::now() + Duration::from_secs(10));
+    let cell = cell(source);
+    let (_stop, shutdown) = watch::channel(false);
+    spawn_refresher(Arc::clone(&cell), shutdown);
+    let outcomes = steady_requests(&cell, Duration::from_secs(10)).await;
+    assert!(outcomes.len() > 400, "{} requests", outcomes.len());
+    for outcome in &outcomes {
+        let unavailable = outcome.as_ref().unwrap_err();
+        assert!(unavailable.retry_after.is_some(), "{unavailable:?}");
+    }
+    // Backoff 0.5 s, 1 s, 2 s, 4 s (±20 %) after each failure: 4 or 5 requests in 10 s
+    // (one per request would be 500).
+    assert!(
+        (4..=5).contains(&calls(&cell)),
+        "{} token requests",
+        calls(&cell)
+    );
+    assert_eq!(cell.state(), TokenState::BackingOff);
+    // The endpoint is back: the refresher gets a token when the backoff ends (8 s ±20 %
+    // at most), with nobody asking.
+    let asked = calls(&cell);
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(cell.state(), TokenState::Valid);
+    assert_eq!(calls(&cell), asked + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_refresher_honours_a_retry_after_longer_than_the_backoff() {
+    let cell = cell(Scripted::new(vec![rate_limited(3)]));
+    let (_stop, shutdown) = watch::channel(false);
+    spawn_refresher(Arc::clone(&cell), shutdown);
+    let refused = cell.credential().await.unwrap_err();
+    assert!(refused.retry_after.unwrap() >= Duration::from_secs(3) - Duration::from_millis(100));
+    sleep(Duration::from_millis(2800)).await;
+    assert_eq!(calls(&cell), 1, "asked again within the Retry-After");
+    sleep(Duration::from_millis(400)).await;
+    assert_eq!(calls(&cell), 2);
+    assert_eq!(cell.state(), TokenState::Valid);
 }

@@ -280,8 +280,26 @@ pub async fn printed_device_code(
     }
 }
 
+/// Polls `condition` every 20 ms until it holds, so a test goes on as soon as what it waits
+/// for has happened; fails the test, saying what did not happen, after `within`.
+pub async fn wait_until(
+    within: std::time::Duration,
+    what: &str,
+    mut condition: impl AsyncFnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + within;
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs `command` with its output in files under `dir` (no pipe a stray grandchild could
 /// hold open); kills it after `limit`. `None` for the status when it was killed.
+#[allow(clippy::disallowed_methods)] // Blocking by design: callers run it off the runtime.
 pub fn run_bounded(
     mut command: std::process::Command,
     dir: &std::path::Path,
