@@ -9,6 +9,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
+use support::fleet::{eventually, replica_fleet, start_replica};
 use support::redis::Redis;
 use support::*;
 use tokenproxy_sim::amm::{self, AmmSimConfig};
@@ -133,33 +134,6 @@ async fn three_replicas_share_one_token_chain_with_one_refresher() {
     }
     for token in sim.issued_tokens() {
         assert!(!dump.contains(&token), "a token in redis:\n{dump}");
-    }
-}
-
-/// A replica as its own process: `tokenproxy run` in a directory of its own.
-async fn start_replica(name: &str, config: &str) -> Daemon {
-    let dir = temp_dir(&format!("fleet-{name}"));
-    std::fs::write(
-        dir.join("tokenproxy.toml"),
-        format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}"),
-    )
-    .unwrap();
-    Daemon::start(&dir).await
-}
-
-async fn replica_fleet(replica: &Daemon) -> serde_json::Value {
-    json(&get(&format!("http://{}/-/status", replica.addr)).await)["upstreams"][0].clone()
-}
-
-/// Waits until `condition` holds, 10 s at most.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, condition: impl Fn() -> F) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !condition().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not within 10 s: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

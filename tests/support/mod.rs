@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod answer;
+pub mod fleet;
 pub mod oidc;
 pub mod redis;
 
