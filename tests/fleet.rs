@@ -286,3 +286,70 @@ async fn redis_down_rotating_tokens_serve_until_expiry_and_independent_ones_are_
     .await;
     assert_eq!(sim.refresh_token_reused(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_password_from_a_file() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let dir = temp_dir("fleet-tls");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Names of their own: OpenSSL (redis-server's) takes a leaf named like its issuer
+    // for a self-signed certificate.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tokenproxy test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "redis");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let secure = support::redis::Secure {
+        cert: write("redis.crt", &leaf.pem()),
+        key: write("redis.key", &leaf_key.serialize_pem()),
+        ca: write("ca.pem", &ca.pem()),
+        password: "redis-password-never-logged".into(),
+    };
+    let ca_path = secure.ca.clone();
+    let password_file = write("redis-password", "redis-password-never-logged\n");
+    let redis = Redis::start_secure("tls", secure).await;
+    let sim = amm::start(amm_sim_config()).await;
+    let store = format!(
+        "redis_password = \"${{file:{}}}\"\nredis_ca_file = \"{}\"",
+        password_file.display(),
+        ca_path.display()
+    );
+    let replica = TestProxy::start(&fleet_config(&redis, &sim, &store)).await;
+    assert_eq!(
+        get(&replica.url("/amm/api/v1/systems")).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        fleet_status(&replica).await["fleet"]["redis_reachable"],
+        true
+    );
+    assert!(
+        redis.dump().contains("fleet-test:token:amm"),
+        "{}",
+        redis.dump()
+    );
+
+    // Without the CA, the server's certificate is not trusted: nothing is shared.
+    let untrusting = TestProxy::start(&fleet_config(
+        &redis,
+        &sim,
+        &format!("redis_password = \"${{file:{}}}\"", password_file.display()),
+    ))
+    .await;
+    let _ = get(&untrusting.url("/amm/api/v1/systems")).await;
+    assert_eq!(
+        fleet_status(&untrusting).await["fleet"]["redis_reachable"],
+        false
+    );
+}

@@ -732,6 +732,8 @@ fn timeout_or(
 fn fleet_settings(store: &RawStore) -> Result<Option<FleetSettings>, FieldError> {
     let Some(url) = store.redis.as_deref() else {
         let stray = [
+            ("redis_password", store.redis_password.is_some()),
+            ("redis_ca_file", store.redis_ca_file.is_some()),
             ("key_prefix", store.key_prefix.is_some()),
             ("encryption_key", store.encryption_key.is_some()),
             (
@@ -786,8 +788,25 @@ fn fleet_settings(store: &RawStore) -> Result<Option<FleetSettings>, FieldError>
             return Err(FieldError::new(name, problem));
         }
     }
+    let ca_file = store.redis_ca_file.as_deref().map(PathBuf::from);
+    if let Some(path) = &ca_file {
+        if !url.starts_with("rediss://") {
+            return Err(FieldError::new(
+                "store.redis_ca_file",
+                "only means something with a rediss:// (TLS) URL",
+            ));
+        }
+        if !path.is_file() {
+            return Err(FieldError::new(
+                "store.redis_ca_file",
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+    }
     Ok(Some(FleetSettings {
         url: Secret::new(url.to_owned()),
+        password: store.redis_password.clone().map(Secret::new),
+        ca_file,
         key_prefix,
         encryption_keys,
         lease_ttl: timeout_or("store.lease_ttl", &store.lease_ttl, Duration::from_secs(10))?,

@@ -35,6 +35,10 @@ use seal::{OpenError, SealKey, Sealer};
 pub struct FleetSettings {
     /// `redis://` or `rediss://` URL; it may hold a password.
     pub url: Secret,
+    /// The Redis password (`AUTH`), if not in the URL.
+    pub password: Option<Secret>,
+    /// `rediss://`: trust these CA certificates (PEM) instead of the system's.
+    pub ca_file: Option<std::path::PathBuf>,
     pub key_prefix: String,
     /// The first seals; all open (rotation).
     pub encryption_keys: Vec<Secret>,
@@ -230,11 +234,29 @@ impl Fleet {
             .into_connection_info()
             .map_err(|_| FleetError::Redis("store.redis is not a redis:// URL".into()))?;
         // RESP3: messages arrive on the command connection, which resubscribes on reconnect.
-        let redis_settings = info
+        let mut redis_settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(redis_settings))?;
+        if let Some(password) = &settings.password {
+            redis_settings = redis_settings.set_password(password.expose());
+        }
+        let info = info.set_redis_settings(redis_settings);
+        let client = match &settings.ca_file {
+            Some(path) => {
+                let root_cert = std::fs::read(path).map_err(|error| {
+                    FleetError::Redis(format!("store.redis_ca_file {}: {error}", path.display()))
+                })?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                )?
+            }
+            None => redis::Client::open(info)?,
+        };
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))

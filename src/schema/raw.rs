@@ -44,6 +44,8 @@ pub struct RawServer {
 pub struct RawStore {
     pub path: Option<String>,
     pub redis: Option<String>,
+    pub redis_password: Option<String>,
+    pub redis_ca_file: Option<String>,
     pub key_prefix: Option<String>,
     pub encryption_key: Option<String>,
     pub previous_encryption_keys: Option<Vec<String>>,

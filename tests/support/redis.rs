@@ -10,6 +10,15 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    secure: Option<Secure>,
+}
+
+/// TLS (server certificate and key, the CA that signed it, PEM files) and a password.
+pub struct Secure {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub password: String,
 }
 
 fn free_port() -> u16 {
@@ -31,23 +40,69 @@ fn binary() -> String {
 
 impl Redis {
     pub async fn start(name: &str) -> Redis {
+        Redis::start_with(name, None).await
+    }
+
+    /// Only TLS (`rediss://`) with `AUTH`; plain connections are not served.
+    pub async fn start_secure(name: &str, secure: Secure) -> Redis {
+        Redis::start_with(name, Some(secure)).await
+    }
+
+    async fn start_with(name: &str, secure: Option<Secure>) -> Redis {
         let dir = super::temp_dir(&format!("redis-{name}"));
         let mut redis = Redis {
             child: None,
             port: free_port(),
             dir,
+            secure,
         };
         redis.launch().await;
         redis
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match self.secure {
+            Some(_) => format!("rediss://127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    fn secure_args(&self) -> (Vec<String>, Vec<String>) {
+        let Some(secure) = &self.secure else {
+            return (vec!["--port".into(), self.port.to_string()], Vec::new());
+        };
+        let path = |path: &PathBuf| path.display().to_string();
+        let server = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            self.port.to_string(),
+            "--tls-cert-file".into(),
+            path(&secure.cert),
+            "--tls-key-file".into(),
+            path(&secure.key),
+            "--tls-ca-cert-file".into(),
+            path(&secure.ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--requirepass".into(),
+            secure.password.clone(),
+        ];
+        let cli = vec![
+            "--tls".into(),
+            "--cacert".into(),
+            path(&secure.ca),
+            "-a".into(),
+            secure.password.clone(),
+            "--no-auth-warning".into(),
+        ];
+        (server, cli)
     }
 
     async fn launch(&mut self) {
         let child = Command::new(binary())
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(self.secure_args().0)
             .args([
                 "--save",
                 "",
@@ -91,6 +146,7 @@ impl Redis {
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         let output = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(self.secure_args().1)
             .args(args)
             .output()
             .ok()?;
