@@ -109,6 +109,8 @@ struct Row<'a> {
     refreshed_at: Option<Time>,
     refreshed: String,
     tally: String,
+    /// Fleet mode: which replica refreshes the shared token.
+    fleet: String,
     last_error: &'a str,
     errors: String,
     /// `(action, label)`.
@@ -223,10 +225,22 @@ fn row(upstream: &UpstreamStatus, now: u64) -> Row<'_> {
         refreshed_at: token.last_refresh_unix.map(Time::at),
         refreshed,
         tally: tally(token),
+        fleet: fleet_text(upstream),
         last_error: token.last_error.as_deref().unwrap_or(""),
         errors: plural(upstream.requests.errors, "error", "errors"),
         actions,
         login_panel: (upstream.login != LoginMethod::Direct).then(|| login_panel(upstream, now)),
+    }
+}
+
+/// `status.js` writes the same text (`fleetText`).
+fn fleet_text(upstream: &UpstreamStatus) -> String {
+    match &upstream.fleet {
+        None => String::new(),
+        Some(fleet) if !fleet.redis_reachable => "fleet: Redis unreachable".to_owned(),
+        Some(fleet) if fleet.this_replica => "fleet: refreshed here".to_owned(),
+        Some(fleet) if fleet.holder.is_empty() => "fleet: no refresher yet".to_owned(),
+        Some(fleet) => format!("fleet: refreshed by {}", fleet.holder),
     }
 }
 
@@ -359,6 +373,10 @@ mod tests {
 
         let mut device = upstream("biganimal", "device_code", "needs_login");
         device["kind"] = "biganimal".into();
+        device["fleet"] = json!({
+            "holder": "pod-<b>-7/1", "generation": 4, "this_replica": false, "version": 9,
+            "redis_reachable": true, "when_redis_down": "keep_held_token",
+        });
         device["pending_login"] = json!({
             "user_code": "ABCD-EFGH", "verification_uri": "http://127.0.0.1:4000/activate",
             "verification_uri_complete": "http://127.0.0.1:4000/activate?user_code=ABCD-EFGH",
@@ -415,6 +433,13 @@ mod tests {
             assert!(direct.contains(expected), "{expected} in {direct}");
         }
         assert!(parts[1].contains("data-state=\"needs_login\"><span class=badge>needs login<"));
+        // Fleet mode: who refreshes; nothing for an upstream outside a fleet.
+        assert!(
+            parts[1].contains("<span class=fleet>fleet: refreshed by pod-&#60;b&#62;-7/1</span>"),
+            "{}",
+            parts[1]
+        );
+        assert!(direct.contains("<span class=fleet></span>"), "{direct}");
         assert!(parts[3].contains(">pending</span>") && parts[3].contains(">never</time>"));
         assert!(html.contains("<caption>Upstreams <span class=count>(4)</span></caption>"));
         assert!(html.contains("foreign Host <span data-refusal=foreign_host>2</span>"));

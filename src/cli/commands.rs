@@ -273,6 +273,25 @@ fn print_table(status: &Status) {
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
+    // Fleet mode: who refreshes each shared token.
+    for upstream in &status.upstreams {
+        if let Some(fleet) = &upstream.fleet {
+            let holder = match (fleet.holder.as_str(), fleet.this_replica) {
+                ("", _) => "nobody yet".to_owned(),
+                (holder, true) => format!("{holder} (this replica)"),
+                (holder, false) => holder.to_owned(),
+            };
+            let redis = if fleet.redis_reachable {
+                "reachable"
+            } else {
+                "UNREACHABLE"
+            };
+            println!(
+                "fleet: {} refreshed by {holder}, lease generation {}, entry version {}; redis {redis}",
+                upstream.name, fleet.generation, fleet.version
+            );
+        }
+    }
 }
 
 pub async fn token(config: Config, name: String) -> Result<(), String> {

@@ -76,6 +76,14 @@
 
   // ---- small DOM helpers ----
 
+  // The same text as `fleet_text` in page.rs.
+  function fleetText(fleet) {
+    if (!fleet) return '';
+    if (!fleet.redis_reachable) return 'fleet: Redis unreachable';
+    if (fleet.this_replica) return 'fleet: refreshed here';
+    if (!fleet.holder) return 'fleet: no refresher yet';
+    return `fleet: refreshed by ${fleet.holder}`;
+  }
   function setText(node, text) {
     if (node && node.textContent !== text) node.textContent = text;
   }
@@ -165,6 +173,7 @@
     const tally = [plural(token.refreshes || 0, 'refresh', 'refreshes')];
     if (token.failures) tally.push(plural(token.failures, 'failure', 'failures'));
     setText(row.querySelector('.tally'), tally.join(' · '));
+    setText(row.querySelector('.fleet'), fleetText(upstream.fleet));
     setText(row.querySelector('.last-error'), token.last_error || '');
 
     const requests = upstream.requests || {};
