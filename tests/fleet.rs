@@ -138,6 +138,74 @@ async fn three_replicas_share_one_token_chain_with_one_refresher() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_on_the_followers_makes_one_refresh_by_the_holder() {
+    let redis = Redis::start("refused").await;
+    let sim = amm::start(AmmSimConfig {
+        access_ttl: Duration::from_secs(3600),
+        ..amm_sim_config()
+    })
+    .await;
+    let config = fleet_config(&redis, &sim, "");
+    let replicas = [
+        TestProxy::start(&config).await,
+        TestProxy::start(&config).await,
+        TestProxy::start(&config).await,
+    ];
+    for replica in &replicas {
+        assert_eq!(
+            get(&replica.url("/amm/api/v1/systems")).await.status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(sim.token_requests(), 1);
+    // The vendor stops taking the fleet's token: both replicas that do not hold the lease
+    // get a 401 at once (the holder sees no request), and ask the holder for a new one.
+    sim.revoke_access_tokens();
+    let mut followers = Vec::new();
+    for replica in &replicas {
+        if fleet_status(replica).await["fleet"]["this_replica"] == false {
+            followers.push(replica.url("/amm/api/v1/systems"));
+        }
+    }
+    assert_eq!(followers.len(), 2);
+    let asked = std::time::Instant::now();
+    let answers = futures_join_all(
+        followers
+            .into_iter()
+            .map(|url| async move { get(&url).await }),
+    )
+    .await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    for answer in &answers {
+        assert_eq!(answer.status(), StatusCode::OK, "{:?}", answer.body());
+    }
+    assert_eq!(
+        sim.count_for_grant("refresh_token"),
+        1,
+        "one replacement for the fleet, not one per replica"
+    );
+    assert_eq!(sim.refresh_token_reused(), 0);
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::new();
+    for handle in handles {
+        outputs.push(handle.await.unwrap());
+    }
+    outputs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_killed_with_sigkill_hands_over_and_logout_reaches_every_replica() {
     let mut redis = Redis::start("failover").await;
     let sim = amm::start(amm_sim_config()).await;

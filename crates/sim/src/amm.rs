@@ -258,6 +258,19 @@ impl AmmSim {
         self.state().authorize_denied = denied;
     }
 
+    /// Every access token issued so far becomes invalid; refresh tokens stay good (an
+    /// administrator's session purge, a key rotation at the API).
+    pub fn revoke_access_tokens(&self) {
+        let state = &mut *self.state();
+        grant::revoke_all(
+            state
+                .access_tokens
+                .values_mut()
+                .map(|access| &mut access.life),
+            std::iter::empty::<&mut grant::RefreshGrant<String>>(),
+        );
+    }
+
     /// Every access and refresh token issued so far becomes invalid.
     pub fn revoke_all(&self) {
         let state = &mut *self.state();
