@@ -421,3 +421,37 @@ async fn rediss_with_a_private_ca_and_a_password_from_a_file() {
         false
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenproxy_token_prints_the_fleets_token_without_asking_the_vendor() {
+    let redis = Redis::start("token").await;
+    let sim = amm::start(AmmSimConfig {
+        access_ttl: Duration::from_secs(3600),
+        ..amm_sim_config()
+    })
+    .await;
+    let config = fleet_config(&redis, &sim, "");
+    let replica = TestProxy::start(&config).await;
+    let echoed = get(&replica.url("/amm/api/v1/systems")).await;
+    assert_eq!(echoed.status(), StatusCode::OK);
+    assert_eq!(sim.token_requests(), 1);
+
+    // A one-shot command with the fleet's config, no daemon of its own: it reads the token
+    // from Redis, and leaves the lease to the fleet.
+    let dir = temp_dir("fleet-token-cli");
+    std::fs::write(
+        dir.join("tokenproxy.toml"),
+        format!("[server]\nlisten = \"127.0.0.1:9\"\n{config}"),
+    )
+    .unwrap();
+    let output = tokenproxy(&dir).args(["token", "amm"]).output().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(sim.issued_tokens().contains(&printed), "{printed}");
+    assert_eq!(sim.token_requests(), 1, "the vendor was not asked again");
+    assert_eq!(fleet_status(&replica).await["fleet"]["this_replica"], true);
+}

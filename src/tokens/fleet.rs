@@ -14,7 +14,7 @@
 //!   independent of each other may fetch locally (`when_redis_down`); such a token is never
 //!   written to Redis. Rotating refresh tokens are never used without Redis.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -38,6 +38,9 @@ pub struct FleetLink {
     pub lease_changes: AtomicU64,
     /// Token requests this replica made as the lease holder.
     pub fleet_refreshes: AtomicU64,
+    /// A follower task renews the lease; without one (a one-shot command) the lease is
+    /// let go right after use.
+    followed: AtomicBool,
 }
 
 /// The fleet part of `/-/status`.
@@ -60,6 +63,7 @@ impl FleetLink {
             lease: Mutex::default(),
             lease_changes: AtomicU64::new(0),
             fleet_refreshes: AtomicU64::new(0),
+            followed: AtomicBool::new(false),
         }
     }
 
@@ -216,9 +220,9 @@ impl<S: TokenSource> TokenCell<S> {
             }
             if Instant::now() >= deadline {
                 let cause = ProviderError::Fleet(format!(
-                    "the lease holder {} did not provide a new token within {}s",
+                    "no new token from the fleet within {}s; {} refreshes it (its status shows why not)",
+                    follow_limit(&link.fleet).as_secs(),
                     lease.holder,
-                    follow_limit(&link.fleet).as_secs()
                 ));
                 let retry_after = self.record_failure(&cause);
                 return Err(TokenUnavailable { cause, retry_after });
@@ -261,7 +265,11 @@ impl<S: TokenSource> TokenCell<S> {
             .entry_credential(entry)
             .or_else(|| self.current.load_full().map(|c| (*c).clone()));
         link.fleet_refreshes.fetch_add(1, Ordering::Relaxed);
-        let credential = self.request_token(newest.as_ref()).await?;
+        let credential = self.request_token(newest.as_ref()).await;
+        if !link.followed.load(Ordering::Relaxed) {
+            let _ = link.fleet.release(&self.upstream).await;
+        }
+        let credential = credential?;
         let plain = serde_json::to_vec(&stored(&self.fingerprint, &credential))
             .expect("a stored token serializes");
         let sealed = link.fleet.seal(&plain, &self.upstream, &self.fingerprint);
@@ -348,6 +356,7 @@ pub fn spawn_follower<S: TokenSource>(
     let Some(link) = cell.fleet.as_ref() else {
         return;
     };
+    link.followed.store(true, Ordering::Relaxed);
     let fleet = Arc::clone(&link.fleet);
     let mut events = fleet.events();
     tokio::spawn(async move {
@@ -396,10 +405,12 @@ impl<S: TokenSource> TokenCell<S> {
         let Ok(entry) = self.link().fleet.read(&self.upstream).await else {
             return;
         };
+        // Never in the middle of our own token request, which reads the entry itself; and
+        // never waiting for one, which would hold up the lease renewals of this task.
         if entry.version > self.link().version() {
-            // Under the flight lock: never in the middle of our own token request.
-            let _flight = self.flight.lock().await;
-            self.adopt(&entry);
+            if let Ok(_flight) = self.flight.try_lock() {
+                self.adopt(&entry);
+            }
         }
     }
 
