@@ -30,6 +30,8 @@ pub struct App {
     pub public_base: OnceLock<String>,
     /// Requests the browser guard refused, by reason (kept across reloads).
     pub refusals: Arc<Refusals>,
+    /// Where tokens are kept: `file`, `memory` or `redis` (fleet mode).
+    pub store_backend: &'static str,
 }
 
 /// Counts of the browser guard's refusals, by reason.
@@ -129,7 +131,13 @@ impl App {
                 metrics,
             }));
         }
+        let store_backend = match (fleet, store.path()) {
+            (Some(_), _) => "redis",
+            (None, Some(_)) => "file",
+            (None, None) => "memory",
+        };
         Ok(App {
+            store_backend,
             server: config.server.clone(),
             routes: RouteTable::new(&config.upstreams),
             upstreams,

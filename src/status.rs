@@ -21,6 +21,9 @@ pub struct Status {
     pub ready: bool,
     pub upstreams: Vec<UpstreamStatus>,
     pub browser_guard_refusals: Refusals,
+    /// Where tokens are kept: `file`, `memory`, or `redis` (fleet mode).
+    #[serde(default)]
+    pub store: String,
 }
 
 /// One upstream in the status; also the answer to its `refresh` action.
@@ -222,6 +225,7 @@ mod tests {
                 null_origin: 0,
                 cross_site_fetch: 1,
             },
+            store: "redis".to_owned(),
         };
         assert_eq!(round_trip(&status), status);
         for state in TokenState::ALL {

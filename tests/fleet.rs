@@ -91,6 +91,8 @@ async fn three_replicas_share_one_token_chain_with_one_refresher() {
         assert_eq!(fleet["when_redis_down"], "fetch_locally");
     }
     assert_eq!(mine, 1, "{holders:?}");
+    let status = json(&get(&replicas[0].url("/-/status")).await);
+    assert_eq!(status["store"], "redis");
     assert!(
         holders.windows(2).all(|pair| pair[0] == pair[1]),
         "{holders:?}"

@@ -332,5 +332,6 @@ pub fn status(app: &App) -> Status {
             null_origin: refusals.null_origin.load(Relaxed),
             cross_site_fetch: refusals.cross_site_fetch.load(Relaxed),
         },
+        store: app.store_backend.to_owned(),
     }
 }

@@ -93,6 +93,8 @@ struct StatusPage<'a> {
     rows: Vec<Row<'a>>,
     /// `(key, label, count)`.
     refusals: [(&'static str, &'static str, u64); 4],
+    /// `file`, `memory` or `redis`.
+    store: &'a str,
 }
 
 /// One upstream's row, and its login row if it can log in.
@@ -148,6 +150,7 @@ fn render(status: &Status) -> String {
     let now = status.now_unix;
     let refusals = &status.browser_guard_refusals;
     StatusPage {
+        store: &status.store,
         ready: status.ready,
         snapshot: utc(now).1,
         version: &status.version,
@@ -396,6 +399,7 @@ mod tests {
             "version": "0.1.0", "now_unix": NOW, "ready": false,
             "upstreams": [direct, device, hostile, fixed],
             "browser_guard_refusals": {"foreign_host": 2, "foreign_origin": 0, "null_origin": 0, "cross_site_fetch": 1},
+            "store": "redis",
         })
     }
 
@@ -444,6 +448,7 @@ mod tests {
         assert!(html.contains("<caption>Upstreams <span class=count>(4)</span></caption>"));
         assert!(html.contains("foreign Host <span data-refusal=foreign_host>2</span>"));
         assert!(html.contains("data-ready=false"));
+        assert!(html.contains("Tokens kept in: <span id=store>redis</span>"));
         for column in COLUMNS {
             assert!(html.contains(&format!("<th scope=col>{column}</th>")));
         }

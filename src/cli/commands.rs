@@ -219,7 +219,7 @@ pub async fn status(config: Config, json: bool) -> Result<(), String> {
     }
     let status = read_status(body)?;
     match daemon {
-        Some(base) => println!("daemon: {base}"),
+        Some(base) => println!("daemon: {base} (tokens: {})", status.store),
         None => println!("daemon: not running (showing the store)"),
     }
     print_table(&status);
