@@ -450,8 +450,8 @@ impl<'a> Sidecar<'a> {
     }
 }
 
-/// The words of a container's command and args, as the kernel gets them (args split on
-/// whitespace, which is enough for the checks here).
+/// A container's command and args, each split on whitespace: enough to find a URL in a
+/// script or an option's value, whether given as one arg or two.
 fn command_words(container: &Yaml) -> Vec<String> {
     [&container["command"], &container["args"]]
         .into_iter()
