@@ -1,5 +1,6 @@
 //! The packaging examples are checked as files: the Dockerfile, the Kubernetes manifests in
-//! `examples/kubernetes/`, the systemd unit, the launchd plist and the Postman collection.
+//! `examples/kubernetes/` and `examples/kubernetes-fleet/`, the systemd unit, the launchd plist
+//! and the Postman collection.
 //!
 //! Each check is a function that returns the problems it finds; the `shipped_*` tests assert
 //! that the files in the repository have none, and the `catches_*` tests break one thing at a
@@ -19,14 +20,17 @@ const PORT: u16 = 8080;
 const GRACE_MARGIN: Duration = Duration::from_secs(3);
 const HEALTH: &str = "/-/health";
 const READY: &str = "/-/ready";
+const KUBERNETES: &str = "examples/kubernetes";
+const KUBERNETES_FLEET: &str = "examples/kubernetes-fleet";
 
 fn repo_file(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn kubernetes_files() -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kubernetes");
+/// The manifests of one example directory: (file name, text), in name order.
+fn kubernetes_files(dir: &str) -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| entry.unwrap().path())
@@ -245,7 +249,8 @@ fn catches_dockerfile_mistakes() {
 // ---------------------------------------------------------------------------------------------
 // Kubernetes
 
-/// Every `${...}` resolves to a dummy; the files asked for are remembered.
+/// Every `${...}` resolves to a dummy; the files asked for are remembered. The file dummy is
+/// base64 of 32 bytes, so it also serves as `store.encryption_key`.
 #[derive(Default)]
 struct DummySources {
     files: RefCell<Vec<String>>,
@@ -258,7 +263,7 @@ impl Sources for DummySources {
 
     fn file(&self, path: &str) -> std::io::Result<String> {
         self.files.borrow_mut().push(path.to_owned());
-        Ok("dummy-secret-file-value-0123456789".to_owned())
+        Ok("ZHVtbXktc2VjcmV0LWZpbGUtdmFsdWUtMDEyMzQ1Njc=".to_owned())
     }
 }
 
@@ -319,91 +324,176 @@ fn probe_target(probe: &Yaml, listen_port: u16) -> Result<(String, u16), String>
     Err("neither an exec nor an httpGet probe".to_owned())
 }
 
-fn kubernetes_problems(files: &[(String, String)]) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut docs = Vec::new();
-    for (name, text) in files {
-        match YamlLoader::load_from_str(text) {
-            Ok(loaded) => docs.extend(loaded.into_iter().filter(|doc| !doc.is_null())),
-            Err(e) => problems.push(format!("{name}: not YAML: {e}")),
+/// The documents of one example's manifests.
+struct Manifests {
+    docs: Vec<Yaml>,
+}
+
+impl Manifests {
+    /// Every document of every file; a file that is not YAML is a problem.
+    fn load(files: &[(String, String)], problems: &mut Vec<String>) -> Manifests {
+        let mut docs = Vec::new();
+        for (name, text) in files {
+            match YamlLoader::load_from_str(text) {
+                Ok(loaded) => docs.extend(loaded.into_iter().filter(|doc| !doc.is_null())),
+                Err(e) => problems.push(format!("{name}: not YAML: {e}")),
+            }
         }
+        Manifests { docs }
     }
-    let of_kind = |kind: &str| -> Vec<&Yaml> {
-        docs.iter()
+
+    fn of_kind(&self, kind: &str) -> Vec<&Yaml> {
+        self.docs
+            .iter()
             .filter(|doc| doc["kind"].as_str() == Some(kind))
             .collect()
-    };
-    let by_name = |kind: &str, name: &str| -> Option<&Yaml> {
-        of_kind(kind)
+    }
+
+    fn by_name(&self, kind: &str, name: &str) -> Option<&Yaml> {
+        self.of_kind(kind)
             .into_iter()
             .find(|doc| doc["metadata"]["name"].as_str() == Some(name))
-    };
-    let deployments = of_kind("Deployment");
-    let [deployment] = deployments[..] else {
-        problems.push(format!(
-            "expected one Deployment, found {}",
-            deployments.len()
-        ));
-        return problems;
-    };
-    let pod = &deployment["spec"]["template"]["spec"];
-    let containers = yaml_list(&pod["containers"]);
-    let init_containers = yaml_list(&pod["initContainers"]);
-    let is_tokenproxy = |c: &&Yaml| {
-        c["name"].as_str() == Some("tokenproxy")
-            || c["image"]
-                .as_str()
-                .is_some_and(|image| image.contains("tokenproxy"))
-    };
-    let proxy = match containers.iter().find(is_tokenproxy) {
-        Some(proxy) => proxy,
-        None => match init_containers.iter().find(is_tokenproxy) {
-            // A native sidecar: an init container that keeps running.
-            Some(proxy) if proxy["restartPolicy"].as_str() == Some("Always") => proxy,
-            Some(_) => {
-                problems.push(
-                    "the tokenproxy init container lacks restartPolicy: Always (it would block the pod)"
-                        .into(),
-                );
-                return problems;
-            }
-            None => {
-                problems.push("no tokenproxy container in the Deployment".into());
-                return problems;
-            }
-        },
-    };
-    let apps: Vec<&Yaml> = containers.iter().filter(|c| !is_tokenproxy(c)).collect();
-    if apps.is_empty() {
-        problems.push("no app container next to the tokenproxy sidecar".into());
     }
-    let volumes = yaml_list(&pod["volumes"]);
-    let mounts = yaml_list(&proxy["volumeMounts"]);
 
-    // The config: a ConfigMap volume mounted into the sidecar, at the path it reads.
-    let env = yaml_list(&proxy["env"]);
-    let config_path = named(env, "TOKENPROXY_CONFIG")
-        .and_then(|var| var["value"].as_str())
-        .unwrap_or("/etc/tokenproxy/config.toml")
-        .to_owned();
-    let Some((config_text, config_source)) =
-        mounted_file(&config_path, mounts, volumes, "configMap", |name, key| {
-            by_name("ConfigMap", name).and_then(|map| map["data"][key].as_str().map(str::to_owned))
+    fn secret_value(&self, name: &str, key: &str) -> Option<String> {
+        let secret = self.by_name("Secret", name)?;
+        [&secret["stringData"], &secret["data"]]
+            .into_iter()
+            .find_map(|data| data[key].as_str().map(str::to_owned))
+    }
+}
+
+/// The one Deployment's tokenproxy container, its pod, and the config it reads.
+struct Sidecar<'a> {
+    deployment: &'a Yaml,
+    pod: &'a Yaml,
+    proxy: &'a Yaml,
+    apps: Vec<&'a Yaml>,
+    mounts: &'a [Yaml],
+    volumes: &'a [Yaml],
+    config_text: String,
+    /// "configMap NAME KEY", for messages.
+    config_source: String,
+}
+
+impl<'a> Sidecar<'a> {
+    /// Err: what is missing, after which nothing else can be checked.
+    fn find(manifests: &'a Manifests) -> Result<Sidecar<'a>, String> {
+        let deployments = manifests.of_kind("Deployment");
+        let [deployment] = deployments[..] else {
+            return Err(format!(
+                "expected one Deployment, found {}",
+                deployments.len()
+            ));
+        };
+        let pod = &deployment["spec"]["template"]["spec"];
+        let containers = yaml_list(&pod["containers"]);
+        let init_containers = yaml_list(&pod["initContainers"]);
+        let is_tokenproxy = |c: &&Yaml| {
+            c["name"].as_str() == Some("tokenproxy")
+                || c["image"]
+                    .as_str()
+                    .is_some_and(|image| image.contains("tokenproxy"))
+        };
+        let proxy = match containers.iter().find(is_tokenproxy) {
+            Some(proxy) => proxy,
+            None => match init_containers.iter().find(is_tokenproxy) {
+                // A native sidecar: an init container that keeps running.
+                Some(proxy) if proxy["restartPolicy"].as_str() == Some("Always") => proxy,
+                Some(_) => {
+                    return Err(
+                        "the tokenproxy init container lacks restartPolicy: Always (it would block the pod)"
+                            .into(),
+                    )
+                }
+                None => return Err("no tokenproxy container in the Deployment".into()),
+            },
+        };
+        let apps = containers.iter().filter(|c| !is_tokenproxy(c)).collect();
+        let volumes = yaml_list(&pod["volumes"]);
+        let mounts = yaml_list(&proxy["volumeMounts"]);
+
+        // The config: a ConfigMap volume mounted into the sidecar, at the path it reads.
+        let env = yaml_list(&proxy["env"]);
+        let config_path = named(env, "TOKENPROXY_CONFIG")
+            .and_then(|var| var["value"].as_str())
+            .unwrap_or("/etc/tokenproxy/config.toml");
+        let (config_text, config_source) =
+            mounted_file(config_path, mounts, volumes, "configMap", |name, key| {
+                manifests
+                    .by_name("ConfigMap", name)
+                    .and_then(|map| map["data"][key].as_str().map(str::to_owned))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "the sidecar's config {config_path} is not a key of a ConfigMap mounted into it"
+                )
+            })?;
+        Ok(Sidecar {
+            deployment,
+            pod,
+            proxy,
+            apps,
+            mounts,
+            volumes,
+            config_text,
+            config_source,
         })
-    else {
-        problems.push(format!(
-            "the sidecar's config {config_path} is not a key of a ConfigMap mounted into it"
-        ));
-        return problems;
-    };
-    let sources = DummySources::default();
-    let config = match tokenproxy::config::parse(&config_text, &config_source, &sources) {
-        Ok(config) => config,
-        Err(e) => {
-            problems.push(format!("the config does not parse: {e}"));
+    }
+
+    /// The file at `path` if it comes from a Secret mounted into the sidecar: (content,
+    /// "secret NAME KEY").
+    fn secret_file(&self, manifests: &Manifests, path: &str) -> Option<(String, String)> {
+        mounted_file(path, self.mounts, self.volumes, "secret", |name, key| {
+            manifests.secret_value(name, key)
+        })
+    }
+}
+
+/// A container's command and args, each split on whitespace: enough to find a URL in a
+/// script or an option's value, whether given as one arg or two.
+fn command_words(container: &Yaml) -> Vec<String> {
+    [&container["command"], &container["args"]]
+        .into_iter()
+        .flat_map(string_list)
+        .flat_map(|arg| {
+            arg.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn kubernetes_problems(files: &[(String, String)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let manifests = Manifests::load(files, &mut problems);
+    let sidecar = match Sidecar::find(&manifests) {
+        Ok(sidecar) => sidecar,
+        Err(problem) => {
+            problems.push(problem);
             return problems;
         }
     };
+    let Sidecar {
+        pod,
+        proxy,
+        mounts,
+        volumes,
+        ..
+    } = sidecar;
+    let apps = &sidecar.apps;
+    if apps.is_empty() {
+        problems.push("no app container next to the tokenproxy sidecar".into());
+    }
+    let sources = DummySources::default();
+    let config =
+        match tokenproxy::config::parse(&sidecar.config_text, &sidecar.config_source, &sources) {
+            Ok(config) => config,
+            Err(e) => {
+                problems.push(format!("the config does not parse: {e}"));
+                return problems;
+            }
+        };
     let listen = config.server.listen;
     if listen.port() != PORT {
         problems.push(format!("the config listens on {listen}, not port {PORT}"));
@@ -452,14 +542,7 @@ fn kubernetes_problems(files: &[(String, String)]) -> Vec<String> {
         problems.push("the config reads no ${file:...} secret".into());
     }
     for path in &secret_files {
-        if mounted_file(path, mounts, volumes, "secret", |name, key| {
-            let secret = by_name("Secret", name)?;
-            [&secret["stringData"], &secret["data"]]
-                .into_iter()
-                .find_map(|data| data[key].as_str().map(str::to_owned))
-        })
-        .is_none()
-        {
+        if sidecar.secret_file(&manifests, path).is_none() {
             problems.push(format!(
                 "the config reads {path}, which is no key of a Secret mounted into the sidecar"
             ));
@@ -491,11 +574,7 @@ fn kubernetes_problems(files: &[(String, String)]) -> Vec<String> {
         format!("127.0.0.1:{}", listen.port()),
     ];
     let app_calls_proxy = apps.iter().any(|app| {
-        let words: Vec<String> = [&app["command"], &app["args"]]
-            .into_iter()
-            .flat_map(string_list)
-            .collect();
-        words
+        command_words(app)
             .iter()
             .any(|word| base.iter().any(|b| word.contains(&format!("http://{b}/"))))
     });
@@ -548,8 +627,9 @@ fn mounted_file(
     })
 }
 
-fn kubernetes_problems_with(file: &str, text: &str) -> Vec<String> {
-    let files: Vec<(String, String)> = kubernetes_files()
+/// The manifests of `dir`, with `file`'s text replaced by `text`.
+fn kubernetes_files_with(dir: &str, file: &str, text: &str) -> Vec<(String, String)> {
+    kubernetes_files(dir)
         .into_iter()
         .map(|(name, original)| {
             let content = if name == file {
@@ -559,16 +639,19 @@ fn kubernetes_problems_with(file: &str, text: &str) -> Vec<String> {
             };
             (name, content)
         })
-        .collect();
-    kubernetes_problems(&files)
+        .collect()
+}
+
+fn kubernetes_problems_with(file: &str, text: &str) -> Vec<String> {
+    kubernetes_problems(&kubernetes_files_with(KUBERNETES, file, text))
 }
 
 #[test]
 fn shipped_kubernetes_example_is_consistent() {
-    let files = kubernetes_files();
+    let files = kubernetes_files(KUBERNETES);
     let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
     assert!(names.contains(&"deployment.yaml"), "{names:?}");
-    assert_clean("examples/kubernetes", kubernetes_problems(&files));
+    assert_clean(KUBERNETES, kubernetes_problems(&files));
 }
 
 #[test]
@@ -746,6 +829,323 @@ fn probe_targets_cover_exec_and_http_get() {
     );
     assert!(probe_target(&probe("exec: {command: [/usr/local/bin/tokenproxy, health, --url, 'http://10.0.0.1:8080/-/ready']}"), 8080).is_err());
     assert!(probe_target(&probe("tcpSocket: {port: 8080}"), 8080).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes fleet: the sidecars above, several replicas, and the Redis they share
+
+/// The Kubernetes checks, then the fleet's: the config uses Redis and no store file, the app
+/// runs as several replicas, and the one Redis is reached through a Service, keeps an
+/// append-only file on a volume claim, has a readiness probe, and requires the password the
+/// sidecars read from the same Secret key.
+fn fleet_problems(files: &[(String, String)]) -> Vec<String> {
+    let mut problems = kubernetes_problems(files);
+    // What stops these (not YAML, no sidecar, a config that does not parse) is reported above.
+    let manifests = Manifests::load(files, &mut Vec::new());
+    let Ok(sidecar) = Sidecar::find(&manifests) else {
+        return problems;
+    };
+    let Ok(config) = toml::from_str::<toml::Table>(&sidecar.config_text) else {
+        return problems;
+    };
+    let store = |key: &str| {
+        config
+            .get("store")
+            .and_then(|store| store.get(key))
+            .and_then(toml::Value::as_str)
+    };
+    if store("path").is_some() {
+        problems.push("the config sets store.path: a fleet keeps its tokens in Redis".into());
+    }
+    let replicas = sidecar.deployment["spec"]["replicas"].as_i64().unwrap_or(1);
+    if replicas < 2 {
+        problems.push(format!("the Deployment has replicas: {replicas}, no fleet"));
+    }
+    let Some(url) = store("redis") else {
+        problems.push("the config has no store.redis: the replicas would not share tokens".into());
+        return problems;
+    };
+
+    let is_redis = |container: &&Yaml| {
+        let image = container["image"].as_str().unwrap_or_default();
+        let name = image.rsplit('/').next().unwrap_or_default();
+        matches!(name.split(':').next(), Some("redis" | "valkey"))
+    };
+    let redises: Vec<(&Yaml, &Yaml)> = ["StatefulSet", "Deployment"]
+        .into_iter()
+        .flat_map(|kind| manifests.of_kind(kind))
+        .flat_map(|workload| {
+            yaml_list(&workload["spec"]["template"]["spec"]["containers"])
+                .iter()
+                .filter(is_redis)
+                .map(move |container| (workload, container))
+        })
+        .collect();
+    let [(workload, redis)] = redises[..] else {
+        problems.push(format!(
+            "expected one Redis (a redis or valkey container in a StatefulSet or Deployment), found {}",
+            redises.len()
+        ));
+        return problems;
+    };
+
+    // store.redis names a Service that leads to that Redis.
+    match url::Url::parse(url) {
+        Err(e) => problems.push(format!("store.redis {url}: {e}")),
+        Ok(parsed) => {
+            // NAME, NAME.NAMESPACE or NAME.NAMESPACE.svc.cluster.local
+            let host = parsed.host_str().unwrap_or_default();
+            let name = host.split('.').next().unwrap_or_default();
+            let port = i64::from(parsed.port().unwrap_or(6379));
+            match manifests.by_name("Service", name) {
+                None => problems.push(format!("store.redis names {host}, which is no Service")),
+                Some(service) => {
+                    problems.extend(service_problems(service, workload, redis, port));
+                }
+            }
+        }
+    }
+
+    let words = command_words(redis);
+    let option = |name: &str| {
+        let at = words.iter().position(|word| word == name)?;
+        words.get(at + 1).map(String::as_str)
+    };
+    if option("--appendonly") != Some("yes") {
+        problems.push(
+            "Redis runs without --appendonly yes: restarted, it forgets the newest refresh tokens"
+                .into(),
+        );
+    }
+    let claimed = yaml_list(&redis["volumeMounts"])
+        .iter()
+        .find(|mount| mount["mountPath"].as_str() == Some("/data"))
+        .and_then(|mount| mount["name"].as_str())
+        .is_some_and(|volume| {
+            let templates = yaml_list(&workload["spec"]["volumeClaimTemplates"]);
+            let pod_volumes = yaml_list(&workload["spec"]["template"]["spec"]["volumes"]);
+            templates
+                .iter()
+                .any(|template| template["metadata"]["name"].as_str() == Some(volume))
+                || named(pod_volumes, volume)
+                    .is_some_and(|v| !v["persistentVolumeClaim"].is_badvalue())
+        });
+    if !claimed {
+        problems.push(
+            "Redis's /data is not on a PersistentVolumeClaim: its append-only file would go with the pod"
+                .into(),
+        );
+    }
+    if redis["readinessProbe"].is_badvalue() {
+        problems.push("Redis has no readinessProbe".into());
+    }
+
+    // The password: Redis's --requirepass $(VAR), VAR from the Secret key the sidecars read.
+    let sidecar_password = store("redis_password")
+        .and_then(|value| value.strip_prefix("${file:")?.strip_suffix('}'))
+        .and_then(|path| sidecar.secret_file(&manifests, path))
+        .map(|(_, source)| source);
+    let redis_password = option("--requirepass")
+        .and_then(|value| value.strip_prefix("$(")?.strip_suffix(')'))
+        .and_then(|var| named(yaml_list(&redis["env"]), var))
+        .and_then(|var| {
+            let reference = &var["valueFrom"]["secretKeyRef"];
+            Some(format!(
+                "secret {} {}",
+                reference["name"].as_str()?,
+                reference["key"].as_str()?
+            ))
+        });
+    match (sidecar_password, redis_password) {
+        (None, _) => problems.push(
+            "store.redis_password is not a ${file:...} of a Secret mounted into the sidecar".into(),
+        ),
+        (_, None) => problems.push(
+            "Redis's --requirepass is not $(VAR) with VAR from a Secret (secretKeyRef)".into(),
+        ),
+        (Some(sidecar), Some(redis)) if sidecar != redis => problems.push(format!(
+            "Redis's --requirepass comes from {redis}, the sidecars' store.redis_password from {sidecar}"
+        )),
+        _ => {}
+    }
+    problems
+}
+
+/// The Service selects the pods of `workload` and sends `port` to a port of `container`.
+fn service_problems(service: &Yaml, workload: &Yaml, container: &Yaml, port: i64) -> Vec<String> {
+    let mut problems = Vec::new();
+    let name = service["metadata"]["name"].as_str().unwrap_or_default();
+    let labels = &workload["spec"]["template"]["metadata"]["labels"];
+    let selects = service["spec"]["selector"]
+        .as_hash()
+        .is_some_and(|selector| {
+            !selector.is_empty()
+                && selector
+                    .iter()
+                    .all(|(key, value)| key.as_str().is_some_and(|key| &labels[key] == value))
+        });
+    if !selects {
+        problems.push(format!("the Service {name} does not select the Redis pods"));
+    }
+    let container_ports = yaml_list(&container["ports"]);
+    let Some(service_port) = yaml_list(&service["spec"]["ports"])
+        .iter()
+        .find(|p| p["port"].as_i64() == Some(port))
+    else {
+        problems.push(format!(
+            "the Service {name} has no port {port} (store.redis)"
+        ));
+        return problems;
+    };
+    let target = &service_port["targetPort"];
+    let reaches = container_ports.iter().any(|p| match target.as_str() {
+        Some(port_name) => p["name"].as_str() == Some(port_name),
+        None => p["containerPort"].as_i64() == Some(target.as_i64().unwrap_or(port)),
+    });
+    if !reaches {
+        problems.push(format!(
+            "the Service {name}'s port {port} leads to no port of the Redis container"
+        ));
+    }
+    problems
+}
+
+#[test]
+fn shipped_kubernetes_fleet_example_is_consistent() {
+    // (An empty or missing directory fails too: it has no Deployment.)
+    let files = kubernetes_files(KUBERNETES_FLEET);
+    assert_clean(KUBERNETES_FLEET, fleet_problems(&files));
+}
+
+#[test]
+fn catches_kubernetes_fleet_mistakes() {
+    let configmap = repo_file("examples/kubernetes-fleet/configmap.yaml");
+    let store_start = configmap.find("    [store]").unwrap();
+    let store_end = configmap.find("    [upstreams.bigeval]").unwrap();
+    let store_block = &configmap[store_start..store_end];
+    // (file, needle, replacement, expected problem)
+    let cases = [
+        (
+            "configmap.yaml",
+            "redis = \"redis://tokenproxy-redis:6379/0\"",
+            "redis = \"redis://tokenproxy-redis:6379/0\"\n    path = \"/var/lib/tokenproxy/tokens.json\"",
+            "sets store.path",
+        ),
+        (
+            "configmap.yaml",
+            store_block,
+            "    [store]\n    path = \"memory\"\n\n",
+            "no store.redis",
+        ),
+        (
+            "configmap.yaml",
+            "redis = \"redis://tokenproxy-redis:6379/0\"",
+            "redis = \"redis://redis:6379/0\"",
+            "names redis, which is no Service",
+        ),
+        (
+            "configmap.yaml",
+            "redis = \"redis://tokenproxy-redis:6379/0\"",
+            "redis = \"redis://tokenproxy-redis:6380/0\"",
+            "has no port 6380",
+        ),
+        (
+            "configmap.yaml",
+            "${file:/run/secrets/tokenproxy/encryption_key}",
+            "${file:/run/secrets/encryption_key}",
+            "/run/secrets/encryption_key, which is no key",
+        ),
+        (
+            "configmap.yaml",
+            "${file:/run/secrets/tokenproxy/redis_password}",
+            "${file:/run/secrets/tokenproxy/amm_password}",
+            "the sidecars' store.redis_password from secret tokenproxy-fleet-secrets amm_password",
+        ),
+        (
+            "configmap.yaml",
+            "${file:/run/secrets/tokenproxy/redis_password}",
+            "hunter2",
+            "store.redis_password is not a ${file:...}",
+        ),
+        (
+            "redis.yaml",
+            "- \"--appendonly\"\n            - \"yes\"",
+            "- \"--appendonly\"\n            - \"no\"",
+            "--appendonly yes",
+        ),
+        (
+            "redis.yaml",
+            "\"$(REDIS_PASSWORD)\"",
+            "\"hunter2\"",
+            "--requirepass is not $(VAR)",
+        ),
+        (
+            "redis.yaml",
+            "key: redis_password",
+            "key: amm_password",
+            "--requirepass comes from secret tokenproxy-fleet-secrets amm_password",
+        ),
+        (
+            "redis.yaml",
+            "mountPath: /data",
+            "mountPath: /var/data",
+            "not on a PersistentVolumeClaim",
+        ),
+        (
+            "redis.yaml",
+            "volumeClaimTemplates:\n    - metadata:\n        name: data",
+            "volumeClaimTemplates:\n    - metadata:\n        name: other",
+            "not on a PersistentVolumeClaim",
+        ),
+        (
+            "redis.yaml",
+            "readinessProbe:",
+            "startupProbe:",
+            "no readinessProbe",
+        ),
+        (
+            "redis.yaml",
+            "image: redis:7.4",
+            "image: memcached:1.6",
+            "expected one Redis",
+        ),
+        (
+            "redis.yaml",
+            "  selector:\n    app.kubernetes.io/name: tokenproxy-redis",
+            "  selector:\n    app.kubernetes.io/name: other",
+            "does not select the Redis pods",
+        ),
+        (
+            "redis.yaml",
+            "targetPort: redis",
+            "targetPort: 6380",
+            "leads to no port",
+        ),
+        (
+            "secret.yaml",
+            "  encryption_key: \"REPLACE-ME\"",
+            "",
+            "/run/secrets/tokenproxy/encryption_key, which is no key",
+        ),
+        (
+            "deployment.yaml",
+            "replicas: 3",
+            "replicas: 1",
+            "replicas: 1, no fleet",
+        ),
+        (
+            "deployment.yaml",
+            "secretName: tokenproxy-fleet-secrets",
+            "secretName: tokenproxy-secrets",
+            "no key of a Secret",
+        ),
+    ];
+    for (file, needle, replacement, expected) in cases {
+        let text = repo_file(&format!("{KUBERNETES_FLEET}/{file}"));
+        let check =
+            |text: &str| fleet_problems(&kubernetes_files_with(KUBERNETES_FLEET, file, text));
+        assert_caught(&text, needle, replacement, check, expected);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
