@@ -1105,7 +1105,7 @@ fn catches_kubernetes_fleet_mistakes() {
         ),
         (
             "redis.yaml",
-            "image: redis:7.4",
+            "image: redis:7.2",
             "image: memcached:1.6",
             "expected one Redis",
         ),
