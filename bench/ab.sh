@@ -59,6 +59,8 @@ http {
 }
 EOF
 TOKEN=$(python3 -c 'import secrets,string; a=string.ascii_letters+string.digits; print("".join(secrets.choice(a) for _ in range(800)))')
+AUTH=${AB_AUTH:-"kind = \"static\"
+token = \"$TOKEN\""}
 config() {   # PORT STORE_LINES
   cat <<EOF
 [server]
@@ -68,8 +70,7 @@ $2
 [upstreams.o]
 target = "http://127.0.0.1:$P_ORIGIN/"
 [upstreams.o.auth]
-${AB_AUTH:-kind = "static"
-token = "$TOKEN"}
+$AUTH
 headers = { Organization = "acme" }
 EOF
 }
