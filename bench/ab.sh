@@ -8,7 +8,10 @@
 #   AB_PATH=/large AB_CONNS=128 bash bench/ab.sh A B   # 64 KiB bodies, 128 connections
 #
 # Settings: AB_ROUNDS (5), AB_SECONDS (5 per run), AB_CONNS (16), AB_PATH (/small),
-# AB_ENV_A / AB_ENV_B (extra environment, e.g. "TOKIO_WORKER_THREADS=2"). Both proxies run
+# AB_ENV_A / AB_ENV_B (extra environment, e.g. "TOKIO_WORKER_THREADS=2"), AB_STORE_A /
+# AB_STORE_B (the lines of each config's [store] table; default path = "memory"), AB_AUTH
+# (the lines of the upstream's auth table for both; default the static token; see
+# bench/fleet.sh). Both proxies run
 # with TOKIO_WORKER_THREADS=1 and, like bench/run.sh, servers on CPU 0 and wrk on CPU 1.
 # Needs nginx, wrk, taskset (bench/run.sh installs them). Loopback only; every run bounded.
 set -euo pipefail
@@ -56,22 +59,23 @@ http {
 }
 EOF
 TOKEN=$(python3 -c 'import secrets,string; a=string.ascii_letters+string.digits; print("".join(secrets.choice(a) for _ in range(800)))')
-config() {
+AUTH=${AB_AUTH:-"kind = \"static\"
+token = \"$TOKEN\""}
+config() {   # PORT STORE_LINES
   cat <<EOF
 [server]
 listen = "127.0.0.1:$1"
 [store]
-path = "memory"
+$2
 [upstreams.o]
 target = "http://127.0.0.1:$P_ORIGIN/"
 [upstreams.o.auth]
-kind = "static"
-token = "$TOKEN"
+$AUTH
 headers = { Organization = "acme" }
 EOF
 }
-config "$P_A" >"$TMP/a.toml"
-config "$P_B" >"$TMP/b.toml"
+config "$P_A" "${AB_STORE_A:-path = \"memory\"}" >"$TMP/a.toml"
+config "$P_B" "${AB_STORE_B:-path = \"memory\"}" >"$TMP/b.toml"
 
 SRV=(taskset -c 0); CLI=(taskset -c 1)
 "${SRV[@]}" nginx -c "$TMP/origin.conf" -p "$TMP" 2>/dev/null & PIDS+=($!)
@@ -102,8 +106,9 @@ print(f"{requests / secs:.0f} {(u1 - u0) / tck / requests * 1e6:.2f} {(s1 - s0) 
 PY
 }
 
-echo "A = $A ${AB_ENV_A:-}"
-echo "B = $B ${AB_ENV_B:-}"
+store_line() { [ -z "$1" ] || echo "[store] ${1//$'\n'/; }" | sed 's/encryption_key = "[^"]*"/encryption_key = (redacted)/'; }
+echo "A = $A ${AB_ENV_A:-} $(store_line "${AB_STORE_A:-}")"
+echo "B = $B ${AB_ENV_B:-} $(store_line "${AB_STORE_B:-}")"
 echo "path $URL_PATH, $CONNS connections, $SECONDS_PER_RUN s per run, $ROUNDS rounds, alternating"
 printf '%-6s %-3s %10s %10s %10s %8s %8s\n' round bin "req/s" "user µs" "sys µs" non2xx "p99 ms"
 : >"$TMP/results"
