@@ -457,3 +457,53 @@ async fn tokenproxy_token_prints_the_fleets_token_without_asking_the_vendor() {
     assert_eq!(sim.token_requests(), 1, "the vendor was not asked again");
     assert_eq!(fleet_status(&replica).await["fleet"]["this_replica"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_fleet_refresh_token_ends_the_login_on_every_replica_once() {
+    use tokenproxy_sim::biganimal::{self, BigAnimalSimConfig};
+    let redis = Redis::start("dead-refresh").await;
+    let sim = biganimal::start(BigAnimalSimConfig {
+        interval: Duration::from_secs(1),
+        raw_ttl: Duration::from_secs(3600),
+        ..BigAnimalSimConfig::default()
+    })
+    .await;
+    let config = format!(
+        "[store]\nredis = \"{}\"\nkey_prefix = \"dead:\"\nencryption_key = \"{KEY}\"\nlease_ttl = \"2s\"\n\
+         [upstreams.biganimal]\ntarget = \"{}/\"\n[upstreams.biganimal.auth]\nkind = \"biganimal\"\nprovider_url = \"{}\"\n",
+        redis.url(),
+        sim.api_url(),
+        sim.provider_url()
+    );
+    let replicas = [
+        TestProxy::start(&config).await,
+        TestProxy::start(&config).await,
+    ];
+    let login = json(&post_action(&replicas[0].url("/-/upstreams/biganimal/login")).await);
+    assert!(sim.approve(login["user_code"].as_str().unwrap()));
+    for replica in &replicas {
+        eventually("the login reaches every replica", || async {
+            fleet_status(replica).await["token"]["state"] == "valid"
+        })
+        .await;
+    }
+    // The vendor ends the grant: both replicas' requests get 401s.
+    sim.revoke_all();
+    for _ in 0..10 {
+        for replica in &replicas {
+            let refused = get(&replica.url("/biganimal/clusters")).await;
+            assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
+    assert_eq!(
+        sim.count_for_grant("refresh_token"),
+        1,
+        "the dead refresh token was sent again"
+    );
+    for replica in &replicas {
+        eventually("every replica needs a login", || async {
+            fleet_status(replica).await["token"]["state"] == "needs_login"
+        })
+        .await;
+    }
+}

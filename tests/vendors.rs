@@ -481,3 +481,36 @@ async fn an_expired_device_code_stops_polling_and_is_reported() {
         "polling went on after expiry"
     );
 }
+
+/// A refresh token the vendor refused is not tried again: after the grant is revoked,
+/// requests get "needs a login" without a token request each.
+#[tokio::test]
+async fn a_refused_refresh_token_is_not_tried_again_on_every_request() {
+    let sim = biganimal::start(BigAnimalSimConfig {
+        interval: Duration::from_secs(1),
+        raw_ttl: Duration::from_secs(3600),
+        ..BigAnimalSimConfig::default()
+    })
+    .await;
+    let proxy = TestProxy::start(&biganimal_config(&sim)).await;
+    let login = json(&post_action(&proxy.url("/-/upstreams/biganimal/login")).await);
+    assert!(sim.approve(login["user_code"].as_str().unwrap()));
+    wait_for_state(&proxy, "valid", Duration::from_secs(5)).await;
+    // The vendor ends the grant; the next request's 401 makes one refresh, refused.
+    sim.revoke_all();
+    for _ in 0..20 {
+        let refused = get(&proxy.url("/biganimal/clusters")).await;
+        assert_eq!(
+            refused.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{:?}",
+            refused.body()
+        );
+    }
+    assert_eq!(
+        sim.count_for_grant("refresh_token"),
+        1,
+        "the dead refresh token was sent again"
+    );
+    wait_for_state(&proxy, "needs_login", Duration::from_secs(2)).await;
+}

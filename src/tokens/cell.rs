@@ -18,6 +18,7 @@ use super::{refresh_at, TokenReport, TokenSource, TokenUnavailable};
 use crate::credential::{Credential, TokenState};
 use crate::metrics::TokenMetrics;
 use crate::providers::{LoginMethod, Provider, ProviderError};
+use crate::secret::Secret;
 use crate::store::SharedStore;
 
 /// What is known besides the credential itself.
@@ -324,9 +325,31 @@ impl<S: TokenSource> TokenCell<S> {
                 Ok(credential)
             }
             Err(cause) => {
+                if cause == ProviderError::NeedsLogin {
+                    self.drop_refused_refresh_token(previous);
+                }
                 let retry_after = self.record_failure(&cause);
                 Err(TokenUnavailable { cause, retry_after })
             }
+        }
+    }
+
+    /// The vendor refused the refresh token of `previous` and only a login helps: it is
+    /// never sent again (every request would), though the access token may still serve.
+    fn drop_refused_refresh_token(&self, previous: Option<&Credential>) {
+        let Some(previous) = previous.filter(|p| p.refresh_token.is_some()) else {
+            return;
+        };
+        let refused = previous.refresh_token.as_ref().map(Secret::expose);
+        let Some(current) = self.current.load_full() else {
+            return;
+        };
+        if current.refresh_token.as_ref().map(Secret::expose) == refused {
+            self.current.store(Some(Arc::new(Credential {
+                refresh_token: None,
+                refresh_expires_at: None,
+                ..(*current).clone()
+            })));
         }
     }
 

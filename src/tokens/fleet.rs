@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::{TokenCell, TokenSource, TokenUnavailable};
 use crate::credential::{Credential, Injection};
 use crate::fleet::{Entry, Event, Fleet, FleetError, Lease, WhenRedisDown, Written};
-use crate::providers::ProviderError;
+use crate::providers::{LoginMethod, ProviderError};
 use crate::store::{restore, stored, StoredToken};
 
 /// A cell's tie to the fleet.
@@ -192,6 +192,13 @@ impl<S: TokenSource> TokenCell<S> {
                     return Ok(adopted);
                 }
             }
+            if entry.sealed.is_none() && self.source.login_method() != LoginMethod::Direct {
+                // Nobody in the fleet is logged in (or the vendor ended the login): only a
+                // person helps, on any replica; no replica asks the vendor.
+                let cause = ProviderError::NeedsLogin;
+                let retry_after = self.record_failure(&cause);
+                return Err(TokenUnavailable { cause, retry_after });
+            }
             let lease = match link.fleet.lease(&self.upstream).await {
                 Ok(lease) => lease,
                 Err(error) => return self.without_redis(error).await,
@@ -269,7 +276,25 @@ impl<S: TokenSource> TokenCell<S> {
         if !link.followed.load(Ordering::Relaxed) {
             let _ = link.fleet.release(&self.upstream).await;
         }
-        let credential = credential?;
+        let credential = match credential {
+            Ok(credential) => credential,
+            Err(unavailable) => {
+                let dead_refresh_token = unavailable.cause == ProviderError::NeedsLogin
+                    && newest.as_ref().is_some_and(|c| c.refresh_token.is_some());
+                if dead_refresh_token {
+                    // The vendor refused the fleet's refresh token: every replica needs a
+                    // login, and nobody sends that refresh token again.
+                    if let Ok(Written::Stored(version)) = link
+                        .fleet
+                        .write(&self.upstream, entry.version, generation, "")
+                        .await
+                    {
+                        link.version.store(version, Ordering::Release);
+                    }
+                }
+                return Err(unavailable);
+            }
+        };
         let plain = serde_json::to_vec(&stored(&self.fingerprint, &credential))
             .expect("a stored token serializes");
         let sealed = link.fleet.seal(&plain, &self.upstream, &self.fingerprint);
