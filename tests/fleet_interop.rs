@@ -102,12 +102,20 @@ async fn ten_replicas_share_one_device_login_and_one_rotating_refresh_chain() {
         );
     }
 
-    // a) One login, on replica 0 through its admin API: `tokenproxy login` finds a fleet
-    // daemon only at a fixed `server.listen` (no store lock), and these listen on port 0.
-    let login = json(&post_action(&replicas[0].url("/-/upstreams/dev/login")).await);
-    assert_eq!(login["method"], "device_code", "{login}");
-    oidc.approve_device(login["user_code"].as_str().unwrap())
-        .await;
+    // a) One login with `tokenproxy login` on replica 0: the command's config names replica
+    // 0's address as `server.listen`, where the command finds the daemon and has it log in.
+    let cli_dir = temp_dir("fleet-interop-cli");
+    std::fs::write(
+        cli_dir.join("tokenproxy.toml"),
+        format!(
+            "[server]\nlisten = \"{}\"\n{}",
+            replicas[0].addr,
+            replica_config(&redis, &oidc, &upstream.url())
+        ),
+    )
+    .unwrap();
+    let (mut login, stdout, stderr, user_code) = start_device_login(&cli_dir, "dev").await;
+    oidc.approve_device(&user_code).await;
     // When each replica first reports a valid token; the login completed when the first
     // one (the replica that polled the device code) did.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -137,6 +145,22 @@ async fn ten_replicas_share_one_device_login_and_one_rotating_refresh_chain() {
         completed.elapsed() < Duration::from_secs(1),
         "every replica served the login's token {:?} after it completed",
         completed.elapsed()
+    );
+    let finished = login.wait().unwrap();
+    assert!(
+        finished.success(),
+        "tokenproxy login: {:?} {:?}",
+        stdout.lock().unwrap(),
+        stderr.lock().unwrap()
+    );
+    assert!(
+        stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|line| !line.contains("no daemon answers")),
+        "the command logged in through replica 0: {:?}",
+        stderr.lock().unwrap()
     );
 
     // b) Requests through every replica for three token lifetimes.

@@ -42,7 +42,11 @@ pub async fn login(config: Config, name: String, open_browser: bool) -> Result<(
     // A browser login comes back to the configured address, so a local server binds it.
     let admin = Admin::connect(&config, true).await?;
     if admin.daemon().is_none() && config.store_path.is_none() {
-        eprintln!("tokenproxy: note: the store is \"memory\" and no daemon runs: this token is gone when the command ends");
+        if config.fleet.is_some() {
+            eprintln!("tokenproxy: note: no daemon answers at {}: logging in from this command; the token goes to the fleet's Redis, where every replica picks it up", config.server.listen);
+        } else {
+            eprintln!("tokenproxy: note: the store is \"memory\" and no daemon runs: this token is gone when the command ends");
+        }
     }
     let result = run_login(&admin, &name, open_browser).await;
     admin.close().await;
