@@ -2,7 +2,7 @@
 //! one `redis-server` share a device login at `oidc-provider`, whose refresh tokens rotate
 //! at every use and whose reuse detection revokes the whole grant. One login reaches every
 //! replica within a second, and the fleet refreshes once per rotation, never twice with the
-//! same refresh token.
+//! same refresh token, also when the lease holder is killed with SIGKILL.
 #![allow(clippy::disallowed_types)] // Real servers on the real clock: deadlines use std time.
 
 mod support;
@@ -93,7 +93,7 @@ async fn ten_replicas_share_one_device_login_and_one_rotating_refresh_chain() {
     let redis = Redis::start("interop").await;
     let oidc = OidcProvider::start_with(&[("ACCESS_TTL", &ACCESS_TTL.to_string())]).await;
     let upstream = echo::start().await;
-    let replicas = start_fleet(&replica_config(&redis, &oidc, &upstream.url())).await;
+    let mut replicas = start_fleet(&replica_config(&redis, &oidc, &upstream.url())).await;
     for replica in &replicas {
         assert_ne!(
             token_state(replica).await,
@@ -224,6 +224,38 @@ async fn ten_replicas_share_one_device_login_and_one_rotating_refresh_chain() {
         "{} access tokens seen, {refreshes} refreshes",
         bearers.len()
     );
+
+    // c) The lease holder killed with SIGKILL just after a refresh: a survivor takes over
+    // with the newest refresh token once the lease expires, and requests through the
+    // survivors wait for it rather than fail.
+    let mut holder = None;
+    for (index, replica) in replicas.iter().enumerate() {
+        let status = json(&get(&replica.url("/-/status")).await);
+        if status["upstreams"][0]["fleet"]["this_replica"] == true {
+            holder = Some(index);
+        }
+    }
+    let holder = holder.expect("one replica holds the lease");
+    let before = grant_count(&oidc.stats().await, "refresh_token");
+    let deadline = Instant::now() + Duration::from_secs(2 * ACCESS_TTL + 2);
+    while grant_count(&oidc.stats().await, "refresh_token") == before {
+        assert!(Instant::now() < deadline, "no refresh before the kill");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut killed = replicas.remove(holder);
+    killed.child.kill().unwrap();
+    let _ = killed.child.wait();
+    let takeover = Instant::now();
+    while takeover.elapsed() < Duration::from_secs(3 * ACCESS_TTL + 2) {
+        for replica in &replicas {
+            let (status, bearer) = through(replica).await;
+            assert_eq!(status, StatusCode::OK, "after the kill: {bearer}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = oidc.stats().await;
+    assert_eq!(stats["invalid_grant"], 0, "after the takeover: {stats}");
 
     // The grant is alive: the fleet's next refresh works and its token is taken.
     let deadline = Instant::now() + Duration::from_secs(2 * ACCESS_TTL + 2);
