@@ -261,25 +261,26 @@ impl AmmSim {
     /// Every access token issued so far becomes invalid; refresh tokens stay good (an
     /// administrator's session purge, a key rotation at the API).
     pub fn revoke_access_tokens(&self) {
-        let state = &mut *self.state();
-        grant::revoke_all(
-            state
-                .access_tokens
-                .values_mut()
-                .map(|access| &mut access.life),
-            std::iter::empty::<&mut grant::RefreshGrant<String>>(),
-        );
+        self.revoke(false);
     }
 
     /// Every access and refresh token issued so far becomes invalid.
     pub fn revoke_all(&self) {
+        self.revoke(true);
+    }
+
+    fn revoke(&self, refresh_tokens_too: bool) {
         let state = &mut *self.state();
+        let refresh_tokens = state
+            .refresh_tokens
+            .values_mut()
+            .filter(|_| refresh_tokens_too);
         grant::revoke_all(
             state
                 .access_tokens
                 .values_mut()
                 .map(|access| &mut access.life),
-            state.refresh_tokens.values_mut(),
+            refresh_tokens,
         );
     }
 }
