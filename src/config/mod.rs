@@ -16,7 +16,7 @@ pub use interpolate::{ProcessSources, Sources};
 
 use crate::fleet::{FleetSettings, WhenRedisDown};
 use crate::providers::AuthSpec;
-use crate::schema::{duration_or, header_pairs, RawConfig, RawStore, RawUpstream};
+use crate::schema::{duration_or, header_pairs, RawConfig, RawEgress, RawStore, RawUpstream};
 use crate::secret::Secret;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -107,6 +107,20 @@ pub struct Config {
     /// Fleet mode: tokens shared through Redis (`store.redis`); then `store_path` is unused.
     pub fleet: Option<FleetSettings>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[egress]`: parsed and checked; nothing listens on it yet.
+    pub egress: Option<EgressConfig>,
+}
+
+/// Egress mode: clients keep the vendors' URLs and send them through this proxy address.
+#[derive(Debug, Clone)]
+pub struct EgressConfig {
+    pub listen: SocketAddr,
+    /// Where the local CA's key and certificate live (`tokenproxy ca init`).
+    pub ca_dir: PathBuf,
+    /// Hosts tunnelled blindly (no interception, no token): `example.com`, `*.example.com`.
+    pub passthrough: Vec<String>,
+    /// Serve egress beyond loopback without `server.client_key`. Explicit, warned at every start.
+    pub allow_unauthenticated_beyond_loopback: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -421,8 +435,12 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
     for (name, upstream) in &raw.upstreams {
         upstreams.push(validate_upstream(name, upstream, &server_config)?);
     }
-    check_routes_are_unique(&upstreams, listen)?;
+    let egress = raw.egress.as_ref().map(validate_egress).transpose()?;
+    check_routes_are_unique(&upstreams, listen, egress.as_ref())?;
     check_wide_listeners_have_a_key(&server_config, &upstreams)?;
+    if let Some(egress) = &egress {
+        check_wide_egress_has_a_key(&server_config, egress)?;
+    }
 
     Ok(Config {
         source: file.to_owned(),
@@ -430,6 +448,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         store_path,
         fleet,
         upstreams,
+        egress,
     })
 }
 
@@ -569,13 +588,82 @@ fn validate_upstream(
     })
 }
 
+fn validate_egress(raw: &RawEgress) -> Result<EgressConfig, FieldError> {
+    let listen = raw.listen.as_deref().ok_or_else(|| {
+        FieldError::new(
+            "egress.listen",
+            "missing; the proxy address clients put in HTTPS_PROXY, such as \"127.0.0.1:3128\"",
+        )
+    })?;
+    let ca_dir = match raw.ca_dir.as_deref() {
+        Some("") => return Err(FieldError::new("egress.ca_dir", "must not be empty")),
+        Some(dir) => PathBuf::from(dir),
+        None => default_ca_dir().ok_or_else(|| {
+            FieldError::new(
+                "egress.ca_dir",
+                "has no default without $XDG_STATE_HOME or $HOME; set it",
+            )
+        })?,
+    };
+    let passthrough = raw
+        .passthrough
+        .iter()
+        .flatten()
+        .map(|pattern| {
+            host_pattern(pattern).ok_or_else(|| {
+                FieldError::new(
+                    "egress.passthrough",
+                    format!(
+                        "{pattern:?} is not a host name or a pattern such as \"*.example.com\""
+                    ),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(EgressConfig {
+        listen: parse_listen("egress.listen", listen)?,
+        ca_dir,
+        passthrough,
+        allow_unauthenticated_beyond_loopback: raw
+            .allow_unauthenticated_beyond_loopback
+            .unwrap_or(false),
+    })
+}
+
+/// `example.com` or `*.example.com`, lower-cased; `None` for anything else (ports, paths,
+/// a `*` inside a label, a bare `*`).
+fn host_pattern(pattern: &str) -> Option<String> {
+    let pattern = pattern.trim().trim_end_matches('.').to_ascii_lowercase();
+    let name = pattern.strip_prefix("*.").unwrap_or(&pattern);
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    (name.len() <= 253 && name.split('.').all(label_ok)).then_some(pattern)
+}
+
 fn check_routes_are_unique(
     upstreams: &[UpstreamConfig],
     main_listen: SocketAddr,
+    egress: Option<&EgressConfig>,
 ) -> Result<(), FieldError> {
     let mut prefixes = HashSet::new();
     let mut hosts = HashSet::new();
     let mut ports = HashSet::from([main_listen]);
+    if let Some(egress) = egress.filter(|egress| egress.listen.port() != 0) {
+        if egress.listen == main_listen {
+            return Err(FieldError::new(
+                "egress.listen",
+                format!("{} is already used by server.listen", egress.listen),
+            ));
+        }
+        ports.insert(egress.listen);
+    }
     for upstream in upstreams {
         let field = |leaf: &str| format!("upstreams.{}.{leaf}", upstream.name);
         if !prefixes.insert(upstream.prefix.as_str()) {
@@ -597,7 +685,7 @@ fn check_routes_are_unique(
             if !ports.insert(listen) {
                 return Err(FieldError::new(
                     field("listen"),
-                    format!("{listen} is already used by server.listen or another upstream"),
+                    format!("{listen} is already used by server.listen, egress.listen or another upstream"),
                 ));
             }
         }
@@ -624,6 +712,26 @@ fn check_wide_listeners_have_a_key(
         )),
         None => Ok(()),
     }
+}
+
+/// The same rule for the egress listener, with its own explicit opt-out.
+fn check_wide_egress_has_a_key(
+    server: &ServerConfig,
+    egress: &EgressConfig,
+) -> Result<(), FieldError> {
+    if server.client_key.is_some()
+        || egress.allow_unauthenticated_beyond_loopback
+        || egress.listen.ip().is_loopback()
+    {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        "server.client_key",
+        format!(
+            "required when egress listens beyond loopback ({}): any machine or web page that can reach it could spend the tokens; set a client key, or egress.allow_unauthenticated_beyond_loopback = true",
+            egress.listen
+        ),
+    ))
 }
 
 /// `server.listen` and every upstream's own `listen`.
@@ -676,6 +784,16 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(egress) = self
+            .egress
+            .as_ref()
+            .filter(|egress| !egress.listen.ip().is_loopback() && self.server.client_key.is_none())
+        {
+            warnings.push(format!(
+                "egress listens on {}, beyond loopback, without server.client_key (egress.allow_unauthenticated_beyond_loopback = true): other machines can spend these tokens",
+                egress.listen
+            ));
         }
         for upstream in &self.upstreams {
             if upstream.insecure_skip_verify {
@@ -819,13 +937,23 @@ fn fleet_settings(store: &RawStore) -> Result<Option<FleetSettings>, FieldError>
 }
 
 fn default_store_path() -> Option<PathBuf> {
+    Some(xdg_state_dir()?.join("tokens.json"))
+}
+
+/// Where `[egress] ca_dir` defaults to: `$XDG_STATE_HOME/tokenproxy/ca`.
+pub fn default_ca_dir() -> Option<PathBuf> {
+    Some(xdg_state_dir()?.join("ca"))
+}
+
+/// `$XDG_STATE_HOME/tokenproxy`, else `~/.local/state/tokenproxy`.
+fn xdg_state_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_STATE_HOME")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .or_else(|| {
             std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state"))
         })?;
-    Some(base.join("tokenproxy").join("tokens.json"))
+    Some(base.join("tokenproxy"))
 }
 
 #[cfg(test)]

@@ -88,6 +88,15 @@ fn each_bad_config_names_its_field() {
         ("[upstreams.a]\ntarget = \"https://x/\"\nca_file = \"/does/not/exist.pem\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.ca_file"),
         ("[upstreams.a\ntarget = 1\n", "test.toml: line 1:"),
         ("[upstreams.a]\ntarget = 42\n", "upstreams.a.target: invalid type"),
+        ("[egress]\nca_dir = \"/x\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.listen: missing"),
+        ("[egress]\nlisten = \"proxy\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.listen: \"proxy\" is not an address:port"),
+        ("[egress]\nlisten = \"127.0.0.1:3128\"\nca_dri = \"/x\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "unknown field `ca_dri`"),
+        ("[egress]\nlisten = \"127.0.0.1:3128\"\nca_dir = \"\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.ca_dir: must not be empty"),
+        ("[egress]\nlisten = \"127.0.0.1:3128\"\npassthrough = [\"ok.example\", \"*\"]\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.passthrough: \"*\" is not a host name"),
+        ("[egress]\nlisten = \"127.0.0.1:3128\"\npassthrough = [\"a.example:443\"]\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.passthrough: \"a.example:443\""),
+        ("[egress]\nlisten = \"127.0.0.1:3128\"\nallow_unauthenticated_beyond_loopback = \"yes\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.allow_unauthenticated_beyond_loopback: invalid type"),
+        ("[egress]\nlisten = \"0.0.0.0:3128\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "server.client_key: required when egress listens beyond loopback (0.0.0.0:3128)"),
+        ("[server]\nlisten = \"127.0.0.1:3128\"\n[egress]\nlisten = \"127.0.0.1:3128\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.listen: 127.0.0.1:3128 is already used by server.listen"),
     ];
     for (text, expected) in cases {
         let message = error_of(text);
@@ -313,5 +322,38 @@ fn fleet_settings_are_checked_and_name_their_field() {
     assert!(
         message.contains("upstreams.bigeval.when_redis_down"),
         "{message}"
+    );
+}
+
+#[test]
+fn egress_is_off_unless_configured_and_parsed_with_defaults() {
+    assert!(parse_with(BIGEVAL).unwrap().egress.is_none());
+    let text = format!(
+        "[egress]\nlisten = \"127.0.0.1:3128\"\nca_dir = \"/tmp/ca\"\npassthrough = [\"*.Example.com\", \"pypi.org.\"]\n{BIGEVAL}"
+    );
+    let egress = parse_with(&text).unwrap().egress.unwrap();
+    assert_eq!(egress.listen.to_string(), "127.0.0.1:3128");
+    assert_eq!(egress.ca_dir, PathBuf::from("/tmp/ca"));
+    assert_eq!(egress.passthrough, ["*.example.com", "pypi.org"]);
+    assert!(!egress.allow_unauthenticated_beyond_loopback);
+}
+
+#[test]
+fn wide_egress_needs_a_key_or_the_explicit_flag() {
+    let wide = format!("[egress]\nlisten = \"0.0.0.0:3128\"\nca_dir = \"/tmp/ca\"\n{BIGEVAL}");
+    let with_key = format!("[server]\nclient_key = \"0123456789abcdef\"\n{wide}");
+    assert!(parse_with(&with_key).is_ok());
+    let flagged = wide.replace(
+        "ca_dir = \"/tmp/ca\"",
+        "ca_dir = \"/tmp/ca\"\nallow_unauthenticated_beyond_loopback = true",
+    );
+    let config = parse_with(&flagged).unwrap();
+    assert!(
+        config
+            .warnings()
+            .iter()
+            .any(|w| w.contains("egress listens on 0.0.0.0:3128")),
+        "{:?}",
+        config.warnings()
     );
 }

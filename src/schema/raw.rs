@@ -14,6 +14,17 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Egress mode (`HTTPS_PROXY`); absent means off.
+    pub egress: Option<RawEgress>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    pub listen: Option<String>,
+    pub ca_dir: Option<String>,
+    pub passthrough: Option<Vec<String>>,
+    pub allow_unauthenticated_beyond_loopback: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]
