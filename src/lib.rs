@@ -16,6 +16,8 @@
 //!   value, single-flight token requests, the background refresher; tokens come from a
 //!   `TokenSource` (the providers).
 //! - [`login`]: logins that need a user (device code, browser callback).
+//! - [`egress`]: egress mode (`HTTPS_PROXY`): so far its local CA, limited by X.509 name
+//!   constraints to the upstreams' hosts, which mints a leaf per vendor host.
 //! - [`store`]: the token file that survives restarts, and its one-owner lock.
 //! - [`fleet`]: fleet mode's Redis: sealed token entries written by compare-and-set, the
 //!   per-upstream lease that picks the one refresher, and the fleet's events (pub/sub).
@@ -51,7 +53,7 @@
 //! 2. `credential`, `fleet`
 //! 3. `metrics`, `providers`, `store`
 //! 4. `problem`, `tokens`, `config`, `status`
-//! 5. `login`, `routes`
+//! 5. `login`, `routes`, `egress`
 //! 6. `app`
 //! 7. `admin`
 //! 8. `proxy`
@@ -66,6 +68,7 @@ pub mod config;
 pub mod credential;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod egress;
 pub mod fleet;
 pub mod login;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! The command line: parse, then hand off. Exit codes: 0 ok, 1 runtime failure, 2 bad
 //! config or usage.
 
+mod ca;
 mod commands;
 mod daemon;
 mod init;
@@ -98,11 +99,37 @@ enum Command {
     },
     /// Print shell completions: tokenproxy completions bash > /etc/bash_completion.d/tokenproxy
     Completions { shell: clap_complete::Shell },
+    /// Egress mode's local CA, which can sign only for the upstreams' hosts.
+    Ca {
+        #[command(subcommand)]
+        action: CaCommand,
+    },
+    /// Print the `export` lines that send a shell's clients through egress mode:
+    /// eval "$(tokenproxy env)"
+    Env,
     /// Print a valid token for scripts, refreshing it first if needed:
     /// curl -H "Authorization: Bearer $(tokenproxy token NAME)" ...
     Token {
         /// The upstream, as named in the config.
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create the CA in [egress] ca_dir (key 0600), limited to the upstreams' target hosts,
+    /// and write its bundle.
+    Init {
+        /// Replace an existing CA (clients must then trust the new one).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the system's roots plus this CA as one PEM (default: bundle.pem in ca_dir),
+    /// for clients that replace their trust store (SSL_CERT_FILE).
+    Bundle {
+        /// Where to write it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -174,6 +201,17 @@ pub fn main() -> ExitCode {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
             ExitCode::SUCCESS
         }
+        Command::Ca { action } => match load(cli.config.as_deref()) {
+            Ok(config) => match action {
+                CaCommand::Init { force } => ca::init(&config, force),
+                CaCommand::Bundle { out } => ca::bundle(&config, out.as_deref()),
+            },
+            Err(code) => code,
+        },
+        Command::Env => match load(cli.config.as_deref()) {
+            Ok(config) => ca::env(&config),
+            Err(code) => code,
+        },
         Command::Token { name } => with_config(cli.config.as_deref(), |config| {
             commands::token(config, name)
         }),
