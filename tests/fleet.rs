@@ -507,3 +507,64 @@ async fn a_refused_fleet_refresh_token_ends_the_login_on_every_replica_once() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_of_the_holder_is_answered_at_once_on_every_replica() {
+    let redis = Redis::start("failed").await;
+    let sim = amm::start(AmmSimConfig {
+        access_ttl: Duration::from_secs(3600),
+        ..amm_sim_config()
+    })
+    .await;
+    let config = fleet_config(&redis, &sim, "");
+    let replicas = [
+        TestProxy::start(&config).await,
+        TestProxy::start(&config).await,
+    ];
+    for replica in &replicas {
+        assert_eq!(
+            get(&replica.url("/amm/api/v1/systems")).await.status(),
+            StatusCode::OK
+        );
+    }
+    let mut follower = None;
+    for replica in &replicas {
+        if fleet_status(replica).await["fleet"]["this_replica"] == false {
+            follower = Some(replica);
+        }
+    }
+    let follower = follower.expect("one replica follows");
+    // The vendor refuses the token and rate-limits its token endpoint for 30 s.
+    sim.revoke_access_tokens();
+    sim.set_rate_limit(Some(30));
+    let requests_before = sim.token_requests();
+    let asked = std::time::Instant::now();
+    let refused = get(&follower.url("/amm/api/v1/systems")).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((20..=31).contains(&retry_after), "{retry_after}");
+    let problem = String::from_utf8_lossy(refused.body()).to_string();
+    assert!(problem.contains("could not refresh the token"), "{problem}");
+    assert!(problem.contains("429"), "the holder's reason: {problem}");
+    // Asking again meanwhile asks nobody.
+    for _ in 0..5 {
+        let again = get(&follower.url("/amm/api/v1/systems")).await;
+        assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(
+        sim.token_requests(),
+        requests_before + 1,
+        "one refresh for the fleet"
+    );
+    // Nothing of the failure is readable in Redis either.
+    assert!(!redis.dump().contains("429"), "{}", redis.dump());
+}

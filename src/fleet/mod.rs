@@ -74,6 +74,19 @@ pub struct Entry {
     /// `None`: nothing stored, or logged out.
     pub sealed: Option<String>,
     pub writer: String,
+    /// The holder's last token request for this version failed.
+    pub failure: Option<Failure>,
+}
+
+/// Why the holder could not refresh the entry's token, sealed like the token, and until
+/// when nobody should ask again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Failure {
+    /// The entry version the failed refresh started from.
+    pub version: u64,
+    pub sealed_reason: String,
+    pub retry_at_unix: f64,
+    pub holder: String,
 }
 
 /// What a replica does for an upstream while Redis cannot be reached.
@@ -130,6 +143,11 @@ pub enum Event {
         version: u64,
     },
     Wanted {
+        upstream: String,
+        version: u64,
+    },
+    /// The holder's refresh from `version` failed (the entry says why).
+    Failed {
         upstream: String,
         version: u64,
     },
@@ -205,6 +223,7 @@ if version ~= tonumber(ARGV[1]) or fence > tonumber(ARGV[2]) then
 end
 version = version + 1
 redis.call('HSET', KEYS[1], 'version', version, 'fence', ARGV[2], 'sealed', ARGV[3], 'writer', ARGV[4])
+redis.call('HDEL', KEYS[1], 'failed_version', 'failure', 'retry_at', 'failed_by')
 redis.call('PUBLISH', ARGV[5], 'changed ' .. ARGV[6] .. ' ' .. version)
 return {1, version}
 "#;
@@ -214,8 +233,18 @@ return {1, version}
 const OVERWRITE: &str = r#"
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') + 1
 redis.call('HSET', KEYS[1], 'version', version, 'sealed', ARGV[1], 'writer', ARGV[2])
+redis.call('HDEL', KEYS[1], 'failed_version', 'failure', 'retry_at', 'failed_by')
 redis.call('PUBLISH', ARGV[3], 'changed ' .. ARGV[4] .. ' ' .. version)
 return version
+"#;
+
+/// The holder's failed refresh, for the replicas waiting on it. Leaves the token as it is.
+/// KEYS: token. ARGV: version, sealed reason, retry-at (Unix seconds), replica, channel,
+/// upstream.
+const FAIL: &str = r#"
+redis.call('HSET', KEYS[1], 'failed_version', ARGV[1], 'failure', ARGV[2], 'retry_at', ARGV[3], 'failed_by', ARGV[4])
+redis.call('PUBLISH', ARGV[5], 'failed ' .. ARGV[6] .. ' ' .. ARGV[1])
+return 1
 "#;
 
 impl Fleet {
@@ -333,6 +362,15 @@ impl Fleet {
             fence: number("fence"),
             sealed: fields.get("sealed").filter(|s| !s.is_empty()).cloned(),
             writer: fields.get("writer").cloned().unwrap_or_default(),
+            failure: fields.get("failure").map(|sealed_reason| Failure {
+                version: number("failed_version"),
+                sealed_reason: sealed_reason.clone(),
+                retry_at_unix: fields
+                    .get("retry_at")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.0),
+                holder: fields.get("failed_by").cloned().unwrap_or_default(),
+            }),
         })
     }
 
@@ -409,6 +447,30 @@ impl Fleet {
                 .invoke_async(&mut redis)
                 .await,
         )
+    }
+
+    /// Tells the waiting replicas that the refresh from `version` failed, and why.
+    pub async fn fail(
+        &self,
+        upstream: &str,
+        version: u64,
+        sealed_reason: &str,
+        retry_at_unix: f64,
+    ) -> Result<(), FleetError> {
+        let mut redis = self.redis.clone();
+        let _: u8 = self.outcome(
+            Script::new(FAIL)
+                .key(self.key("token", upstream))
+                .arg(version)
+                .arg(sealed_reason)
+                .arg(retry_at_unix)
+                .arg(&self.replica)
+                .arg(self.channel())
+                .arg(upstream)
+                .invoke_async(&mut redis)
+                .await,
+        )?;
+        Ok(())
     }
 
     /// Asks the lease holder to replace the token of `version` (the vendor refused it).
@@ -525,6 +587,7 @@ fn parse_event(value: &Value) -> Option<Event> {
     match kind {
         "changed" => Some(Event::Changed { upstream, version }),
         "wanted" => Some(Event::Wanted { upstream, version }),
+        "failed" => Some(Event::Failed { upstream, version }),
         _ => None,
     }
 }
@@ -548,6 +611,13 @@ mod tests {
             Some(Event::Wanted {
                 upstream: "bigid".into(),
                 version: 3
+            })
+        );
+        assert_eq!(
+            parse_event(&message("failed amm 4")),
+            Some(Event::Failed {
+                upstream: "amm".into(),
+                version: 4
             })
         );
         assert_eq!(parse_event(&message("changed amm x")), None);

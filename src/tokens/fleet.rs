@@ -110,6 +110,13 @@ fn follow_limit(fleet: &Fleet) -> Duration {
     fleet.lease_ttl + Duration::from_secs(15)
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
 /// How often a waiting replica looks again (a lost message, a lease that expired).
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
 
@@ -220,6 +227,9 @@ impl<S: TokenSource> TokenCell<S> {
                 }
                 return Ok(Arc::clone(current));
             }
+            if let Some(unavailable) = self.holder_failure(&entry) {
+                return Err(unavailable);
+            }
             if !asked {
                 // The vendor refused ours, or it expired: the holder replaces it once for all.
                 let _ = link.fleet.want(&self.upstream, entry.version).await;
@@ -250,7 +260,10 @@ impl<S: TokenSource> TokenCell<S> {
         let _ = tokio::time::timeout(limit, async {
             loop {
                 match events.recv().await {
-                    Ok(Event::Changed { upstream: name, .. }) if name == upstream => return,
+                    Ok(
+                        Event::Changed { upstream: name, .. }
+                        | Event::Failed { upstream: name, .. },
+                    ) if name == upstream => return,
                     Ok(Event::Reconnected) | Err(broadcast::error::RecvError::Lagged(_)) => return,
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
@@ -291,6 +304,8 @@ impl<S: TokenSource> TokenCell<S> {
                     {
                         link.version.store(version, Ordering::Release);
                     }
+                } else {
+                    self.publish_failure(entry.version, &unavailable).await;
                 }
                 return Err(unavailable);
             }
@@ -318,6 +333,54 @@ impl<S: TokenSource> TokenCell<S> {
                 Ok(Some(self.put(credential).await))
             }
         }
+    }
+
+    /// Tells the replicas waiting for this refresh why it failed and when asking again
+    /// may help, so they answer at once instead of waiting out `follow_limit`.
+    async fn publish_failure(&self, version: u64, unavailable: &TokenUnavailable) {
+        let link = self.link();
+        // Permanent failures (a refused client) wait for a person: a minute between asks.
+        let wait = unavailable.retry_after.unwrap_or(Duration::from_secs(60));
+        let retry_at = unix_now() + wait.as_secs_f64();
+        let reason = unavailable.cause.to_string();
+        let sealed = link
+            .fleet
+            .seal(reason.as_bytes(), &self.upstream, &self.fingerprint);
+        if let Err(error) = link
+            .fleet
+            .fail(&self.upstream, version, &sealed, retry_at)
+            .await
+        {
+            tracing::debug!(upstream = %self.upstream, error = %error, "could not tell the fleet about the failed refresh");
+        }
+    }
+
+    /// The holder's failed refresh of `entry`'s token, while asking again would not help.
+    fn holder_failure(&self, entry: &Entry) -> Option<TokenUnavailable> {
+        let failure = entry
+            .failure
+            .as_ref()
+            .filter(|f| f.version == entry.version)?;
+        let wait = failure.retry_at_unix - unix_now();
+        if wait <= 0.0 {
+            return None;
+        }
+        let reason = self
+            .link()
+            .fleet
+            .open(&failure.sealed_reason, &self.upstream, &self.fingerprint)
+            .ok()
+            .and_then(|plain| String::from_utf8(plain).ok())
+            .unwrap_or_else(|| "(unreadable)".into());
+        let cause = ProviderError::Fleet(format!(
+            "the lease holder {} could not refresh the token: {reason}",
+            failure.holder
+        ));
+        self.record_failure(&cause);
+        Some(TokenUnavailable {
+            cause,
+            retry_after: Some(Duration::from_secs_f64(wait.ceil())),
+        })
     }
 
     /// Redis did not answer.
