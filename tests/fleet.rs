@@ -568,3 +568,55 @@ async fn a_failed_refresh_of_the_holder_is_answered_at_once_on_every_replica() {
     // Nothing of the failure is readable in Redis either.
     assert!(!redis.dump().contains("429"), "{}", redis.dump());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_losing_its_data_loses_no_login_the_replicas_write_the_newest_back() {
+    let redis = Redis::start("flushed").await;
+    let sim = amm::start(amm_sim_config()).await;
+    let config = fleet_config(&redis, &sim, "");
+    let replicas = [
+        TestProxy::start(&config).await,
+        TestProxy::start(&config).await,
+        TestProxy::start(&config).await,
+    ];
+    let load = |seconds: u64| {
+        let urls: Vec<String> = replicas
+            .iter()
+            .map(|replica| replica.url("/amm/api/v1/systems"))
+            .collect();
+        async move {
+            let until = std::time::Instant::now() + Duration::from_secs(seconds);
+            while std::time::Instant::now() < until {
+                for url in &urls {
+                    let response = get(url).await;
+                    assert_eq!(response.status(), StatusCode::OK, "{:?}", response.body());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    load(2).await;
+    // Twenty refreshes: every replica's token comes from a version well above 1.
+    for _ in 0..20 {
+        let refreshed = post_action(&replicas[0].url("/-/upstreams/amm/refresh")).await;
+        assert_eq!(refreshed.status(), StatusCode::OK);
+    }
+    load(1).await;
+    // Redis forgets everything (a restart without persistence, a failover that lost writes).
+    assert_eq!(redis.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+    let refreshes_before = sim.count_for_grant("refresh_token");
+    load(6).await;
+    let refreshes = sim.count_for_grant("refresh_token") - refreshes_before;
+    assert!(refreshes <= 6, "{refreshes} refreshes in 6 s of 2-s tokens");
+    assert_eq!(sim.refresh_token_reused(), 0);
+    assert_eq!(
+        sim.count_for_grant("password"),
+        1,
+        "the chain went on from the replicas' memory"
+    );
+    assert!(
+        redis.dump().contains("fleet-test:token:amm"),
+        "written back: {}",
+        redis.dump()
+    );
+}

@@ -228,6 +228,22 @@ redis.call('PUBLISH', ARGV[5], 'changed ' .. ARGV[6] .. ' ' .. version)
 return {1, version}
 "#;
 
+/// Puts back what Redis lost: a replica whose token came from a version newer than the
+/// entry's (Redis restarted empty, or a failover lost writes) writes it again, above every
+/// version any replica has seen, so they all take it. Compare-and-set on the entry's version.
+/// KEYS: token. ARGV: expected version, new version, sealed, replica, channel, upstream.
+/// Returns {1, new version} or {0, current version}.
+const RESTORE: &str = r#"
+local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if version ~= tonumber(ARGV[1]) then
+  return {0, version}
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'sealed', ARGV[3], 'writer', ARGV[4])
+redis.call('HDEL', KEYS[1], 'failed_version', 'failure', 'retry_at', 'failed_by')
+redis.call('PUBLISH', ARGV[5], 'changed ' .. ARGV[6] .. ' ' .. ARGV[2])
+return {1, tonumber(ARGV[2])}
+"#;
+
 /// A login's or a logout's write: whatever was there, this is the newest. Keeps the fence.
 /// KEYS: token. ARGV: sealed ('' for a logout), replica, channel, upstream. Returns the version.
 const OVERWRITE: &str = r#"
@@ -431,6 +447,33 @@ impl Fleet {
         Ok(match stored {
             1 => Written::Stored(version),
             _ => Written::Superseded(version),
+        })
+    }
+
+    /// Writes back a token Redis lost, as `version`, if the entry is still at `expected`.
+    pub async fn restore(
+        &self,
+        upstream: &str,
+        expected: u64,
+        version: u64,
+        sealed: &str,
+    ) -> Result<Written, FleetError> {
+        let mut redis = self.redis.clone();
+        let (stored, now): (u8, u64) = self.outcome(
+            Script::new(RESTORE)
+                .key(self.key("token", upstream))
+                .arg(expected)
+                .arg(version)
+                .arg(sealed)
+                .arg(&self.replica)
+                .arg(self.channel())
+                .arg(upstream)
+                .invoke_async(&mut redis)
+                .await,
+        )?;
+        Ok(match stored {
+            1 => Written::Stored(now),
+            _ => Written::Superseded(now),
         })
     }
 

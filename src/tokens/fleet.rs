@@ -194,6 +194,9 @@ impl<S: TokenSource> TokenCell<S> {
                 Ok(entry) => entry,
                 Err(error) => return self.without_redis(error).await,
             };
+            if self.restore_lost(&entry).await {
+                continue;
+            }
             if let Some(adopted) = self.adopt(&entry) {
                 if adopted.is_valid_at(Instant::now()) && !self.refresh_due() {
                     return Ok(adopted);
@@ -332,6 +335,37 @@ impl<S: TokenSource> TokenCell<S> {
                 tracing::error!(upstream = %self.upstream, error = %error, "could not write the new token to redis");
                 Ok(Some(self.put(credential).await))
             }
+        }
+    }
+
+    /// Redis has an older version than our token came from: it lost writes (a restart
+    /// without persistence, a failover). Ours is newer, and may hold the only live refresh
+    /// token: put it back above every version seen. True if something was written (by us,
+    /// or by a replica with a newer one): read again.
+    async fn restore_lost(&self, entry: &Entry) -> bool {
+        let link = self.link();
+        let ours = link.version();
+        if entry.version >= ours {
+            return false;
+        }
+        let Some(current) = self.current.load_full() else {
+            return false;
+        };
+        let plain = serde_json::to_vec(&stored(&self.fingerprint, &current))
+            .expect("a stored token serializes");
+        let sealed = link.fleet.seal(&plain, &self.upstream, &self.fingerprint);
+        match link
+            .fleet
+            .restore(&self.upstream, entry.version, ours + 1, &sealed)
+            .await
+        {
+            Ok(Written::Stored(version)) => {
+                tracing::warn!(upstream = %self.upstream, redis_had = entry.version, restored = version, "redis had lost the newest token; wrote ours back");
+                link.version.store(version, Ordering::Release);
+                true
+            }
+            Ok(Written::Superseded(_)) => true,
+            Err(_) => false,
         }
     }
 
@@ -493,6 +527,9 @@ impl<S: TokenSource> TokenCell<S> {
         let Ok(entry) = self.link().fleet.read(&self.upstream).await else {
             return;
         };
+        if self.restore_lost(&entry).await {
+            return;
+        }
         // Never in the middle of our own token request, which reads the entry itself; and
         // never waiting for one, which would hold up the lease renewals of this task.
         if entry.version > self.link().version() {
