@@ -11,7 +11,7 @@ use crate::providers::{Provider, ProviderError};
 use crate::routes::RouteTable;
 use crate::store::SharedStore;
 use crate::tokens::{FleetLink, TokenCell};
-use crate::transport::{TlsSettings, Transport, TransportBuildError, Transports};
+use crate::transport::{AddressOverride, TlsSettings, Transport, TransportBuildError, Transports};
 
 pub struct Upstream {
     pub config: UpstreamConfig,
@@ -77,7 +77,9 @@ impl App {
                 .unwrap_or_default();
             let kept = previous
                 .and_then(|app| app.upstream(&upstream.name))
-                .filter(|old| old.config.auth_key.expose() == upstream.auth_key.expose());
+                .filter(|old| old.config.auth_key.expose() == upstream.auth_key.expose())
+                // A new address needs a new transport.
+                .filter(|old| old.config.address == upstream.address);
             if let Some(old) = kept {
                 upstreams.push(Arc::new(Upstream {
                     config: upstream.clone(),
@@ -93,7 +95,19 @@ impl App {
                 insecure_skip_verify: upstream.insecure_skip_verify,
             };
             let transport = transports
-                .get(&tls, upstream.connect_timeout)
+                .get(
+                    &tls,
+                    upstream.connect_timeout,
+                    upstream.address.map(|ip| AddressOverride {
+                        host: upstream
+                            .target
+                            .authority
+                            .host()
+                            .trim_matches(['[', ']'])
+                            .to_owned(),
+                        ip,
+                    }),
+                )
                 .map_err(|source| BuildError::Transport {
                     upstream: upstream.name.clone(),
                     source,

@@ -18,11 +18,16 @@ struct PrivateCa {
 }
 
 fn private_ca(name: &str) -> PrivateCa {
+    private_ca_for(name, "localhost")
+}
+
+/// A CA and a leaf it signed for `host`.
+fn private_ca_for(name: &str, host: &str) -> PrivateCa {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+    let leaf = CertificateParams::new(vec![host.to_owned()])
         .unwrap()
         .signed_by(&leaf_key, &ca)
         .unwrap();
@@ -170,4 +175,48 @@ async fn mutual_tls_presents_the_configured_client_certificate() {
     );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&ca.pem_path);
+}
+
+/// `address` sends the target's host to a fixed IP (curl's `--resolve`): a vendor name that
+/// no DNS knows is reached on 127.0.0.1, with its own name in `Host` and in the TLS check.
+#[tokio::test]
+async fn address_reaches_a_vendor_name_on_a_fixed_ip_and_tls_still_checks_the_name() {
+    let ca = private_ca_for("address", "bigeval.example");
+    let upstream = echo::start_tls(vec![ca.leaf.clone()], ca.key.clone_key()).await;
+    let port = upstream.addr().port();
+    let config = |address: &str| {
+        format!(
+            "[upstreams.vendor]\ntarget = \"https://bigeval.example:{port}/base/\"\nca_file = \"{}\"\n{address}\n\
+             [upstreams.vendor.auth]\nkind = \"static\"\ntoken = \"tls-token\"\n",
+            ca.pem_path.display()
+        )
+    };
+    let proxy = TestProxy::start(&config("address = \"127.0.0.1\"")).await;
+    let response = get(&proxy.url("/vendor/x")).await;
+    assert_eq!(response.status(), StatusCode::OK, "{:?}", response.body());
+    let report = json(&response);
+    assert_eq!(report["uri"], "/base/x");
+    assert_eq!(echoed(&report, "authorization"), ["Bearer tls-token"]);
+
+    // Without it, the name is looked up (and not found): nothing reaches the simulator.
+    let unresolved = TestProxy::start(&config("")).await;
+    let response = get(&unresolved.url("/vendor/x")).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(upstream.request_count(), 1);
+
+    // The TLS check is still against the target's name: a leaf for another name fails.
+    let other = private_ca_for("address-other", "other.example");
+    let impostor = echo::start_tls(vec![other.leaf.clone()], other.key.clone_key()).await;
+    let proxy = TestProxy::start(&format!(
+        "[upstreams.vendor]\ntarget = \"https://bigeval.example:{}/\"\nca_file = \"{}\"\naddress = \"127.0.0.1\"\n\
+         [upstreams.vendor.auth]\nkind = \"static\"\ntoken = \"tls-token\"\n",
+        impostor.addr().port(),
+        other.pem_path.display()
+    ))
+    .await;
+    let response = get(&proxy.url("/vendor/x")).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(impostor.request_count(), 0);
+    let _ = std::fs::remove_file(&ca.pem_path);
+    let _ = std::fs::remove_file(&other.pem_path);
 }

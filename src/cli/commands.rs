@@ -478,7 +478,7 @@ pub async fn health(
     });
     let checked = async {
         let transport = crate::transport::Transports::new()
-            .get(&Default::default(), Duration::from_secs(2))
+            .get(&Default::default(), Duration::from_secs(2), None)
             .map_err(|error| error.to_string())?;
         let request = http::Request::get(&url)
             .body(Vec::new())

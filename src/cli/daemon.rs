@@ -26,7 +26,7 @@ impl Admin {
     /// callback must come back to the configured address; other commands use any port.
     pub async fn connect(config: &Config, configured_listen: bool) -> Result<Admin, String> {
         let transport = Transports::new()
-            .get(&Default::default(), Duration::from_secs(2))
+            .get(&Default::default(), Duration::from_secs(2), None)
             .map_err(|error| error.to_string())?;
         if let Some(base) = find_daemon(config, &transport).await {
             return Ok(Admin {

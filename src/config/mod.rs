@@ -181,6 +181,9 @@ pub struct UpstreamConfig {
     pub auth: AuthSpec,
     /// Fleet mode, Redis unreachable: `None` is the kind's default.
     pub when_redis_down: Option<WhenRedisDown>,
+    /// Connect to this IP for the target's host instead of resolving it (curl's
+    /// `--resolve`); the port, `Host` and the TLS name stay the target's.
+    pub address: Option<std::net::IpAddr>,
     /// The target and auth settings as written: equal keys mean a reload may keep the
     /// upstream's tokens.
     pub auth_key: Secret,
@@ -545,8 +548,21 @@ fn validate_upstream(
             })
         })
         .transpose()?;
+    let address = raw
+        .address
+        .as_deref()
+        .map(|text| {
+            text.trim_matches(['[', ']']).parse().map_err(|_| {
+                FieldError::new(
+                    field("address"),
+                    format!("{text:?} is not an IP address such as \"127.0.0.1\" (the port stays the target's)"),
+                )
+            })
+        })
+        .transpose()?;
     Ok(UpstreamConfig {
         when_redis_down,
+        address,
         name: name.to_owned(),
         target,
         prefix,

@@ -88,6 +88,7 @@ fn each_bad_config_names_its_field() {
         ("[upstreams.a]\ntarget = \"https://x/\"\nca_file = \"/does/not/exist.pem\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.ca_file"),
         ("[upstreams.a\ntarget = 1\n", "test.toml: line 1:"),
         ("[upstreams.a]\ntarget = 42\n", "upstreams.a.target: invalid type"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\naddress = \"10.0.0.1:443\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.address: \"10.0.0.1:443\" is not an IP address"),
         ("[egress]\nca_dir = \"/x\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.listen: missing"),
         ("[egress]\nlisten = \"proxy\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.listen: \"proxy\" is not an address:port"),
         ("[egress]\nlisten = \"127.0.0.1:3128\"\nca_dri = \"/x\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "unknown field `ca_dri`"),

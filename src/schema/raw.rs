@@ -81,6 +81,7 @@ pub struct RawUpstream {
     pub insecure_skip_verify: Option<bool>,
     pub allowed_origins: Option<Vec<String>>,
     pub when_redis_down: Option<String>,
+    pub address: Option<String>,
     pub auth: Option<RawAuth>,
 }
 

@@ -21,7 +21,6 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -177,7 +176,7 @@ async fn reap(idle: Weak<IdleConnections>) {
 /// one, or a new one. A request the connection never started to send (it closed while idle)
 /// is sent once more on a new connection, whatever its method.
 pub(super) async fn send(
-    connector: &HttpConnector,
+    connector: &super::Connector,
     idle: &Arc<IdleConnections>,
     affinity: &Affinity,
     mut request: Request<ProxyBody>,
@@ -236,7 +235,7 @@ pub(super) async fn send(
 }
 
 async fn connect(
-    connector: &HttpConnector,
+    connector: &super::Connector,
     idle: &Arc<IdleConnections>,
     authority: &Authority,
 ) -> Result<Held, SendError> {

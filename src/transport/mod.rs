@@ -4,6 +4,7 @@
 //! upstreams use connections that follow the client connection instead (`affinity`).
 
 mod affinity;
+mod resolve;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,8 +21,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+pub use resolve::{AddressOverride, Resolve};
 use rustls::RootCertStore;
 
 pub use affinity::Affinity;
@@ -48,9 +51,9 @@ pub enum TransportBuildError {
 /// A pooled client. Cheap to clone; clones share the pool and the idle connections.
 #[derive(Clone)]
 pub struct Transport {
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    client: Client<HttpsConnector<Connector>, ProxyBody>,
     /// Cleartext connections for `affinity`, with the same socket settings as the pool's.
-    http: HttpConnector,
+    http: Connector,
     idle: Arc<affinity::IdleConnections>,
 }
 
@@ -297,11 +300,18 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Builds and shares transports: one per distinct (CA file, connect timeout).
+/// The TCP connector: the system's resolver, but for an upstream's address override.
+pub type Connector = HttpConnector<Resolve>;
+
+/// Builds and shares transports: one per distinct (TLS settings, connect timeout, address
+/// override).
 pub struct Transports {
     system_roots: Arc<RootCertStore>,
-    built: Mutex<HashMap<(TlsSettings, Duration), Transport>>,
+    built: Mutex<HashMap<TransportKey, Transport>>,
 }
+
+/// What makes two upstreams' transports different.
+type TransportKey = (TlsSettings, Duration, Option<AddressOverride>);
 
 /// How an upstream's TLS is set up, beyond the system roots.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -326,8 +336,9 @@ impl Transports {
         &self,
         tls: &TlsSettings,
         connect_timeout: Duration,
+        address: Option<AddressOverride>,
     ) -> Result<Transport, TransportBuildError> {
-        let key = (tls.clone(), connect_timeout);
+        let key = (tls.clone(), connect_timeout, address.clone());
         let mut built = self.built.lock().expect("poisoned");
         if let Some(transport) = built.get(&key) {
             return Ok(transport.clone());
@@ -336,7 +347,7 @@ impl Transports {
         if let Some(path) = &tls.ca_file {
             add_ca_file(&mut roots, path)?;
         }
-        let transport = build(roots, tls, connect_timeout)?;
+        let transport = build(roots, tls, connect_timeout, address)?;
         built.insert(key, transport.clone());
         Ok(transport)
     }
@@ -382,6 +393,7 @@ fn build(
     roots: RootCertStore,
     settings: &TlsSettings,
     connect_timeout: Duration,
+    address: Option<AddressOverride>,
 ) -> Result<Transport, TransportBuildError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // TLS 1.2 and 1.3 only: rustls has nothing older.
@@ -414,7 +426,7 @@ fn build(
             .set_certificate_verifier(Arc::new(AnyCertificate(provider)));
     }
 
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(Resolve::new(address));
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
