@@ -20,7 +20,7 @@
 pub mod seal;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -186,7 +186,9 @@ impl std::fmt::Debug for Fleet {
 /// Acquires the lease if it is free, renews it if it is ours.
 /// KEYS: lease, fence counter. ARGV: replica, ttl ms. Returns {state, generation, holder}:
 /// 0 held by another, 1 renewed, 2 acquired.
-const ACQUIRE: &str = r#"
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local held = redis.call('GET', KEYS[1])
 if held then
   local space = string.find(held, ' ', 1, true)
@@ -201,21 +203,29 @@ end
 local generation = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], generation .. ' ' .. ARGV[1], 'PX', ARGV[2])
 return {2, generation, ARGV[1]}
-"#;
+"#,
+    )
+});
 
 /// Lets go of the lease if it is ours (a clean shutdown hands over at once).
-const RELEASE: &str = r#"
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local held = redis.call('GET', KEYS[1])
 if held and string.sub(held, string.find(held, ' ', 1, true) + 1) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-"#;
+"#,
+    )
+});
 
 /// The compare-and-set write of a refreshed token set.
 /// KEYS: token. ARGV: expected version, writer's lease generation, sealed, replica, channel,
 /// upstream. Returns {1, new version} or {0, current version}.
-const WRITE: &str = r#"
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 local fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
 if version ~= tonumber(ARGV[1]) or fence > tonumber(ARGV[2]) then
@@ -226,14 +236,18 @@ redis.call('HSET', KEYS[1], 'version', version, 'fence', ARGV[2], 'sealed', ARGV
 redis.call('HDEL', KEYS[1], 'failed_version', 'failure', 'retry_at', 'failed_by')
 redis.call('PUBLISH', ARGV[5], 'changed ' .. ARGV[6] .. ' ' .. version)
 return {1, version}
-"#;
+"#,
+    )
+});
 
 /// Puts back what Redis lost: a replica whose token came from a version newer than the
 /// entry's (Redis restarted empty, or a failover lost writes) writes it again, above every
 /// version any replica has seen, so they all take it. Compare-and-set on the entry's version.
 /// KEYS: token. ARGV: expected version, new version, sealed, replica, channel, upstream.
 /// Returns {1, new version} or {0, current version}.
-const RESTORE: &str = r#"
+static RESTORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if version ~= tonumber(ARGV[1]) then
   return {0, version}
@@ -242,26 +256,36 @@ redis.call('HSET', KEYS[1], 'version', ARGV[2], 'sealed', ARGV[3], 'writer', ARG
 redis.call('HDEL', KEYS[1], 'failed_version', 'failure', 'retry_at', 'failed_by')
 redis.call('PUBLISH', ARGV[5], 'changed ' .. ARGV[6] .. ' ' .. ARGV[2])
 return {1, tonumber(ARGV[2])}
-"#;
+"#,
+    )
+});
 
 /// A login's or a logout's write: whatever was there, this is the newest. Keeps the fence.
 /// KEYS: token. ARGV: sealed ('' for a logout), replica, channel, upstream. Returns the version.
-const OVERWRITE: &str = r#"
+static OVERWRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0') + 1
 redis.call('HSET', KEYS[1], 'version', version, 'sealed', ARGV[1], 'writer', ARGV[2])
 redis.call('HDEL', KEYS[1], 'failed_version', 'failure', 'retry_at', 'failed_by')
 redis.call('PUBLISH', ARGV[3], 'changed ' .. ARGV[4] .. ' ' .. version)
 return version
-"#;
+"#,
+    )
+});
 
 /// The holder's failed refresh, for the replicas waiting on it. Leaves the token as it is.
 /// KEYS: token. ARGV: version, sealed reason, retry-at (Unix seconds), replica, channel,
 /// upstream.
-const FAIL: &str = r#"
+static FAIL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 redis.call('HSET', KEYS[1], 'failed_version', ARGV[1], 'failure', ARGV[2], 'retry_at', ARGV[3], 'failed_by', ARGV[4])
 redis.call('PUBLISH', ARGV[5], 'failed ' .. ARGV[6] .. ' ' .. ARGV[1])
 return 1
-"#;
+"#,
+    )
+});
 
 impl Fleet {
     /// Sets up the connection (made lazily: a Redis that is down at start is retried, and
@@ -394,7 +418,7 @@ impl Fleet {
     pub async fn lease(&self, upstream: &str) -> Result<Lease, FleetError> {
         let mut redis = self.redis.clone();
         let (state, generation, holder): (u8, u64, String) = self.outcome(
-            Script::new(ACQUIRE)
+            ACQUIRE
                 .key(self.key("lease", upstream))
                 .key(self.key("fence", upstream))
                 .arg(&self.replica)
@@ -413,7 +437,7 @@ impl Fleet {
     pub async fn release(&self, upstream: &str) -> Result<(), FleetError> {
         let mut redis = self.redis.clone();
         let _: u8 = self.outcome(
-            Script::new(RELEASE)
+            RELEASE
                 .key(self.key("lease", upstream))
                 .arg(&self.replica)
                 .invoke_async(&mut redis)
@@ -431,12 +455,37 @@ impl Fleet {
         generation: u64,
         sealed: &str,
     ) -> Result<Written, FleetError> {
+        self.compare_and_set(&WRITE, upstream, expected, generation, sealed)
+            .await
+    }
+
+    /// Writes back a token Redis lost, as `version`, if the entry is still at `expected`.
+    pub async fn restore(
+        &self,
+        upstream: &str,
+        expected: u64,
+        version: u64,
+        sealed: &str,
+    ) -> Result<Written, FleetError> {
+        self.compare_and_set(&RESTORE, upstream, expected, version, sealed)
+            .await
+    }
+
+    /// `WRITE` and `RESTORE` take the same arguments and answer {stored, version}.
+    async fn compare_and_set(
+        &self,
+        script: &Script,
+        upstream: &str,
+        expected: u64,
+        number: u64,
+        sealed: &str,
+    ) -> Result<Written, FleetError> {
         let mut redis = self.redis.clone();
         let (stored, version): (u8, u64) = self.outcome(
-            Script::new(WRITE)
+            script
                 .key(self.key("token", upstream))
                 .arg(expected)
-                .arg(generation)
+                .arg(number)
                 .arg(sealed)
                 .arg(&self.replica)
                 .arg(self.channel())
@@ -450,38 +499,11 @@ impl Fleet {
         })
     }
 
-    /// Writes back a token Redis lost, as `version`, if the entry is still at `expected`.
-    pub async fn restore(
-        &self,
-        upstream: &str,
-        expected: u64,
-        version: u64,
-        sealed: &str,
-    ) -> Result<Written, FleetError> {
-        let mut redis = self.redis.clone();
-        let (stored, now): (u8, u64) = self.outcome(
-            Script::new(RESTORE)
-                .key(self.key("token", upstream))
-                .arg(expected)
-                .arg(version)
-                .arg(sealed)
-                .arg(&self.replica)
-                .arg(self.channel())
-                .arg(upstream)
-                .invoke_async(&mut redis)
-                .await,
-        )?;
-        Ok(match stored {
-            1 => Written::Stored(now),
-            _ => Written::Superseded(now),
-        })
-    }
-
     /// A login (`Some`) or a logout (`None`): newer than anything stored.
     pub async fn overwrite(&self, upstream: &str, sealed: Option<&str>) -> Result<u64, FleetError> {
         let mut redis = self.redis.clone();
         self.outcome(
-            Script::new(OVERWRITE)
+            OVERWRITE
                 .key(self.key("token", upstream))
                 .arg(sealed.unwrap_or(""))
                 .arg(&self.replica)
@@ -502,8 +524,7 @@ impl Fleet {
     ) -> Result<(), FleetError> {
         let mut redis = self.redis.clone();
         let _: u8 = self.outcome(
-            Script::new(FAIL)
-                .key(self.key("token", upstream))
+            FAIL.key(self.key("token", upstream))
                 .arg(version)
                 .arg(sealed_reason)
                 .arg(retry_at_unix)

@@ -148,6 +148,16 @@ impl<S: TokenSource> TokenCell<S> {
         }
     }
 
+    /// A credential as the fleet's entries hold it: the store's form, sealed to this
+    /// fleet, upstream and auth settings.
+    fn seal_credential(&self, credential: &Credential) -> String {
+        let plain = serde_json::to_vec(&stored(&self.fingerprint, credential))
+            .expect("a stored token serializes");
+        self.link()
+            .fleet
+            .seal(&plain, &self.upstream, &self.fingerprint)
+    }
+
     /// Makes the entry's token current, if it is newer than ours. A logout's entry forgets
     /// ours. Returns the adopted credential.
     fn adopt(&self, entry: &Entry) -> Option<Arc<Credential>> {
@@ -313,9 +323,7 @@ impl<S: TokenSource> TokenCell<S> {
                 return Err(unavailable);
             }
         };
-        let plain = serde_json::to_vec(&stored(&self.fingerprint, &credential))
-            .expect("a stored token serializes");
-        let sealed = link.fleet.seal(&plain, &self.upstream, &self.fingerprint);
+        let sealed = self.seal_credential(&credential);
         match link
             .fleet
             .write(&self.upstream, entry.version, generation, &sealed)
@@ -351,9 +359,7 @@ impl<S: TokenSource> TokenCell<S> {
         let Some(current) = self.current.load_full() else {
             return false;
         };
-        let plain = serde_json::to_vec(&stored(&self.fingerprint, &current))
-            .expect("a stored token serializes");
-        let sealed = link.fleet.seal(&plain, &self.upstream, &self.fingerprint);
+        let sealed = self.seal_credential(&current);
         match link
             .fleet
             .restore(&self.upstream, entry.version, ours + 1, &sealed)
@@ -446,9 +452,7 @@ impl<S: TokenSource> TokenCell<S> {
     /// After a login: the new token is the fleet's newest, whatever was there.
     pub(super) async fn publish_login(&self, credential: &Credential) {
         let link = self.link();
-        let plain = serde_json::to_vec(&stored(&self.fingerprint, credential))
-            .expect("a stored token serializes");
-        let sealed = link.fleet.seal(&plain, &self.upstream, &self.fingerprint);
+        let sealed = self.seal_credential(credential);
         match link.fleet.overwrite(&self.upstream, Some(&sealed)).await {
             Ok(version) => link.version.store(version, Ordering::Release),
             Err(error) => {
