@@ -39,6 +39,32 @@ fn fleet_config(redis: &Redis, sim: &amm::AmmSim, extra_store: &str) -> String {
     )
 }
 
+/// `count` in-process replicas on a fresh Redis and an AMM whose tokens live for `ttl`,
+/// each having served one request (so all hold the fleet's token).
+async fn warm_fleet(
+    name: &str,
+    count: usize,
+    ttl: Duration,
+) -> (Redis, amm::AmmSim, String, Vec<TestProxy>) {
+    let redis = Redis::start(name).await;
+    let sim = amm::start(AmmSimConfig {
+        access_ttl: ttl,
+        ..amm_sim_config()
+    })
+    .await;
+    let config = fleet_config(&redis, &sim, "");
+    let mut replicas = Vec::new();
+    for _ in 0..count {
+        let replica = TestProxy::start(&config).await;
+        assert_eq!(
+            get(&replica.url("/amm/api/v1/systems")).await.status(),
+            StatusCode::OK
+        );
+        replicas.push(replica);
+    }
+    (redis, sim, config, replicas)
+}
+
 async fn fleet_status(proxy: &TestProxy) -> serde_json::Value {
     json(&get(&proxy.url("/-/status")).await)["upstreams"][0].clone()
 }
@@ -141,24 +167,7 @@ async fn three_replicas_share_one_token_chain_with_one_refresher() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_on_the_followers_makes_one_refresh_by_the_holder() {
-    let redis = Redis::start("refused").await;
-    let sim = amm::start(AmmSimConfig {
-        access_ttl: Duration::from_secs(3600),
-        ..amm_sim_config()
-    })
-    .await;
-    let config = fleet_config(&redis, &sim, "");
-    let replicas = [
-        TestProxy::start(&config).await,
-        TestProxy::start(&config).await,
-        TestProxy::start(&config).await,
-    ];
-    for replica in &replicas {
-        assert_eq!(
-            get(&replica.url("/amm/api/v1/systems")).await.status(),
-            StatusCode::OK
-        );
-    }
+    let (_redis, sim, _, replicas) = warm_fleet("refused", 3, Duration::from_secs(3600)).await;
     assert_eq!(sim.token_requests(), 1);
     // The vendor stops taking the fleet's token: both replicas that do not hold the lease
     // get a 401 at once (the holder sees no request), and ask the holder for a new one.
@@ -426,16 +435,8 @@ async fn rediss_with_a_private_ca_and_a_password_from_a_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokenproxy_token_prints_the_fleets_token_without_asking_the_vendor() {
-    let redis = Redis::start("token").await;
-    let sim = amm::start(AmmSimConfig {
-        access_ttl: Duration::from_secs(3600),
-        ..amm_sim_config()
-    })
-    .await;
-    let config = fleet_config(&redis, &sim, "");
-    let replica = TestProxy::start(&config).await;
-    let echoed = get(&replica.url("/amm/api/v1/systems")).await;
-    assert_eq!(echoed.status(), StatusCode::OK);
+    let (_redis, sim, config, replicas) = warm_fleet("token", 1, Duration::from_secs(3600)).await;
+    let replica = &replicas[0];
     assert_eq!(sim.token_requests(), 1);
 
     // A one-shot command with the fleet's config, no daemon of its own: it reads the token
@@ -455,7 +456,7 @@ async fn tokenproxy_token_prints_the_fleets_token_without_asking_the_vendor() {
     );
     assert!(sim.issued_tokens().contains(&printed), "{printed}");
     assert_eq!(sim.token_requests(), 1, "the vendor was not asked again");
-    assert_eq!(fleet_status(&replica).await["fleet"]["this_replica"], true);
+    assert_eq!(fleet_status(replica).await["fleet"]["this_replica"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,23 +511,7 @@ async fn a_refused_fleet_refresh_token_ends_the_login_on_every_replica_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_refresh_of_the_holder_is_answered_at_once_on_every_replica() {
-    let redis = Redis::start("failed").await;
-    let sim = amm::start(AmmSimConfig {
-        access_ttl: Duration::from_secs(3600),
-        ..amm_sim_config()
-    })
-    .await;
-    let config = fleet_config(&redis, &sim, "");
-    let replicas = [
-        TestProxy::start(&config).await,
-        TestProxy::start(&config).await,
-    ];
-    for replica in &replicas {
-        assert_eq!(
-            get(&replica.url("/amm/api/v1/systems")).await.status(),
-            StatusCode::OK
-        );
-    }
+    let (redis, sim, _, replicas) = warm_fleet("failed", 2, Duration::from_secs(3600)).await;
     let mut follower = None;
     for replica in &replicas {
         if fleet_status(replica).await["fleet"]["this_replica"] == false {
