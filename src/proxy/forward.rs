@@ -44,9 +44,12 @@ pub(super) async fn forward(
     let Connection {
         forwarded_for,
         affinity,
+        egress,
         ..
     } = connection;
-    let mut prepared = prepare(upstream, forwarded_for, request, target, original_host).await?;
+    // Through the egress listener the client addressed the vendor itself: no hop to tell of.
+    let forwarded = (!egress).then_some((forwarded_for, original_host));
+    let mut prepared = prepare(upstream, forwarded, request, target).await?;
     // An upgraded connection is never reused, so upgrades take a pooled one.
     let affinity = prepared.client_upgrade.is_none().then_some(&*affinity);
     let response = exchange(upstream, &mut prepared, affinity).await?;
@@ -66,12 +69,12 @@ fn no_token(upstream: &Upstream, unavailable: TokenUnavailable) -> ProxyError {
 }
 
 /// Phase 1: the credential, the head as the vendor gets it, and the body.
+/// `forwarded`: the client's address and the host it used, for `X-Forwarded-*`.
 async fn prepare(
     upstream: &Upstream,
-    forwarded_for: Option<HeaderValue>,
+    forwarded: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
     mut request: Request<Incoming>,
     target: Uri,
-    original_host: Option<HeaderValue>,
 ) -> Result<Prepared, ProxyError> {
     let credential = upstream
         .tokens
@@ -102,7 +105,9 @@ async fn prepare(
     }
     // Room for what is added, in one step.
     headers.reserve(3 + upstream.config.headers.len() + credential.headers.len());
-    headers::add_forwarded(headers, forwarded_for, original_host);
+    if let Some((forwarded_for, original_host)) = forwarded {
+        headers::add_forwarded(headers, forwarded_for, original_host);
+    }
     for (name, value) in upstream.config.headers.iter().chain(&credential.headers) {
         headers.append(name.clone(), value.clone());
     }
