@@ -470,6 +470,24 @@ mod tests {
     }
 
     #[test]
+    fn egress_figures_show_only_when_egress_is_configured() {
+        assert!(!render(&typed(sample())).contains("Egress proxy"));
+        let mut status = sample();
+        status["egress"] = json!({
+            "listen": "127.0.0.1:3128", "intercepted_tunnels": 5, "passthrough_tunnels": 1,
+            "refused_not_allowed": 2, "refused_proxy_auth": 0,
+        });
+        let html = render(&typed(status));
+        for expected in [
+            "Egress proxy <code>http://127.0.0.1:3128</code>:",
+            "<span data-egress=intercepted_tunnels>5</span> vendor tunnels",
+            "<span data-egress=refused_not_allowed>2</span> not allowed",
+        ] {
+            assert!(html.contains(expected), "{expected} in {html}");
+        }
+    }
+
+    #[test]
     fn every_value_from_the_status_is_escaped() {
         let html = render(&typed(sample()));
         assert!(!html.contains("<script>alert"), "{html}");
