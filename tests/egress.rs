@@ -643,7 +643,7 @@ async fn inside_a_tunnel_only_its_vendor_is_served_and_web_pages_are_refused() {
 }
 
 #[tokio::test]
-async fn a_ca_made_before_the_vendor_was_configured_cannot_sign_for_it() {
+async fn a_ca_made_before_the_vendor_was_configured_cannot_sign_for_it_until_made_again() {
     let setup = Setup::start(
         "stale-ca",
         Options {
@@ -661,6 +661,32 @@ async fn a_ca_made_before_the_vendor_was_configured_cannot_sign_for_it() {
     assert!(head.starts_with("HTTP/1.1 500"), "{head}");
     assert!(body.contains("tokenproxy ca init --force"), "{body}");
     assert_eq!(setup.bigeval.api_requests(), 0);
+
+    // `ca init --force` for the current upstreams: the running proxy takes the new CA up
+    // at the next tunnel.
+    let scope = ca::Scope::Limited(vec![
+        ca::Host::Dns("bigeval.example".into()),
+        ca::Host::Dns("plain.example".into()),
+    ]);
+    ca::init(setup.ca_pem.parent().unwrap(), &scope, true).unwrap();
+    let (ok, out, err) = setup
+        .run(
+            curl(&[
+                "-x",
+                &setup.egress(),
+                "--cacert",
+                &setup.ca_pem.display().to_string(),
+                "--write-out",
+                "%{http_code}",
+                "--output",
+                "/dev/null",
+                &setup.vendor_url("/api/v1/testcases"),
+            ]),
+            &[],
+        )
+        .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "200");
 }
 
 #[tokio::test]

@@ -234,7 +234,8 @@ fn env_prints_the_exports_a_shell_evals() {
     assert!(
         text(&keyed.stdout)
             .lines()
-            .any(|l| l == "export HTTPS_PROXY=http://tokenproxy:k3y%40with%3Aodd%2Fchars@127.0.0.1:3128"),
+            .any(|l| l
+                == "export HTTPS_PROXY=http://tokenproxy:k3y%40with%3Aodd%2Fchars@127.0.0.1:3128"),
         "{}",
         text(&keyed.stdout)
     );
