@@ -144,7 +144,7 @@ async fn on_listener(
             };
             egress.metrics.passthrough.fetch_add(1, Relaxed);
             let upgrade = hyper::upgrade::on(&mut request);
-            tokio::spawn(pass_through(upgrade, vendor));
+            tokio::spawn(pass_through(shared, upgrade, vendor));
             tunnel_opened()
         }
         Decision::Deny => {
@@ -182,11 +182,7 @@ async fn intercept(
         return;
     };
     let limits = &shared.limits;
-    // The tunnel holds a connection slot of its own: its CONNECT's is given back as hyper
-    // hands the connection over.
-    let slot = Arc::clone(&limits.connections).acquire_owned();
-    let Ok(Ok(_permit)) = tokio::time::timeout(2 * limits.timeouts.first_request, slot).await
-    else {
+    let Some(_permit) = tunnel_slot(limits).await else {
         return;
     };
     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(TokioIo::new(upgraded));
@@ -217,9 +213,22 @@ async fn intercept(
     }
 }
 
+/// One of the `max_connections` slots for a tunnel: its CONNECT's own slot is given back
+/// as hyper hands the connection over. `None` when none frees up in time.
+async fn tunnel_slot(limits: &Limits) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let slot = Arc::clone(&limits.connections).acquire_owned();
+    match tokio::time::timeout(2 * limits.timeouts.first_request, slot).await {
+        Ok(Ok(permit)) => Some(permit),
+        _ => None,
+    }
+}
+
 /// A blind tunnel: bytes both ways until either side closes.
-async fn pass_through(upgrade: OnUpgrade, mut vendor: TcpStream) {
+async fn pass_through(shared: Arc<Shared>, upgrade: OnUpgrade, mut vendor: TcpStream) {
     let Ok(upgraded) = upgrade.await else {
+        return;
+    };
+    let Some(_permit) = tunnel_slot(&shared.limits).await else {
         return;
     };
     let mut client = TokioIo::new(upgraded);
