@@ -144,6 +144,11 @@ token = "{ECHO_KEY}"
     println!(
         "  curl -s {base}/-/status                    # token state per upstream (never the token)"
     );
+    println!("The command line reaches this proxy with --url (or TOKENPROXY_URL):");
+    println!(
+        "  tokenproxy header caepe --url {base}       # Authorization and Organization, as sent"
+    );
+    println!("  tokenproxy status --url {base}");
     println!("Stop with Ctrl-C.");
     crate::server::serve_until_signal(server).await;
     drop((biganimal, bigid, bigeval, caepe, amm, echo));

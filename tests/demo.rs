@@ -57,6 +57,39 @@ async fn every_printed_curl_line_answers_200() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // The command lines it prints reach it too, from a directory with no config.
+    let commands: Vec<Vec<String>> = lines
+        .iter()
+        .filter_map(|line| line.strip_prefix("  tokenproxy "))
+        .map(|rest| {
+            let command = rest.split('#').next().unwrap();
+            command.split_whitespace().map(str::to_owned).collect()
+        })
+        .collect();
+    assert!(!commands.is_empty(), "no command line printed: {lines:?}");
+    let elsewhere = temp_dir("demo-cli");
+    for args in commands {
+        let mut command = tokenproxy(&elsewhere);
+        command.args(&args);
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if args[0] == "header" {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|line| line.starts_with("authorization: Bearer "))
+                    && stdout.lines().any(|line| line == "organization: acme"),
+                "{args:?}: {stdout}"
+            );
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

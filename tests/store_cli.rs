@@ -308,7 +308,7 @@ fn unknown_upstreams_are_named_with_the_configured_ones() {
     )
     .unwrap();
     let output = tokenproxy(&dir).args(["token", "b"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&output.stderr).contains("no upstream named \"b\""));
     let output = tokenproxy(&dir).args(["token", "a"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "t");

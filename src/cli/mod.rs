@@ -12,6 +12,45 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigError};
+use daemon::Reach;
+
+/// Which tokenproxy a one-shot command talks to.
+#[derive(Debug, clap::Args)]
+struct DaemonUrl {
+    /// Talk to the tokenproxy at this URL (e.g. http://127.0.0.1:8080, the one `tokenproxy
+    /// demo` prints) instead of the one the config names; no config is read.
+    #[arg(long, env = "TOKENPROXY_URL", value_name = "URL")]
+    url: Option<String>,
+}
+
+/// How a one-shot command failed, and so its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Not usable as asked (an unknown upstream, a file in the way): exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// No config to read (and no tokenproxy at the default address): exit 2.
+    #[error("config error: {0}")]
+    Config(String),
+    /// The command ran and failed (unreachable, refused, timed out): exit 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for CommandError {
+    fn from(message: String) -> Self {
+        CommandError::Failed(message)
+    }
+}
+
+impl CommandError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CommandError::Usage(_) | CommandError::Config(_) => ExitCode::from(2),
+            CommandError::Failed(_) => ExitCode::FAILURE,
+        }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,11 +97,15 @@ enum Command {
         /// Print the URL instead of opening a browser.
         #[arg(long)]
         no_browser: bool,
+        #[command(flatten)]
+        daemon: DaemonUrl,
     },
     /// Forget an upstream's tokens, revoking them where the vendor can (AMM).
     Logout {
         /// The upstream, as named in the config.
         name: String,
+        #[command(flatten)]
+        daemon: DaemonUrl,
     },
     /// Show each upstream's kind, token state, expiry, last refresh and last error. Never a
     /// token.
@@ -70,6 +113,8 @@ enum Command {
         /// Print JSON (the same as GET /-/status) instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        daemon: DaemonUrl,
     },
     /// Write a commented starter config (one section per vendor).
     Init {
@@ -112,6 +157,19 @@ enum Command {
     Token {
         /// The upstream, as named in the config.
         name: String,
+        #[command(flatten)]
+        daemon: DaemonUrl,
+    },
+    /// Print every header tokenproxy sends to an upstream (Authorization, CAEPE's
+    /// Organization, static headers) as `Name: value` lines: curl -H @<(tokenproxy header NAME) ...
+    Header {
+        /// The upstream, as named in the config.
+        name: String,
+        /// Print curl arguments instead: -H 'Name: value' -H ...
+        #[arg(long)]
+        curl: bool,
+        #[command(flatten)]
+        daemon: DaemonUrl,
     },
 }
 
@@ -161,14 +219,18 @@ pub fn main() -> ExitCode {
             listen,
             manual_login,
         } => block_on(crate::demo::run(listen, manual_login)),
-        Command::Login { name, no_browser } => with_config(cli.config.as_deref(), |config| {
-            commands::login(config, name, !no_browser)
+        Command::Login {
+            name,
+            no_browser,
+            daemon,
+        } => with_reach(cli.config.as_deref(), daemon, |reach| {
+            commands::login(reach, name, !no_browser)
         }),
-        Command::Logout { name } => with_config(cli.config.as_deref(), |config| {
-            commands::logout(config, name)
+        Command::Logout { name, daemon } => with_reach(cli.config.as_deref(), daemon, |reach| {
+            commands::logout(reach, name)
         }),
-        Command::Status { json } => with_config(cli.config.as_deref(), |config| {
-            commands::status(config, json)
+        Command::Status { json, daemon } => with_reach(cli.config.as_deref(), daemon, |reach| {
+            commands::status(reach, json)
         }),
         Command::Init { path, force } => {
             let Some(path) = path.or_else(config::default_config_file) else {
@@ -183,9 +245,9 @@ pub fn main() -> ExitCode {
                     );
                     ExitCode::SUCCESS
                 }
-                Err(message) => {
-                    eprintln!("tokenproxy: {message}");
-                    ExitCode::FAILURE
+                Err(error) => {
+                    eprintln!("tokenproxy: {error}");
+                    error.exit_code()
                 }
             }
         }
@@ -212,25 +274,60 @@ pub fn main() -> ExitCode {
             Ok(config) => ca::env(&config),
             Err(code) => code,
         },
-        Command::Token { name } => with_config(cli.config.as_deref(), |config| {
-            commands::token(config, name)
+        Command::Token { name, daemon } => with_reach(cli.config.as_deref(), daemon, |reach| {
+            commands::token(reach, name)
         }),
+        Command::Header { name, curl, daemon } => {
+            with_reach(cli.config.as_deref(), daemon, |reach| {
+                commands::header(reach, name, curl)
+            })
+        }
     }
+}
+
+/// Runs a command that talks to tokenproxy: at `--url` with no config read, else through
+/// the config (a bad config exits 2 at once; none at all may still find a daemon at the
+/// default address).
+fn with_reach<F, Fut>(explicit: Option<&std::path::Path>, daemon: DaemonUrl, command: F) -> ExitCode
+where
+    F: FnOnce(Reach) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CommandError>>,
+{
+    let reach = match daemon.url {
+        Some(url) => Reach::Url(url),
+        None => match config::locate(explicit).and_then(|path| config::load(&path)) {
+            Ok(config) => Reach::Config(Box::new(config)),
+            Err(error @ ConfigError::NotFound { .. }) => Reach::NoConfig(error),
+            Err(error) => {
+                eprintln!("tokenproxy: config error: {error}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    block_on(async move {
+        match command(reach).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("tokenproxy: {error}");
+                error.exit_code()
+            }
+        }
+    })
 }
 
 /// Loads the config and runs a one-shot command on it.
 fn with_config<F, Fut>(explicit: Option<&std::path::Path>, command: F) -> ExitCode
 where
     F: FnOnce(Config) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), CommandError>>,
 {
     match load(explicit) {
         Ok(config) => block_on(async move {
             match command(config).await {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(message) => {
-                    eprintln!("tokenproxy: {message}");
-                    ExitCode::FAILURE
+                Err(error) => {
+                    eprintln!("tokenproxy: {error}");
+                    error.exit_code()
                 }
             }
         }),
