@@ -13,6 +13,7 @@ mod body;
 mod forward;
 mod guard;
 mod headers;
+mod redirect;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -183,7 +184,17 @@ async fn answer(
         Route::Upstream { index, path: rest } => {
             let upstream = &app.upstreams[index];
             let target = target_uri(upstream, rest, request.uri().query())?;
-            forward::forward(upstream, connection, request, target, host_value.cloned()).await?
+            // The prefix the client's path had (none for host and listen routes).
+            let mount = path.strip_suffix(rest).unwrap_or_default();
+            forward::forward(
+                upstream,
+                connection,
+                request,
+                target,
+                host_value.cloned(),
+                mount,
+            )
+            .await?
         }
     };
     Ok((response, Some(verdict)))
