@@ -238,3 +238,111 @@ client_secret = "{WRONG_SECRET}"
         );
     }
 }
+
+/// `dir/tokenproxy.toml`: one static upstream, a memory store, `server.listen = listen`.
+fn config_listening(dir: &std::path::Path, listen: &str) {
+    let upstream = static_upstream("a", "https://a.example/", "t", "");
+    let text = format!("[server]\nlisten = \"{listen}\"\n[store]\npath = \"memory\"\n{upstream}");
+    std::fs::write(dir.join("tokenproxy.toml"), text).unwrap();
+}
+
+/// Waits for `child` off the runtime; its exit code.
+async fn exit_code(mut child: std::process::Child) -> Option<i32> {
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+        .code()
+}
+
+/// `tokenproxy run ARGS` in `dir` with `env`, its stderr collected.
+fn run_with(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, Lines) {
+    let mut child = tokenproxy(dir)
+        .arg("run")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = capture(child.stderr.take().unwrap());
+    (child, stderr)
+}
+
+#[tokio::test]
+async fn run_listens_where_the_flag_or_the_variable_says_and_names_both_when_taken() {
+    let dir = temp_dir("cli-listen");
+    // The file's address is taken: the flag and the variable are what make it start.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    config_listening(&dir, &taken_addr);
+    for (args, env) in [
+        (vec!["--listen", "localhost:0"], vec![]),
+        (vec![], vec![("TOKENPROXY_LISTEN", "127.0.0.1:0")]),
+    ] {
+        let (mut child, stderr) = run_with(&dir, &args, &env);
+        let addr = listening_address(&stderr, Some(&mut child)).await;
+        assert!(
+            addr.starts_with("127.0.0.1:") && addr != taken_addr,
+            "{addr}"
+        );
+        assert_eq!(
+            get(&format!("http://{addr}/-/health")).await.status(),
+            StatusCode::OK
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    let (child, _) = run_with(&dir, &[], &[]);
+    assert_eq!(exit_code(child).await, Some(1));
+    let (child, stderr) = run_with(&dir, &["--listen", &taken_addr], &[]);
+    assert_eq!(exit_code(child).await, Some(1));
+    let said = stderr.lock().unwrap().join("\n");
+    for words in [
+        "in use",
+        "--listen ADDR",
+        "TOKENPROXY_LISTEN",
+        "server.listen",
+    ] {
+        assert!(said.contains(words), "{words:?} not in: {said}");
+    }
+    drop(taken);
+
+    // What the flag sets is checked like the file: beyond loopback needs a client key.
+    let (child, stderr) = run_with(&dir, &["--listen", "0.0.0.0:0"], &[]);
+    assert_eq!(exit_code(child).await, Some(2));
+    assert!(stderr
+        .lock()
+        .unwrap()
+        .join("\n")
+        .contains("server.client_key: required"));
+    let (child, _) = run_with(&dir, &["--listen", "nowhere"], &[]);
+    assert_eq!(exit_code(child).await, Some(2));
+}
+
+#[test]
+fn listen_takes_localhost_and_a_bare_port() {
+    let dir = temp_dir("cli-listen-forms");
+    for listen in ["localhost:8080", "LOCALHOST:8080", "8080", "[::1]:8080"] {
+        config_listening(&dir, listen);
+        let output = tokenproxy(&dir).arg("check").output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{listen}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    std::fs::write(
+        dir.join("tokenproxy.toml"),
+        "[server]\nlisten = \"example.com:8080\"\n",
+    )
+    .unwrap();
+    let output = tokenproxy(&dir).arg("check").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("server.listen"));
+}

@@ -75,14 +75,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve (the default): forward requests with live tokens until SIGTERM or Ctrl-C.
-    Run,
+    Run {
+        /// Listen here instead of server.listen: 127.0.0.1:9000, localhost:9000, or a port.
+        #[arg(long, env = "TOKENPROXY_LISTEN", value_name = "ADDR", value_parser = listen_address)]
+        listen: Option<String>,
+    },
     /// Validate the config and exit: 0 if it is good, 2 with a one-line error if not.
     Check,
     /// Serve every vendor on built-in simulated endpoints: try it with no vendor account.
     #[cfg(feature = "demo")]
     Demo {
-        /// Where the demo proxy listens.
-        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        /// Where the demo proxy listens: 127.0.0.1:9000, localhost:9000, or a port.
+        #[arg(long, env = "TOKENPROXY_LISTEN", default_value = config::DEFAULT_LISTEN, value_name = "ADDR", value_parser = config::listen_address)]
         listen: std::net::SocketAddr,
         /// Leave BigAnimal logged out: log in from the status page (or `tokenproxy login
         /// biganimal`) and approve the code at the simulator's page yourself.
@@ -194,7 +198,7 @@ enum CaCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run { listen: None }) {
         Command::Check => match load(cli.config.as_deref()) {
             Ok(config) => {
                 for warning in config.warnings() {
@@ -210,10 +214,13 @@ pub fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Run => match load(cli.config.as_deref()) {
-            Ok(config) => block_on(serve(config)),
-            Err(code) => code,
-        },
+        Command::Run { listen } => {
+            let overrides = config::Overrides { listen };
+            match load_with(cli.config.as_deref(), &overrides) {
+                Ok(config) => block_on(serve(config)),
+                Err(code) => code,
+            }
+        }
         #[cfg(feature = "demo")]
         Command::Demo {
             listen,
@@ -335,9 +342,21 @@ where
     }
 }
 
+/// `--listen` as given, once checked (the config check names server.listen).
+fn listen_address(text: &str) -> Result<String, String> {
+    config::listen_address(text).map(|_| text.to_owned())
+}
+
 fn load(explicit: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    load_with(explicit, &config::Overrides::default())
+}
+
+fn load_with(
+    explicit: Option<&std::path::Path>,
+    overrides: &config::Overrides,
+) -> Result<Config, ExitCode> {
     config::locate(explicit)
-        .and_then(|path| config::load(&path))
+        .and_then(|path| config::load_with(&path, overrides))
         .map_err(|error: ConfigError| {
             eprintln!("tokenproxy: config error: {error}");
             ExitCode::from(2)

@@ -109,6 +109,16 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[egress]`: parsed and checked; nothing listens on it yet.
     pub egress: Option<EgressConfig>,
+    /// What the command line set over the file; a reload applies it again.
+    pub overrides: Overrides,
+}
+
+/// Settings the command line puts over the file's: `run --listen ADDR` (or
+/// `$TOKENPROXY_LISTEN`) for `server.listen`. Applied before validation, so every check
+/// (a listener beyond loopback needs a client key) holds for them too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub listen: Option<String>,
 }
 
 /// Egress mode: clients keep the vendors' URLs and send them through this proxy address.
@@ -232,20 +242,35 @@ pub const CONFIG_TOML_ENV: &str = "TOKENPROXY_CONFIG_TOML";
 /// Reads, interpolates and validates the file at `path` (or, for `$TOKENPROXY_CONFIG_TOML`,
 /// that variable's text).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, &Overrides::default())
+}
+
+/// `load`, with the command line's `overrides` over the file.
+pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    if file == format!("${CONFIG_TOML_ENV}") {
-        let text = std::env::var(CONFIG_TOML_ENV).unwrap_or_default();
-        return parse(&text, &file, &ProcessSources);
-    }
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
-        file: file.clone(),
-        source,
-    })?;
-    parse(&text, &file, &ProcessSources)
+    let text = if file == format!("${CONFIG_TOML_ENV}") {
+        std::env::var(CONFIG_TOML_ENV).unwrap_or_default()
+    } else {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+            file: file.clone(),
+            source,
+        })?
+    };
+    parse_with(&text, &file, &ProcessSources, overrides)
 }
 
 /// Parses config text; `file` only names it in errors.
 pub fn parse(text: &str, file: &str, sources: &dyn Sources) -> Result<Config, ConfigError> {
+    parse_with(text, file, sources, &Overrides::default())
+}
+
+/// `parse`, with the command line's `overrides` over the text.
+pub fn parse_with(
+    text: &str,
+    file: &str,
+    sources: &dyn Sources,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
     let mut tree: toml::Value = text
         .parse::<toml::Table>()
         .map(toml::Value::Table)
@@ -260,9 +285,19 @@ pub fn parse(text: &str, file: &str, sources: &dyn Sources) -> Result<Config, Co
     let mut resolved = Vec::new();
     interpolate::interpolate_tree(&mut tree, &mut Vec::new(), sources, &mut resolved)
         .map_err(|error| in_file(FieldError::new(error.field, error.problem), file))?;
+    if let (Some(listen), Some(table)) = (&overrides.listen, tree.as_table_mut()) {
+        let server = table
+            .entry("server")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(server) = server.as_table_mut() {
+            server.insert("listen".into(), toml::Value::String(listen.clone()));
+        }
+    }
     // A value that came from the environment or a secret file may be a secret: whichever
     // check refuses it, the error shows where it came from, not what it is.
-    checked(tree, file).map_err(|error| error.without(&resolved))
+    let mut config = checked(tree, file).map_err(|error| error.without(&resolved))?;
+    config.overrides = overrides.clone();
+    Ok(config)
 }
 
 fn checked(tree: toml::Value, file: &str) -> Result<Config, ConfigError> {
@@ -452,6 +487,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         fleet,
         upstreams,
         egress,
+        overrides: Overrides::default(),
     })
 }
 
@@ -841,10 +877,27 @@ pub fn normalize_host(host: &str) -> String {
 }
 
 fn parse_listen(field: &str, text: &str) -> Result<SocketAddr, FieldError> {
-    text.parse().map_err(|_| {
-        FieldError::new(
-            field,
-            format!("{text:?} is not an address:port such as {DEFAULT_LISTEN}"),
+    listen_address(text).map_err(|problem| FieldError::new(field, problem))
+}
+
+/// A listen address as a user writes it: `127.0.0.1:8080`, `[::1]:8080`, `0.0.0.0:8080`,
+/// `localhost:8080` (loopback), or just a port, `8080` (loopback, as `kubectl proxy
+/// --port`). Names other than `localhost` are not resolved: an address to listen on is
+/// the machine's own.
+pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    let loopback = |port: &str| {
+        port.parse::<u16>()
+            .ok()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+    };
+    let parsed = text.parse().ok().or_else(|| match text.rsplit_once(':') {
+        Some((host, port)) if host.eq_ignore_ascii_case("localhost") => loopback(port),
+        Some(_) => None,
+        None => loopback(text),
+    });
+    parsed.ok_or_else(|| {
+        format!(
+            "{text:?} is not an address:port such as {DEFAULT_LISTEN}, localhost:8080 or a port"
         )
     })
 }
