@@ -193,16 +193,6 @@ async fn the_config_finds_a_memory_store_daemon_for_token_and_header() {
 }
 
 #[tokio::test]
-async fn usage_errors_exit_2() {
-    let dir = temp_dir("cli-usage");
-    let init = run(&dir, &["init", "--path", "tokenproxy.toml"], &[]).await;
-    assert_eq!(init.status.code(), Some(0), "{}", stderr(&init));
-    let again = run(&dir, &["init", "--path", "tokenproxy.toml"], &[]).await;
-    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
-    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
-}
-
-#[tokio::test]
 async fn the_token_action_is_refused_to_other_sites_and_to_plain_posts() {
     let echo = echo::start().await;
     let proxy = TestProxy::start(&static_upstream(

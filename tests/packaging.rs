@@ -42,8 +42,9 @@ fn init_writes_a_private_starter_config_that_passes_check_and_is_not_overwritten
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // A file in the way is a usage error: exit 2.
     let again = tokenproxy(&dir).arg("init").output().unwrap();
-    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 }
 

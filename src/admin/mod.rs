@@ -72,16 +72,23 @@ pub async fn handle(
         },
         (&Method::GET, ["callback", name]) => callback::get(app, name, request.uri().query()).await,
         (&Method::POST, ["callback", name]) => callback::post(app, name, request).await,
-        (_, [""] | ["health" | "ready" | "status" | "metrics"] | ["assets", _])
-        | (_, ["upstreams", _, _])
-        | (_, ["callback", _]) => Err(ProxyError::MethodNotAllowed {
-            method: method.to_string(),
-        }),
+        (_, [""] | ["health" | "ready" | "status" | "metrics"] | ["assets", _]) => {
+            Err(not_allowed(&method, "GET, HEAD"))
+        }
+        (_, ["upstreams", _, _]) => Err(not_allowed(&method, "POST")),
+        (_, ["callback", _]) => Err(not_allowed(&method, "GET, POST")),
         _ => Err(ProxyError::NoRoute {
             path: format!("/-/{path}"),
         }),
     };
     result.unwrap_or_else(ProxyError::into_response)
+}
+
+fn not_allowed(method: &Method, allow: &'static str) -> ProxyError {
+    ProxyError::MethodNotAllowed {
+        method: method.to_string(),
+        allow,
+    }
 }
 
 /// Actions change state, so they are same-origin only: the page's own origin (or no

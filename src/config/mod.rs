@@ -3,16 +3,19 @@
 //! reported before anything listens.
 
 mod interpolate;
+mod suggest;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+use crate::schema::AuthValue;
 pub use crate::schema::{parse_duration, FieldError, RawAuth, RawDuration, RawScope, Target};
 pub use interpolate::{ProcessSources, Sources};
+use serde::Deserialize;
 
 use crate::fleet::{FleetSettings, WhenRedisDown};
 use crate::providers::AuthSpec;
@@ -111,6 +114,10 @@ pub struct Config {
     pub egress: Option<EgressConfig>,
     /// What the command line set over the file; a reload applies it again.
     pub overrides: Overrides,
+    /// Fields whose secret is written in the file itself, not `${ENV}` or `${file:}`.
+    pub literal_secrets: Vec<String>,
+    /// The file holds secrets and others may read it.
+    pub readable_by_others: bool,
 }
 
 /// Settings the command line puts over the file's: `run --listen ADDR` (or
@@ -256,7 +263,14 @@ pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Config, ConfigErr
             source,
         })?
     };
-    parse_with(&text, &file, &ProcessSources, overrides)
+    let mut config = parse_with(&text, &file, &ProcessSources, overrides)?;
+    #[cfg(unix)]
+    if !config.literal_secrets.is_empty() {
+        use std::os::unix::fs::PermissionsExt;
+        config.readable_by_others = std::fs::metadata(path)
+            .is_ok_and(|metadata| metadata.permissions().mode() & 0o077 != 0);
+    }
+    Ok(config)
 }
 
 /// Parses config text; `file` only names it in errors.
@@ -282,6 +296,7 @@ pub fn parse_with(
                 .unwrap_or(1),
             problem: one_line(error.message()),
         })?;
+    let literal_secrets = literal_secrets(&tree);
     let mut resolved = Vec::new();
     interpolate::interpolate_tree(&mut tree, &mut Vec::new(), sources, &mut resolved)
         .map_err(|error| in_file(FieldError::new(error.field, error.problem), file))?;
@@ -297,22 +312,58 @@ pub fn parse_with(
     // check refuses it, the error shows where it came from, not what it is.
     let mut config = checked(tree, file).map_err(|error| error.without(&resolved))?;
     config.overrides = overrides.clone();
+    config.literal_secrets = literal_secrets;
     Ok(config)
+}
+
+/// The fields of `tree` (as written, before `${...}`) that hold a secret itself rather
+/// than a reference to one.
+fn literal_secrets(tree: &toml::Value) -> Vec<String> {
+    let literal = |value: Option<&toml::Value>| {
+        value
+            .and_then(toml::Value::as_str)
+            .is_some_and(|text| !text.is_empty() && !text.contains("${"))
+    };
+    let mut fields: Vec<String> = [
+        ("server", "client_key"),
+        ("store", "redis_password"),
+        ("store", "encryption_key"),
+    ]
+    .into_iter()
+    .filter(|(table, key)| literal(tree.get(table).and_then(|table| table.get(key))))
+    .map(|(table, key)| format!("{table}.{key}"))
+    .collect();
+    let upstreams = tree.get("upstreams").and_then(toml::Value::as_table);
+    for (name, upstream) in upstreams.into_iter().flatten() {
+        let Some(auth) = upstream.get("auth") else {
+            continue;
+        };
+        let Ok(raw) = RawAuth::deserialize(auth.clone()) else {
+            continue;
+        };
+        for key in raw.present() {
+            if matches!(raw.field(key), Some(AuthValue::Secret(_))) && literal(auth.get(key)) {
+                fields.push(format!("upstreams.{name}.auth.{key}"));
+            }
+        }
+    }
+    fields
 }
 
 fn checked(tree: toml::Value, file: &str) -> Result<Config, ConfigError> {
     let auth_keys = auth_keys(&tree);
+    // Kept to say what an unknown field's table takes.
+    let written = tree.clone();
     let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|error| {
         let field = error.path().to_string();
+        let message = one_line(&error.into_inner().to_string());
+        let problem = suggest::unknown_field(&message, &field, &written).unwrap_or(message);
         let field = if field == "." {
             "(top level)".into()
         } else {
             field
         };
-        in_file(
-            FieldError::new(field, one_line(&error.into_inner().to_string())),
-            file,
-        )
+        in_file(FieldError::new(field, problem), file)
     })?;
     let mut config = validate(raw, file).map_err(|error| in_file(error, file))?;
     for upstream in &mut config.upstreams {
@@ -488,6 +539,8 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         upstreams,
         egress,
         overrides: Overrides::default(),
+        literal_secrets: Vec::new(),
+        readable_by_others: false,
     })
 }
 
@@ -704,9 +757,11 @@ fn check_routes_are_unique(
     main_listen: SocketAddr,
     egress: Option<&EgressConfig>,
 ) -> Result<(), FieldError> {
-    let mut prefixes = HashSet::new();
-    let mut hosts = HashSet::new();
-    let mut ports = HashSet::from([main_listen]);
+    // Each route, with who has it, so a clash names the other one.
+    let mut prefixes: HashMap<&str, &str> = HashMap::new();
+    let mut hosts: HashMap<&str, &str> = HashMap::new();
+    let mut ports: HashMap<SocketAddr, String> =
+        HashMap::from([(main_listen, "server.listen".to_owned())]);
     if let Some(egress) = egress.filter(|egress| egress.listen.port() != 0) {
         if egress.listen == main_listen {
             return Err(FieldError::new(
@@ -714,30 +769,34 @@ fn check_routes_are_unique(
                 format!("{} is already used by server.listen", egress.listen),
             ));
         }
-        ports.insert(egress.listen);
+        ports.insert(egress.listen, "egress.listen".to_owned());
     }
     for upstream in upstreams {
-        let field = |leaf: &str| format!("upstreams.{}.{leaf}", upstream.name);
-        if !prefixes.insert(upstream.prefix.as_str()) {
+        let name = upstream.name.as_str();
+        let field = |leaf: &str| format!("upstreams.{name}.{leaf}");
+        if let Some(other) = prefixes.insert(&upstream.prefix, name) {
             return Err(FieldError::new(
                 field("prefix"),
-                format!("{:?} is already used by another upstream", upstream.prefix),
+                format!(
+                    "{:?} is already the prefix of upstream {other}; give one of them another prefix",
+                    upstream.prefix
+                ),
             ));
         }
         if let Some(host) = &upstream.host {
-            if !hosts.insert(host.as_str()) {
+            if let Some(other) = hosts.insert(host, name) {
                 return Err(FieldError::new(
                     field("host"),
-                    format!("{host:?} is already used by another upstream"),
+                    format!("{host:?} is already the host of upstream {other}"),
                 ));
             }
         }
         // Port 0 asks the system for a free port, so it can never clash.
         if let Some(listen) = upstream.listen.filter(|addr| addr.port() != 0) {
-            if !ports.insert(listen) {
+            if let Some(other) = ports.insert(listen, field("listen")) {
                 return Err(FieldError::new(
                     field("listen"),
-                    format!("{listen} is already used by server.listen, egress.listen or another upstream"),
+                    format!("{listen} is already used by {other}"),
                 ));
             }
         }
@@ -845,6 +904,14 @@ impl Config {
             warnings.push(format!(
                 "egress listens on {}, beyond loopback, without server.client_key (egress.allow_unauthenticated_beyond_loopback = true): other machines can spend these tokens",
                 egress.listen
+            ));
+        }
+        if self.readable_by_others {
+            warnings.push(format!(
+                "{} holds secrets ({}) and others can read it: chmod 600 {}, or take them from ${{ENV}} or ${{file:...}}",
+                self.source,
+                self.literal_secrets.join(", "),
+                self.source
             ));
         }
         for upstream in &self.upstreams {
