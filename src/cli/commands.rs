@@ -330,6 +330,24 @@ pub async fn token(reach: Reach, name: String) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// `tokenproxy upstreams`: the upstream names, one a line, for shell completions and
+/// scripts. From the config when there is one (nothing is started), else from the daemon.
+pub async fn upstreams(reach: Reach) -> Result<(), CommandError> {
+    let names: Vec<String> = match &reach {
+        Reach::Config(config) => config.upstreams.iter().map(|u| u.name.clone()).collect(),
+        Reach::Url(_) | Reach::NoConfig(_) => {
+            let admin = Admin::reach(&reach, false).await?;
+            let status = daemon_status(&admin).await;
+            admin.close().await;
+            status?.upstreams.into_iter().map(|u| u.name).collect()
+        }
+    };
+    for name in names {
+        println!("{name}");
+    }
+    Ok(())
+}
+
 /// `tokenproxy header NAME`: every header a forwarded request gets, as `Name: value`
 /// lines (`curl -H @FILE` reads them), or with `curl_args` as `-H 'Name: value'`.
 pub async fn header(reach: Reach, name: String, curl_args: bool) -> Result<(), CommandError> {
@@ -394,12 +412,17 @@ fn static_answer(
     })
 }
 
-async fn upstream_status(admin: &Admin, name: &str) -> Result<UpstreamStatus, CommandError> {
+/// `GET /-/status`, read.
+async fn daemon_status(admin: &Admin) -> Result<Status, CommandError> {
     let (status, body) = admin.get("/-/status").await?;
     if !status.is_success() {
         return Err(detail(status, &body).into());
     }
-    let status = read_status(body)?;
+    Ok(read_status(body)?)
+}
+
+async fn upstream_status(admin: &Admin, name: &str) -> Result<UpstreamStatus, CommandError> {
+    let status = daemon_status(admin).await?;
     let names: Vec<String> = status.upstreams.iter().map(|u| u.name.clone()).collect();
     status
         .upstreams

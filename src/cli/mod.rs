@@ -3,6 +3,7 @@
 
 mod ca;
 mod commands;
+mod completions;
 mod daemon;
 mod init;
 
@@ -22,6 +23,9 @@ struct DaemonUrl {
     #[arg(long, env = "TOKENPROXY_URL", value_name = "URL")]
     url: Option<String>,
 }
+
+/// The commands whose first argument is an upstream's name, which completions offer.
+const NAMED_COMMANDS: &[&str] = &["login", "logout", "token", "header", "curl"];
 
 /// How a one-shot command failed, and so its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -146,8 +150,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Print shell completions: tokenproxy completions bash > /etc/bash_completion.d/tokenproxy
+    /// Print shell completions, which also complete upstream names:
+    /// tokenproxy completions bash > ~/.local/share/bash-completion/completions/tokenproxy
     Completions { shell: clap_complete::Shell },
+    /// Print the upstream names, one a line (what shell completions offer).
+    Upstreams {
+        #[command(flatten)]
+        daemon: DaemonUrl,
+    },
     /// Egress mode's local CA, which can sign only for the upstreams' hosts.
     Ca {
         #[command(subcommand)]
@@ -266,9 +276,17 @@ pub fn main() -> ExitCode {
             use clap::CommandFactory;
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "tokenproxy", &mut script);
+            let script = completions::with_upstream_names(
+                shell,
+                &String::from_utf8_lossy(&script),
+                NAMED_COMMANDS,
+            );
             // A closed pipe (`| head`) is not worth a panic.
-            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), script.as_bytes());
             ExitCode::SUCCESS
+        }
+        Command::Upstreams { daemon } => {
+            with_reach(cli.config.as_deref(), daemon, commands::upstreams)
         }
         Command::Ca { action } => match load(cli.config.as_deref()) {
             Ok(config) => match action {
