@@ -57,7 +57,14 @@ if [ ! -x "${REDIS_SERVER:-/usr/bin/redis-server}" ] || ! command -v redis-cli >
 fi
 # The package starts a system Redis on 6379; the tests start their own on free ports.
 
-echo "== npm packages for the interop and browser tests (oidc-provider, puppeteer-core)"
+echo "== curl and Python requests for the egress tests (Debian's curl, python3-requests)"
+if ! command -v curl >/dev/null || ! python3 -c 'import requests' 2>/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends curl python3-requests >/dev/null
+fi
+
+echo "== npm packages for the interop, browser and egress tests (oidc-provider, puppeteer-core, undici)"
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 
 echo "== format"

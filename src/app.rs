@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::config::{Config, ServerConfig, UpstreamConfig};
+use crate::config::{Config, PassthroughRule, ServerConfig, UpstreamConfig};
 use crate::fleet::Fleet;
 use crate::login::Logins;
-use crate::metrics::RequestMetrics;
+use crate::metrics::{EgressMetrics, RequestMetrics};
 use crate::providers::{Provider, ProviderError};
 use crate::routes::RouteTable;
 use crate::store::SharedStore;
@@ -32,6 +32,17 @@ pub struct App {
     pub refusals: Arc<Refusals>,
     /// Where tokens are kept: `file`, `memory` or `redis` (fleet mode).
     pub store_backend: &'static str,
+    /// Egress mode (`[egress]`), when configured.
+    pub egress: Option<Egress>,
+}
+
+/// Egress mode's part of the app: what a reload may change, and what it keeps.
+pub struct Egress {
+    pub passthrough: Vec<PassthroughRule>,
+    /// Kept across reloads.
+    pub metrics: Arc<EgressMetrics>,
+    /// The egress listener's address once bound (kept across reloads).
+    pub address: Arc<OnceLock<std::net::SocketAddr>>,
 }
 
 /// Counts of the browser guard's refusals, by reason.
@@ -165,6 +176,18 @@ impl App {
             refusals: previous
                 .map(|app| Arc::clone(&app.refusals))
                 .unwrap_or_default(),
+            egress: config.egress.as_ref().map(|egress| {
+                let before = previous.and_then(|app| app.egress.as_ref());
+                Egress {
+                    passthrough: egress.passthrough.clone(),
+                    metrics: before
+                        .map(|old| Arc::clone(&old.metrics))
+                        .unwrap_or_default(),
+                    address: before
+                        .map(|old| Arc::clone(&old.address))
+                        .unwrap_or_default(),
+                }
+            }),
         })
     }
 

@@ -16,8 +16,10 @@
 //!   value, single-flight token requests, the background refresher; tokens come from a
 //!   `TokenSource` (the providers).
 //! - [`login`]: logins that need a user (device code, browser callback).
-//! - [`egress`]: egress mode (`HTTPS_PROXY`): so far its local CA, limited by X.509 name
-//!   constraints to the upstreams' hosts, which mints a leaf per vendor host.
+//! - [`egress`]: egress mode (`HTTPS_PROXY`): which CONNECTs are intercepted, tunnelled
+//!   blindly or refused, and the local CA (limited by X.509 name constraints to the
+//!   upstreams' hosts) whose leaves answer an intercepted tunnel's TLS. The listener is the
+//!   server's; the requests inside a tunnel take `proxy::egress`.
 //! - [`store`]: the token file that survives restarts, and its one-owner lock.
 //! - [`fleet`]: fleet mode's Redis: sealed token entries written by compare-and-set, the
 //!   per-upstream lease that picks the one refresher, and the fleet's events (pub/sub).
@@ -53,9 +55,9 @@
 //! 2. `credential`, `fleet`
 //! 3. `metrics`, `providers`, `store`
 //! 4. `problem`, `tokens`, `config`, `status`
-//! 5. `login`, `routes`, `egress`
+//! 5. `login`, `routes`
 //! 6. `app`
-//! 7. `admin`
+//! 7. `admin`, `egress`
 //! 8. `proxy`
 //! 9. `server`
 //! 10. `demo`

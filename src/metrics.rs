@@ -131,6 +131,8 @@ pub struct RequestMetrics {
     errors: [AtomicU64; UpstreamErrorKind::ALL.len()],
     refused_by_guard: AtomicU64,
     inflight: AtomicI64,
+    /// Requests that came through the egress listener (`HTTPS_PROXY`).
+    egress: AtomicU64,
 }
 
 impl Default for RequestMetrics {
@@ -141,6 +143,7 @@ impl Default for RequestMetrics {
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             refused_by_guard: AtomicU64::new(0),
             inflight: AtomicI64::new(0),
+            egress: AtomicU64::new(0),
         }
     }
 }
@@ -157,6 +160,15 @@ impl RequestMetrics {
 
     pub fn total(&self) -> u64 {
         self.by_code.iter().map(|count| count.load(Relaxed)).sum()
+    }
+
+    /// Counts a request that came through the egress listener.
+    pub fn count_egress(&self) {
+        self.egress.fetch_add(1, Relaxed);
+    }
+
+    pub fn egress_requests(&self) -> u64 {
+        self.egress.load(Relaxed)
     }
 
     pub fn errors(&self) -> u64 {
@@ -201,6 +213,36 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The egress listener's own figures: what was asked of it, before any upstream (kept
+/// across reloads).
+#[derive(Debug, Default)]
+pub struct EgressMetrics {
+    /// CONNECT tunnels to a vendor, TLS terminated here.
+    pub intercepted: AtomicU64,
+    /// CONNECT tunnels opened blindly under `egress.passthrough`.
+    pub passthrough: AtomicU64,
+    /// 403: neither a vendor nor a passthrough host; nothing was dialed.
+    pub refused_not_allowed: AtomicU64,
+    /// 407: no or a wrong client key.
+    pub refused_proxy_auth: AtomicU64,
+}
+
+impl EgressMetrics {
+    fn tunnels(&self) -> [(&'static str, u64); 2] {
+        [
+            ("intercepted", self.intercepted.load(Relaxed)),
+            ("passthrough", self.passthrough.load(Relaxed)),
+        ]
+    }
+
+    fn refusals(&self) -> [(&'static str, u64); 2] {
+        [
+            ("not_allowed", self.refused_not_allowed.load(Relaxed)),
+            ("proxy_auth", self.refused_proxy_auth.load(Relaxed)),
+        ]
+    }
+}
+
 /// One upstream's token-request figures (rare: kept with its token cell).
 #[derive(Debug, Default)]
 pub struct TokenMetrics {
@@ -231,6 +273,8 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamSnapshot>,
     /// Fleet mode: commands Redis did not answer.
     pub redis_errors: Option<u64>,
+    /// Egress mode's listener figures.
+    pub egress: Option<Arc<EgressMetrics>>,
 }
 
 /// One upstream's part in the fleet, for this replica.
@@ -315,6 +359,57 @@ impl Snapshot {
         Ok(())
     }
 }
+
+impl Snapshot {
+    /// Egress mode only: requests per upstream, tunnels by kind, refusals by reason.
+    fn encode_egress(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(egress) = &self.egress else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_egress_requests",
+            "Requests that reached an upstream through the egress listener (HTTPS_PROXY).",
+            None,
+            MetricType::Counter,
+        )?;
+        for upstream in &self.upstreams {
+            family
+                .encode_family(&upstream_label(&upstream.name))?
+                .encode_counter::<NoLabelSet, _, u64>(&upstream.requests.egress_requests(), None)?;
+        }
+        let families: [CounterFamily; 2] = [
+            (
+                "tokenproxy_egress_tunnels",
+                "CONNECT tunnels the egress listener opened: to a vendor with TLS terminated here, or blindly under egress.passthrough.",
+                "kind",
+                egress.tunnels(),
+            ),
+            (
+                "tokenproxy_egress_refused",
+                "Egress requests refused before anything was dialed, by reason.",
+                "reason",
+                egress.refusals(),
+            ),
+        ];
+        for (name, help, label, counts) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (value, count) in counts {
+                family
+                    .encode_family(&vec![(label, value)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A counter family with one label: name, help, the label's name, `(value, count)` pairs.
+type CounterFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    [(&'static str, u64); 2],
+);
 
 /// Reads one figure of an upstream's fleet part.
 type FleetFigure = fn(&FleetFigures) -> u64;
@@ -479,6 +574,7 @@ impl Collector for Snapshot {
         }
 
         self.encode_fleet(&mut encoder)?;
+        self.encode_egress(&mut encoder)?;
 
         let mut family = encoder.encode_descriptor(
             "tokenproxy_build_info",

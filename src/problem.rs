@@ -83,6 +83,16 @@ pub enum ProxyError {
     UpstreamTimeout { upstream: String, after: Duration },
     #[error("upstream {upstream} could not be connected to within {after:?}")]
     ConnectTimeout { upstream: String, after: Duration },
+    #[error("{authority} is neither a configured upstream's target nor in egress.passthrough; tokenproxy is not an open proxy, and nothing was dialed")]
+    EgressNotAllowed { authority: String },
+    #[error("this egress proxy requires the client key: put it in the proxy URL, HTTPS_PROXY=http://tokenproxy:<client key>@host:port")]
+    EgressKeyRequired,
+    #[error("the request is for {host}, but its tunnel was opened to {tunnel}")]
+    EgressMisdirected { host: String, tunnel: String },
+    #[error("the egress CA cannot sign for {host}: {reason}; `tokenproxy ca init --force` makes a CA for the current upstreams (clients must then trust it)")]
+    EgressCannotSign { host: String, reason: String },
+    #[error("the passthrough tunnel to {authority} could not be opened: {reason}")]
+    EgressTunnelFailed { authority: String, reason: String },
 }
 
 /// How a request breaks RFC 9112 3.2: an HTTP/1.1 request has exactly one valid `Host`.
@@ -119,6 +129,11 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } | ProxyError::ConnectTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ProxyError::EgressNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ProxyError::EgressKeyRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            ProxyError::EgressMisdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::EgressCannotSign { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::EgressTunnelFailed { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -137,9 +152,15 @@ impl ProxyError {
             | ProxyError::StaticToken { .. } => "http_request_error",
             ProxyError::ClientKeyRequired
             | ProxyError::MisdirectedHost { .. }
-            | ProxyError::CrossOrigin { .. } => "http_request_denied",
+            | ProxyError::CrossOrigin { .. }
+            | ProxyError::EgressNotAllowed { .. }
+            | ProxyError::EgressKeyRequired
+            | ProxyError::EgressMisdirected { .. } => "http_request_denied",
             ProxyError::NoToken { .. } => "proxy_internal_response",
-            ProxyError::UpstreamUnreachable { .. } => "destination_unavailable",
+            ProxyError::EgressCannotSign { .. } => "proxy_configuration_error",
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::EgressTunnelFailed { .. } => {
+                "destination_unavailable"
+            }
             ProxyError::UpstreamTls { .. } => "tls_protocol_error",
             ProxyError::UpstreamTimeout { .. } => "http_response_timeout",
             ProxyError::ConnectTimeout { .. } => "connection_timeout",
@@ -158,7 +179,12 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::ClientKeyRequired
             | ProxyError::MisdirectedHost { .. }
-            | ProxyError::CrossOrigin { .. } => None,
+            | ProxyError::CrossOrigin { .. }
+            | ProxyError::EgressNotAllowed { .. }
+            | ProxyError::EgressKeyRequired
+            | ProxyError::EgressMisdirected { .. }
+            | ProxyError::EgressCannotSign { .. }
+            | ProxyError::EgressTunnelFailed { .. } => None,
             ProxyError::NoToken { upstream, .. }
             | ProxyError::PathAboveBase { upstream }
             | ProxyError::StaticToken { upstream, .. }
@@ -186,7 +212,12 @@ impl ProxyError {
             | ProxyError::ClientKeyRequired
             | ProxyError::MisdirectedHost { .. }
             | ProxyError::CrossOrigin { .. }
-            | ProxyError::StaticToken { .. } => Fault::Client,
+            | ProxyError::StaticToken { .. }
+            | ProxyError::EgressNotAllowed { .. }
+            | ProxyError::EgressKeyRequired
+            | ProxyError::EgressMisdirected { .. } => Fault::Client,
+            ProxyError::EgressCannotSign { .. } => Fault::Proxy,
+            ProxyError::EgressTunnelFailed { .. } => Fault::Upstream,
             ProxyError::NoToken { cause, .. } => match cause {
                 ProviderError::NeedsLogin
                 | ProviderError::LoginExpired
@@ -255,11 +286,21 @@ impl ProxyError {
             HeaderValue::from_str(&format!("tokenproxy; error={}", self.proxy_status()))
                 .expect("static text is a valid header"),
         );
-        if matches!(self, ProxyError::ClientKeyRequired) {
-            headers.insert(
-                header::PROXY_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
+        match self {
+            ProxyError::ClientKeyRequired => {
+                headers.insert(
+                    header::PROXY_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+            }
+            // What curl, Python requests and Node send from a proxy URL's user info.
+            ProxyError::EgressKeyRequired => {
+                headers.insert(
+                    header::PROXY_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"tokenproxy\""),
+                );
+            }
+            _ => {}
         }
         if let ProxyError::MethodNotAllowed { allow, .. } = &self {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));

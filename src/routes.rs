@@ -143,6 +143,19 @@ pub struct RouteTable {
     /// Longest first, so `/api/v2` wins over `/api`.
     prefixes: Vec<(String, usize)>,
     hosts: HashMap<String, usize>,
+    /// Egress mode: upstreams by their target URL, longest base path first.
+    targets: Vec<TargetRoute>,
+}
+
+/// Where an upstream's target lives, as a client names it in egress mode.
+#[derive(Debug)]
+struct TargetRoute {
+    https: bool,
+    /// Lower case, no trailing dot.
+    host: String,
+    port: u16,
+    base_path: String,
+    index: usize,
 }
 
 impl RouteTable {
@@ -158,7 +171,54 @@ impl RouteTable {
             .enumerate()
             .filter_map(|(index, upstream)| upstream.host.clone().map(|host| (host, index)))
             .collect();
-        RouteTable { prefixes, hosts }
+        let mut targets: Vec<TargetRoute> = upstreams
+            .iter()
+            .enumerate()
+            .map(|(index, upstream)| TargetRoute {
+                https: upstream.target.scheme == http::uri::Scheme::HTTPS,
+                host: upstream.target.host(),
+                port: upstream.target.port(),
+                base_path: upstream.target.base_path.clone(),
+                index,
+            })
+            .collect();
+        targets.sort_by_key(|target| std::cmp::Reverse(target.base_path.len()));
+        RouteTable {
+            prefixes,
+            hosts,
+            targets,
+        }
+    }
+
+    /// Whether `host:port` is an https upstream's target: a CONNECT tokenproxy answers by
+    /// terminating TLS itself.
+    pub fn is_https_target(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.');
+        self.targets.iter().any(|target| {
+            target.https && target.port == port && target.host.eq_ignore_ascii_case(host)
+        })
+    }
+
+    /// Egress mode: the upstream whose target URL holds `path` at `host:port`, and the path
+    /// below its base path (`path` is normalized).
+    pub fn by_target<'a>(
+        &self,
+        https: bool,
+        host: &str,
+        port: u16,
+        path: &'a str,
+    ) -> Option<(usize, &'a str)> {
+        let host = host.trim_end_matches('.');
+        self.targets.iter().find_map(|target| {
+            if target.https != https
+                || target.port != port
+                || !target.host.eq_ignore_ascii_case(host)
+            {
+                return None;
+            }
+            let rest = path.strip_prefix(target.base_path.as_str())?;
+            (rest.is_empty() || rest.starts_with('/')).then_some((target.index, rest))
+        })
     }
 
     /// A loopback name: `localhost`, `*.localhost`, `127.x.y.z`, `[::1]`.
@@ -339,5 +399,42 @@ mod tests {
         let t = table(&[("/-x", None)]);
         assert_eq!(t.route(Some(0), None, "/-/health"), Route::Admin("health"));
         assert_eq!(t.route(None, None, "/-"), Route::Admin(""));
+    }
+
+    #[test]
+    fn egress_routes_by_scheme_host_port_and_the_longest_base_path() {
+        let route = |https, host: &str, port, base: &str, index| TargetRoute {
+            https,
+            host: host.into(),
+            port,
+            base_path: base.into(),
+            index,
+        };
+        let t = RouteTable {
+            targets: vec![
+                route(true, "api.example", 443, "/v2", 1),
+                route(true, "api.example", 443, "", 0),
+                route(false, "plain.example", 8080, "/api", 2),
+            ],
+            ..RouteTable::default()
+        };
+        assert_eq!(
+            t.by_target(true, "API.example.", 443, "/v2/x"),
+            Some((1, "/x"))
+        );
+        assert_eq!(
+            t.by_target(true, "api.example", 443, "/v2x"),
+            Some((0, "/v2x"))
+        );
+        assert_eq!(t.by_target(true, "api.example", 8443, "/x"), None);
+        assert_eq!(t.by_target(false, "api.example", 443, "/x"), None);
+        assert_eq!(
+            t.by_target(false, "plain.example", 8080, "/api"),
+            Some((2, ""))
+        );
+        assert_eq!(t.by_target(false, "plain.example", 8080, "/other"), None);
+        assert!(t.is_https_target("Api.Example", 443));
+        assert!(!t.is_https_target("plain.example", 8080));
+        assert!(!t.is_https_target("api.example.evil", 443));
     }
 }

@@ -24,6 +24,24 @@ pub struct Status {
     /// Where tokens are kept: `file`, `memory`, or `redis` (fleet mode).
     #[serde(default)]
     pub store: String,
+    /// Egress mode (`[egress]`): the proxy address for `HTTPS_PROXY` and what it was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressStatus>,
+}
+
+/// The egress listener's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressStatus {
+    /// `IP:PORT`, once bound.
+    pub listen: Option<String>,
+    /// CONNECT tunnels to a vendor, TLS terminated here.
+    pub intercepted_tunnels: u64,
+    /// CONNECT tunnels opened blindly under `egress.passthrough`.
+    pub passthrough_tunnels: u64,
+    /// 403: neither a vendor nor a passthrough host.
+    pub refused_not_allowed: u64,
+    /// 407: no or a wrong client key.
+    pub refused_proxy_auth: u64,
 }
 
 /// One upstream in the status; also the answer to its `refresh` action.
@@ -92,6 +110,9 @@ pub struct TokenStatus {
 pub struct RequestCounts {
     pub total: u64,
     pub errors: u64,
+    /// Of `total`, those that came through the egress listener.
+    #[serde(default)]
+    pub egress: u64,
 }
 
 /// The browser guard's refusals, by reason.
@@ -195,6 +216,7 @@ mod tests {
             requests: RequestCounts {
                 total: 10,
                 errors: 1,
+                egress: 4,
             },
             pending_login: Some(DeviceView {
                 user_code: "ABCD-EFGH".to_owned(),
@@ -239,6 +261,13 @@ mod tests {
                 cross_site_fetch: 1,
             },
             store: "redis".to_owned(),
+            egress: Some(EgressStatus {
+                listen: Some("127.0.0.1:3128".to_owned()),
+                intercepted_tunnels: 3,
+                passthrough_tunnels: 1,
+                refused_not_allowed: 2,
+                refused_proxy_auth: 0,
+            }),
         };
         assert_eq!(round_trip(&status), status);
         for state in TokenState::ALL {

@@ -222,6 +222,25 @@ fn env_prints_the_exports_a_shell_evals() {
     }
     assert!(stdout.lines().all(|l| l.starts_with("export ")), "{stdout}");
 
+    // With a client key the proxy URLs carry it, as clients send it (Basic), once encoded.
+    let config = std::fs::read_to_string(dir.join("tokenproxy.toml")).unwrap();
+    std::fs::write(
+        dir.join("keyed.toml"),
+        format!("[server]\nclient_key = \"k3y@with:odd/chars\"\n{config}"),
+    )
+    .unwrap();
+    let keyed = run(&dir, &["--config", "keyed.toml", "env"]);
+    assert!(keyed.status.success(), "{}", text(&keyed.stderr));
+    assert!(
+        text(&keyed.stdout)
+            .lines()
+            .any(|l| l
+                == "export HTTPS_PROXY=http://tokenproxy:k3y%40with%3Aodd%2Fchars@127.0.0.1:3128"),
+        "{}",
+        text(&keyed.stdout)
+    );
+    assert!(text(&keyed.stderr).contains("keep this output private"));
+
     // Without [egress] there is nothing to point at: a config problem, exit 2.
     std::fs::write(
         dir.join("plain.toml"),

@@ -15,8 +15,8 @@ use crate::metrics;
 use crate::problem::{json_response, ProxyError};
 use crate::providers::{LoginMethod, Revocation};
 use crate::status::{
-    Action, FleetStatus, LoginAnswer, Logout, LogoutAnswer, Refusals, RequestCounts, Status,
-    TokenAnswer, TokenStatus, UpstreamStatus,
+    Action, EgressStatus, FleetStatus, LoginAnswer, Logout, LogoutAnswer, Refusals, RequestCounts,
+    Status, TokenAnswer, TokenStatus, UpstreamStatus,
 };
 use crate::transport::ProxyBody;
 
@@ -160,6 +160,10 @@ fn metrics_snapshot(app: &App) -> metrics::Snapshot {
     metrics::Snapshot {
         upstreams,
         redis_errors,
+        egress: app
+            .egress
+            .as_ref()
+            .map(|egress| std::sync::Arc::clone(&egress.metrics)),
     }
 }
 
@@ -334,6 +338,7 @@ fn upstream_status(app: &App, upstream: &Upstream) -> UpstreamStatus {
         requests: RequestCounts {
             total: upstream.metrics.total(),
             errors: upstream.metrics.errors(),
+            egress: upstream.metrics.egress_requests(),
         },
         pending_login: app.logins.pending_device(&config.name),
         fleet: upstream.tokens.fleet().map(|link| {
@@ -386,5 +391,15 @@ pub fn status(app: &App) -> Status {
             cross_site_fetch: refusals.cross_site_fetch.load(Relaxed),
         },
         store: app.store_backend.to_owned(),
+        egress: app.egress.as_ref().map(|egress| {
+            let figures = &egress.metrics;
+            EgressStatus {
+                listen: egress.address.get().map(ToString::to_string),
+                intercepted_tunnels: figures.intercepted.load(Relaxed),
+                passthrough_tunnels: figures.passthrough.load(Relaxed),
+                refused_not_allowed: figures.refused_not_allowed.load(Relaxed),
+                refused_proxy_auth: figures.refused_proxy_auth.load(Relaxed),
+            }
+        }),
     }
 }

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::credential::TokenState;
 use crate::providers::LoginMethod;
-use crate::status::{Action, Status, TokenStatus, UpstreamStatus};
+use crate::status::{Action, EgressStatus, Status, TokenStatus, UpstreamStatus};
 use crate::transport::ProxyBody;
 
 const STYLESHEET: &str = include_str!("page/status.css");
@@ -95,6 +95,8 @@ struct StatusPage<'a> {
     refusals: [(&'static str, &'static str, u64); 4],
     /// `file`, `memory` or `redis`.
     store: &'a str,
+    /// Egress mode's listener and counts.
+    egress: Option<&'a EgressStatus>,
 }
 
 /// One upstream's row, and its login row if it can log in.
@@ -115,6 +117,8 @@ struct Row<'a> {
     fleet: String,
     last_error: &'a str,
     errors: String,
+    /// Requests that came through the egress listener, when any did.
+    egress: String,
     /// `(action, label)`.
     actions: Vec<(&'static str, &'static str)>,
     login_panel: Option<LoginPanel<'a>>,
@@ -151,6 +155,7 @@ fn render(status: &Status) -> String {
     let refusals = &status.browser_guard_refusals;
     StatusPage {
         store: &status.store,
+        egress: status.egress.as_ref(),
         ready: status.ready,
         snapshot: utc(now).1,
         version: &status.version,
@@ -231,8 +236,18 @@ fn row(upstream: &UpstreamStatus, now: u64) -> Row<'_> {
         fleet: fleet_text(upstream),
         last_error: token.last_error.as_deref().unwrap_or(""),
         errors: plural(upstream.requests.errors, "error", "errors"),
+        egress: egress_text(upstream.requests.egress),
         actions,
         login_panel: (upstream.login != LoginMethod::Direct).then(|| login_panel(upstream, now)),
+    }
+}
+
+/// `status.js` writes the same text (`egressText`).
+fn egress_text(requests: u64) -> String {
+    if requests == 0 {
+        String::new()
+    } else {
+        format!("{requests} via egress")
     }
 }
 
@@ -372,7 +387,7 @@ mod tests {
         direct["token"]["expires_in_seconds"] = 123.into();
         direct["token"]["last_refresh_unix"] = (NOW - 12).into();
         direct["token"]["refreshes"] = 3.into();
-        direct["requests"] = json!({"total": 10, "errors": 1});
+        direct["requests"] = json!({"total": 10, "errors": 1, "egress": 2});
 
         let mut device = upstream("biganimal", "device_code", "needs_login");
         device["kind"] = "biganimal".into();
@@ -432,7 +447,7 @@ mod tests {
             "datetime=\"2026-09-21T14:13:08Z\"",
             "<span class=tally>3 refreshes</span>",
             "<td class=\"num requests\"><span class=total>10</span>\
-             <span class=errors data-count=\"1\">1 error</span></td>",
+             <span class=errors data-count=\"1\">1 error</span><span class=egress>2 via egress</span></td>",
         ] {
             assert!(direct.contains(expected), "{expected} in {direct}");
         }
@@ -451,6 +466,24 @@ mod tests {
         assert!(html.contains("Tokens kept in: <span id=store>redis</span>"));
         for column in COLUMNS {
             assert!(html.contains(&format!("<th scope=col>{column}</th>")));
+        }
+    }
+
+    #[test]
+    fn egress_figures_show_only_when_egress_is_configured() {
+        assert!(!render(&typed(sample())).contains("Egress proxy"));
+        let mut status = sample();
+        status["egress"] = json!({
+            "listen": "127.0.0.1:3128", "intercepted_tunnels": 5, "passthrough_tunnels": 1,
+            "refused_not_allowed": 2, "refused_proxy_auth": 0,
+        });
+        let html = render(&typed(status));
+        for expected in [
+            "Egress proxy <code>http://127.0.0.1:3128</code>:",
+            "<span data-egress=intercepted_tunnels>5</span> vendor tunnels",
+            "<span data-egress=refused_not_allowed>2</span> not allowed",
+        ] {
+            assert!(html.contains(expected), "{expected} in {html}");
         }
     }
 

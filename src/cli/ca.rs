@@ -85,7 +85,14 @@ pub fn env(config: &Config) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let proxy = format!("http://{}", reachable(egress.listen));
+    // With a client key, clients must send it: every one of them takes it from the proxy
+    // URL's user info (as Basic), so the URL carries it. This is the user's own key, asked
+    // for on purpose, printed for `eval`.
+    let user_info = config.server.client_key.as_ref().map_or_else(String::new, |key| {
+        eprintln!("tokenproxy: note: the proxy URLs carry server.client_key; keep this output private");
+        format!("tokenproxy:{}@", percent_encode_user_info(key.expose()))
+    });
+    let proxy = format!("http://{user_info}{}", reachable(egress.listen));
     let bundle = egress.ca_dir.join(ca::BUNDLE_FILE);
     let cert = egress.ca_dir.join(ca::CERT_FILE);
     for file in [&cert, &bundle] {
@@ -126,9 +133,23 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
     }
 }
 
+/// `text` with everything but RFC 3986 unreserved characters percent-encoded, so a key
+/// holding `@`, `:` or `/` stays one password in a URL.
+fn percent_encode_user_info(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
 /// `value` as one shell word: bare when it is safe, else single-quoted.
 fn shell_word(value: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-:,@+=".contains(c);
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-:,@+=%".contains(c);
     if !value.is_empty() && value.chars().all(safe) {
         value.to_owned()
     } else {
@@ -145,6 +166,12 @@ mod tests {
         assert_eq!(shell_word("http://127.0.0.1:3128"), "http://127.0.0.1:3128");
         assert_eq!(shell_word("/a b/it's"), r"'/a b/it'\''s'");
         assert_eq!(shell_word(""), "''");
+    }
+
+    #[test]
+    fn a_key_stays_one_password_in_the_proxy_url() {
+        assert_eq!(percent_encode_user_info("abc-DEF_1.~"), "abc-DEF_1.~");
+        assert_eq!(percent_encode_user_info("a@b:c/d%"), "a%40b%3Ac%2Fd%25");
     }
 
     #[test]

@@ -128,14 +128,40 @@ pub struct Overrides {
     pub listen: Option<String>,
 }
 
+/// One `egress.passthrough` entry: a host or `*.` pattern (lower case) and the one port it
+/// opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassthroughRule {
+    pub host: String,
+    pub port: u16,
+}
+
+impl PassthroughRule {
+    /// Whether a CONNECT to `host:port` may be tunnelled blindly. `*.example.com` matches
+    /// names below `example.com`, not `example.com` itself.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        if port != self.port {
+            return false;
+        }
+        let host = host.trim_end_matches('.');
+        match self.host.strip_prefix("*.") {
+            Some(domain) => host.len().checked_sub(domain.len() + 1).is_some_and(|dot| {
+                host.as_bytes()[dot] == b'.' && host[dot + 1..].eq_ignore_ascii_case(domain)
+            }),
+            None => host.eq_ignore_ascii_case(&self.host),
+        }
+    }
+}
+
 /// Egress mode: clients keep the vendors' URLs and send them through this proxy address.
 #[derive(Debug, Clone)]
 pub struct EgressConfig {
     pub listen: SocketAddr,
     /// Where the local CA's key and certificate live (`tokenproxy ca init`).
     pub ca_dir: PathBuf,
-    /// Hosts tunnelled blindly (no interception, no token): `example.com`, `*.example.com`.
-    pub passthrough: Vec<String>,
+    /// Hosts tunnelled blindly (no interception, no token): `example.com`, `*.example.com`,
+    /// each on port 443 unless the rule names another (`git.example.com:8443`).
+    pub passthrough: Vec<PassthroughRule>,
     /// Serve egress beyond loopback without `server.client_key`. Explicit, warned at every start.
     pub allow_unauthenticated_beyond_loopback: bool,
 }
@@ -529,6 +555,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
     check_wide_listeners_have_a_key(&server_config, &upstreams)?;
     if let Some(egress) = &egress {
         check_wide_egress_has_a_key(&server_config, egress)?;
+        check_egress_targets_are_distinct(&upstreams)?;
     }
 
     Ok(Config {
@@ -715,11 +742,11 @@ fn validate_egress(raw: &RawEgress) -> Result<EgressConfig, FieldError> {
         .iter()
         .flatten()
         .map(|pattern| {
-            host_pattern(pattern).ok_or_else(|| {
+            passthrough_rule(pattern).ok_or_else(|| {
                 FieldError::new(
                     "egress.passthrough",
                     format!(
-                        "{pattern:?} is not a host name or a pattern such as \"*.example.com\""
+                        "{pattern:?} is not a host name or a pattern such as \"*.example.com\" (with an optional \":port\", 443 when absent)"
                     ),
                 )
             })
@@ -735,8 +762,18 @@ fn validate_egress(raw: &RawEgress) -> Result<EgressConfig, FieldError> {
     })
 }
 
-/// `example.com` or `*.example.com`, lower-cased; `None` for anything else (ports, paths,
-/// a `*` inside a label, a bare `*`).
+/// `example.com` or `*.example.com`, lower-cased, with an optional `:port`; `None` for
+/// anything else (paths, a `*` inside a label, a bare `*`, port 0).
+fn passthrough_rule(text: &str) -> Option<PassthroughRule> {
+    let text = text.trim();
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse::<u16>().ok().filter(|port| *port != 0)?),
+        None => (text, 443),
+    };
+    let host = host_pattern(host)?;
+    Some(PassthroughRule { host, port })
+}
+
 fn host_pattern(pattern: &str) -> Option<String> {
     let pattern = pattern.trim().trim_end_matches('.').to_ascii_lowercase();
     let name = pattern.strip_prefix("*.").unwrap_or(&pattern);
@@ -843,6 +880,31 @@ fn check_wide_egress_has_a_key(
             egress.listen
         ),
     ))
+}
+
+/// Egress routes a request by the vendor URL the client used, so two upstreams at one
+/// URL (two accounts at one vendor) could not be told apart: the token of either could go
+/// to the other's requests.
+fn check_egress_targets_are_distinct(upstreams: &[UpstreamConfig]) -> Result<(), FieldError> {
+    let mut seen = HashMap::new();
+    for upstream in upstreams {
+        let target = &upstream.target;
+        let url = (
+            target.scheme.as_str().to_owned(),
+            target.host(),
+            target.port(),
+            target.base_path.clone(),
+        );
+        if let Some(other) = seen.insert(url, upstream.name.as_str()) {
+            return Err(FieldError::new(
+                format!("upstreams.{}.target", upstream.name),
+                format!(
+                    "is upstream {other}'s URL too; egress routes by the vendor's URL and could not tell them apart: serve the second account from a tokenproxy of its own, or leave [egress] out"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `server.listen` and every upstream's own `listen`.

@@ -94,7 +94,7 @@ fn each_bad_config_names_its_field() {
         ("[egress]\nlisten = \"127.0.0.1:3128\"\nca_dri = \"/x\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "unknown field `ca_dri`"),
         ("[egress]\nlisten = \"127.0.0.1:3128\"\nca_dir = \"\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.ca_dir: must not be empty"),
         ("[egress]\nlisten = \"127.0.0.1:3128\"\npassthrough = [\"ok.example\", \"*\"]\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.passthrough: \"*\" is not a host name"),
-        ("[egress]\nlisten = \"127.0.0.1:3128\"\npassthrough = [\"a.example:443\"]\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.passthrough: \"a.example:443\""),
+        ("[egress]\nlisten = \"127.0.0.1:3128\"\npassthrough = [\"a.example:0\"]\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.passthrough: \"a.example:0\""),
         ("[egress]\nlisten = \"127.0.0.1:3128\"\nallow_unauthenticated_beyond_loopback = \"yes\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.allow_unauthenticated_beyond_loopback: invalid type"),
         ("[egress]\nlisten = \"0.0.0.0:3128\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "server.client_key: required when egress listens beyond loopback (0.0.0.0:3128)"),
         ("[server]\nlisten = \"127.0.0.1:3128\"\n[egress]\nlisten = \"127.0.0.1:3128\"\n[upstreams.a]\ntarget = \"https://x/\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "egress.listen: 127.0.0.1:3128 is already used by server.listen"),
@@ -330,12 +330,32 @@ fn fleet_settings_are_checked_and_name_their_field() {
 fn egress_is_off_unless_configured_and_parsed_with_defaults() {
     assert!(parse_with(BIGEVAL).unwrap().egress.is_none());
     let text = format!(
-        "[egress]\nlisten = \"127.0.0.1:3128\"\nca_dir = \"/tmp/ca\"\npassthrough = [\"*.Example.com\", \"pypi.org.\"]\n{BIGEVAL}"
+        "[egress]\nlisten = \"127.0.0.1:3128\"\nca_dir = \"/tmp/ca\"\npassthrough = [\"*.Example.com\", \"pypi.org.\", \"git.example.net:8443\"]\n{BIGEVAL}"
     );
     let egress = parse_with(&text).unwrap().egress.unwrap();
     assert_eq!(egress.listen.to_string(), "127.0.0.1:3128");
     assert_eq!(egress.ca_dir, PathBuf::from("/tmp/ca"));
-    assert_eq!(egress.passthrough, ["*.example.com", "pypi.org"]);
+    let rules: Vec<(&str, u16)> = egress
+        .passthrough
+        .iter()
+        .map(|rule| (rule.host.as_str(), rule.port))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("*.example.com", 443),
+            ("pypi.org", 443),
+            ("git.example.net", 8443)
+        ]
+    );
+    let wildcard = &egress.passthrough[0];
+    assert!(wildcard.matches("files.Example.com", 443));
+    assert!(wildcard.matches("a.b.example.com.", 443));
+    assert!(!wildcard.matches("example.com", 443));
+    assert!(!wildcard.matches("badexample.com", 443));
+    assert!(!wildcard.matches("files.example.com", 8443));
+    assert!(egress.passthrough[2].matches("git.example.net", 8443));
+    assert!(!egress.passthrough[2].matches("git.example.net", 443));
     assert!(!egress.allow_unauthenticated_beyond_loopback);
 }
 
@@ -357,4 +377,20 @@ fn wide_egress_needs_a_key_or_the_explicit_flag() {
         "{:?}",
         config.warnings()
     );
+}
+
+#[test]
+fn egress_refuses_two_upstreams_at_one_vendor_url() {
+    let second = "[upstreams.second]\ntarget = \"https://BigEval.example:443\"\n[upstreams.second.auth]\nkind = \"static\"\ntoken = \"t\"\n";
+    let without_egress = format!("{BIGEVAL}{second}");
+    assert!(parse_with(&without_egress).is_ok());
+    let with_egress =
+        format!("[egress]\nlisten = \"127.0.0.1:3128\"\nca_dir = \"/tmp/ca\"\n{without_egress}");
+    let message = parse_with(&with_egress).unwrap_err().to_string();
+    assert!(
+        message.contains("upstreams.second.target: is upstream bigeval's URL too"),
+        "{message}"
+    );
+    let other_path = with_egress.replace("example:443\"", "example:443/api\"");
+    assert!(parse_with(&other_path).is_ok());
 }

@@ -61,6 +61,8 @@ pub enum CaError {
     InvalidHost { host: String },
     #[error("{host:?} is not one of the hosts this CA may sign for")]
     OutsideConstraints { host: String },
+    #[error("cannot serve the minted certificate: {0}")]
+    Tls(String),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {

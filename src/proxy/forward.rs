@@ -41,14 +41,17 @@ pub(super) async fn forward(
     request: Request<Incoming>,
     target: Uri,
     original_host: Option<HeaderValue>,
-    mount: &str,
+    mount: Option<&str>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Connection {
         forwarded_for,
         affinity,
+        egress,
         ..
     } = connection;
-    let mut prepared = prepare(upstream, forwarded_for, request, target, original_host).await?;
+    // Through the egress listener the client addressed the vendor itself: no hop to tell of.
+    let forwarded = (!egress).then_some((forwarded_for, original_host));
+    let mut prepared = prepare(upstream, forwarded, request, target).await?;
     // An upgraded connection is never reused, so upgrades take a pooled one.
     let affinity = prepared.client_upgrade.is_none().then_some(&*affinity);
     let response = exchange(upstream, &mut prepared, affinity).await?;
@@ -64,12 +67,12 @@ fn no_token(upstream: &Upstream, unavailable: TokenUnavailable) -> ProxyError {
 }
 
 /// Phase 1: the credential, the head as the vendor gets it, and the body.
+/// `forwarded`: the client's address and the host it used, for `X-Forwarded-*`.
 async fn prepare(
     upstream: &Upstream,
-    forwarded_for: Option<HeaderValue>,
+    forwarded: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
     mut request: Request<Incoming>,
     target: Uri,
-    original_host: Option<HeaderValue>,
 ) -> Result<Prepared, ProxyError> {
     let credential = upstream
         .tokens
@@ -100,7 +103,9 @@ async fn prepare(
     }
     // Room for what is added, in one step.
     headers.reserve(3 + upstream.config.headers.len() + credential.headers.len());
-    headers::add_forwarded(headers, forwarded_for, original_host);
+    if let Some((forwarded_for, original_host)) = forwarded {
+        headers::add_forwarded(headers, forwarded_for, original_host);
+    }
     for (name, value) in upstream.config.headers.iter().chain(&credential.headers) {
         headers.append(name.clone(), value.clone());
     }
@@ -241,10 +246,10 @@ async fn exchange(
 }
 
 /// Phase 3: the answer as the client gets it. `mount`: the client's path prefix that
-/// routed here, for redirects.
+/// routed here, for redirects (`None`: leave them as the vendor wrote them).
 fn finish(
     upstream: &Upstream,
-    mount: &str,
+    mount: Option<&str>,
     mut response: Response<Incoming>,
     client_upgrade: Option<OnUpgrade>,
 ) -> Response<ProxyBody> {
@@ -261,10 +266,10 @@ fn finish(
         }
         _ => headers::strip_hop_by_hop(response.headers_mut()),
     }
-    let location = response.headers().get(header::LOCATION);
-    if let Some(rewritten) =
-        location.and_then(|l| redirect::rewrite_location(l, &upstream.config.target, mount))
-    {
+    let location = response.headers().get(header::LOCATION).zip(mount);
+    if let Some(rewritten) = location.and_then(|(location, mount)| {
+        redirect::rewrite_location(location, &upstream.config.target, mount)
+    }) {
         response.headers_mut().insert(header::LOCATION, rewritten);
     }
     // The client talks to tokenproxy, which speaks HTTP/1.1 (or 2) whatever the vendor does.

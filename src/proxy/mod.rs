@@ -10,6 +10,7 @@
 //! 4. answer: the proxy's own failures as problem+json, counted by who was at fault.
 
 mod body;
+pub mod egress;
 mod forward;
 mod guard;
 mod headers;
@@ -43,6 +44,9 @@ pub struct Connection {
     forwarded_for: Option<HeaderValue>,
     /// The upstream connection its requests to a cleartext upstream reuse.
     affinity: Arc<Affinity>,
+    /// It came through the egress listener: the client addressed the vendor itself, so
+    /// no `X-Forwarded-*` describes a hop it did not see.
+    egress: bool,
 }
 
 impl Connection {
@@ -60,6 +64,15 @@ impl Connection {
             dedicated,
             forwarded_for,
             affinity: Arc::default(),
+            egress: false,
+        }
+    }
+
+    /// A connection on the egress listener (or a tunnel inside one).
+    pub fn egress(client: Option<SocketAddr>, local: Option<SocketAddr>) -> Self {
+        Connection {
+            egress: true,
+            ..Connection::new(client, local, None)
         }
     }
 }
@@ -111,6 +124,18 @@ pub async fn handle(
     };
     // What is routed is exactly what is forwarded: the normalized path.
     let route = app.routes.route(dedicated, host, &path);
+    Ok(respond(&app, connection, request, route, &path, host_value.as_ref()).await)
+}
+
+/// A routed request's answer, counted in its upstream's metrics.
+async fn respond(
+    app: &App,
+    connection: Connection,
+    request: Request<Incoming>,
+    route: Route<'_>,
+    path: &str,
+    host_value: Option<&HeaderValue>,
+) -> Response<ProxyBody> {
     let routed_to = match route {
         Route::Upstream { index, .. } => Some(&app.upstreams[index]),
         _ => None,
@@ -119,7 +144,7 @@ pub async fn handle(
     // out of the in-flight gauge.
     let in_flight = routed_to.map(|upstream| upstream.metrics.start());
     let (response, error_kind) =
-        match answer(&app, connection, request, route, &path, host_value.as_ref()).await {
+        match answer(app, connection, request, route, path, host_value).await {
             Ok((mut response, Some(verdict))) => {
                 guard::decorate(response.headers_mut(), &verdict);
                 (response, None)
@@ -134,7 +159,7 @@ pub async fn handle(
     if let Some(in_flight) = in_flight {
         in_flight.finish(response.status(), error_kind);
     }
-    Ok(response)
+    response
 }
 
 /// Everything after routing: the origin check, then the admin endpoint or the forward.
@@ -184,8 +209,10 @@ async fn answer(
         Route::Upstream { index, path: rest } => {
             let upstream = &app.upstreams[index];
             let target = target_uri(upstream, rest, request.uri().query())?;
-            // The prefix the client's path had (none for host and listen routes).
-            let mount = path.strip_suffix(rest).unwrap_or_default();
+            // The prefix the client's path had (none for host and listen routes), for
+            // redirects; an egress client addressed the vendor itself, so its redirects
+            // already point where it went.
+            let mount = (!connection.egress).then(|| path.strip_suffix(rest).unwrap_or_default());
             forward::forward(
                 upstream,
                 connection,
@@ -210,10 +237,34 @@ fn admissible<B>(
 ) -> Result<(), ProxyError> {
     if request.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest {
-            reason: "CONNECT is not supported: tokenproxy is a reverse proxy, not a forward proxy"
+            reason: "CONNECT is not supported here: this is the reverse-proxy listener; tunnels go to the egress listener ([egress] listen)"
                 .into(),
         });
     }
+    framing_admissible(request)?;
+    // HTTP/1 absolute-form (`GET http://host/ HTTP/1.1`) is how clients talk to a forward
+    // proxy; only our own names are accepted. HTTP/2 always carries an authority.
+    if request.version() < Version::HTTP_2 {
+        if let Some(authority) = request.uri().authority() {
+            // Our own names count only with the port the client connected to.
+            let port = authority.port_u16().unwrap_or(80);
+            let ours = app.routes.is_upstream_host(authority.as_str())
+                || (app.routes.is_loopback_host(authority.as_str()) && Some(port) == local_port);
+            if !ours {
+                return Err(ProxyError::BadRequest {
+                    reason: format!(
+                        "absolute-form request for {authority} refused: tokenproxy is not an open proxy"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ambiguous framing (`Content-Length` with `Transfer-Encoding`, a request-smuggling
+/// vector), codings hyper would pass on undone, overlong targets, and a bad `Host`.
+fn framing_admissible<B>(request: &Request<B>) -> Result<(), ProxyError> {
     let headers = request.headers();
     if headers.contains_key(header::TRANSFER_ENCODING)
         && headers.contains_key(header::CONTENT_LENGTH)
@@ -247,23 +298,6 @@ fn admissible<B>(
     if request.version() < Version::HTTP_2 {
         host_problem(request.version(), headers).map_err(ProxyError::InvalidHost)?;
     }
-    // HTTP/1 absolute-form (`GET http://host/ HTTP/1.1`) is how clients talk to a forward
-    // proxy; only our own names are accepted. HTTP/2 always carries an authority.
-    if request.version() < Version::HTTP_2 {
-        if let Some(authority) = request.uri().authority() {
-            // Our own names count only with the port the client connected to.
-            let port = authority.port_u16().unwrap_or(80);
-            let ours = app.routes.is_upstream_host(authority.as_str())
-                || (app.routes.is_loopback_host(authority.as_str()) && Some(port) == local_port);
-            if !ours {
-                return Err(ProxyError::BadRequest {
-                    reason: format!(
-                        "absolute-form request for {authority} refused: tokenproxy is not an open proxy"
-                    ),
-                });
-            }
-        }
-    }
     Ok(())
 }
 
@@ -293,26 +327,40 @@ fn client_key_accepted<B>(app: &App, request: &Request<B>, path: &str) -> Result
     if matches!(path, "/-/health" | "/-/ready") {
         return Ok(());
     }
-    let presented = request
-        .headers()
-        .get(header::PROXY_AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(presented.as_bytes(), key.expose().as_bytes()) {
+    if presents_key(request.headers(), key) {
         Ok(())
     } else {
         Err(ProxyError::ClientKeyRequired)
     }
 }
 
-/// Equal without revealing, through timing, how much of the prefix matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut difference = a.len() ^ b.len();
-    for (index, byte) in b.iter().enumerate() {
-        difference |= usize::from(a.get(index).copied().unwrap_or(0) ^ byte);
+/// Whether `Proxy-Authorization` carries `key`: `Bearer <key>`, or `Basic` with the key as
+/// the password (any user name), which is what clients send for a proxy URL
+/// `http://user:<key>@host:port`. Compared in constant time.
+pub fn presents_key(headers: &http::HeaderMap, key: &crate::secret::Secret) -> bool {
+    let Some(value) = headers
+        .get(header::PROXY_AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let (scheme, credentials) = value.trim().split_once(' ').unwrap_or((value, ""));
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return key.matches(credentials.as_bytes());
     }
-    difference == 0
+    if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine;
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(credentials) else {
+            return false;
+        };
+        let password = match decoded.iter().position(|byte| *byte == b':') {
+            Some(colon) => &decoded[colon + 1..],
+            None => &decoded[..],
+        };
+        return key.matches(password);
+    }
+    false
 }
 
 /// The host the client addressed: the request target's authority when it has one

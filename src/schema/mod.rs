@@ -71,6 +71,25 @@ impl Target {
         })
     }
 
+    /// The host as clients name it: lower case, no trailing dot (IPv6 in brackets).
+    pub fn host(&self) -> String {
+        self.authority
+            .host()
+            .trim_end_matches('.')
+            .to_ascii_lowercase()
+    }
+
+    /// The port connections go to: the one written, else the scheme's.
+    pub fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            })
+    }
+
     /// The URL of a path on this target, for token endpoints that default to one.
     pub fn join(&self, path: &str) -> String {
         format!(

@@ -4,6 +4,7 @@
 //! on the config they started with.
 
 mod deadline;
+mod egress;
 pub mod framing;
 mod run;
 
@@ -13,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::StatusCode;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -30,6 +32,7 @@ use crate::fleet::{Fleet, FleetError};
 use crate::proxy::{self, Connection};
 use crate::store::{self, Owner, SharedStore, Store, StoreError};
 use crate::tokens::{spawn_follower, spawn_refresher};
+use crate::transport::ProxyBody;
 use crate::transport::Transports;
 use deadline::{Activity, Deadlines, Timeouts};
 
@@ -41,13 +44,15 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("store.redis: {0}")]
     Fleet(#[from] FleetError),
+    #[error("egress.ca_dir: {0}")]
+    EgressCa(#[from] crate::egress::ca::CaError),
     #[error(
         "cannot listen on {addr} ({field}): {source}{}",
         bind_hint(field, source)
     )]
     Bind {
         addr: SocketAddr,
-        /// Where the address was set: `server.listen` or `upstreams.NAME.listen`.
+        /// Where the address was set: `server.listen`, `egress.listen` or `upstreams.NAME.listen`.
         field: String,
         #[source]
         source: std::io::Error,
@@ -89,6 +94,7 @@ pub struct Server {
     refreshers: bool,
     main_addr: SocketAddr,
     upstream_addrs: Vec<(String, SocketAddr)>,
+    egress_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     accept_loops: Vec<JoinHandle<()>>,
 }
@@ -131,7 +137,18 @@ impl Server {
                     source,
                 })
         };
+        // The CA before any port: a missing one is a start-up error, not a failed handshake.
+        let interceptor = config
+            .egress
+            .as_ref()
+            .map(|egress| crate::egress::Interceptor::load(&egress.ca_dir))
+            .transpose()?
+            .map(Arc::new);
         let main = bind(config.server.listen, "server.listen".to_owned()).await?;
+        let egress_listener = match &config.egress {
+            Some(egress) => Some(bind(egress.listen, "egress.listen".to_owned()).await?),
+            None => None,
+        };
         let mut dedicated = Vec::new();
         for upstream in &config.upstreams {
             if let Some(addr) = upstream.listen {
@@ -152,6 +169,10 @@ impl Server {
         }
         let main_addr = local_addr(&main);
         let _ = app.public_base.set(public_base(main_addr));
+        let egress_addr = egress_listener.as_ref().map(local_addr);
+        if let (Some(egress), Some(addr)) = (&app.egress, egress_addr) {
+            let _ = egress.address.set(addr);
+        }
         if let Some(path) = &config.store_path {
             // Lets `tokenproxy login` and friends find this daemon.
             store::announce(
@@ -199,6 +220,15 @@ impl Server {
                 limits.clone(),
             )));
         }
+        if let (Some(listener), Some(interceptor)) = (egress_listener, interceptor) {
+            accept_loops.push(tokio::spawn(egress::accept_loop(
+                Arc::clone(&app),
+                Listener::Tcp(listener),
+                interceptor,
+                shutdown_rx.clone(),
+                limits.clone(),
+            )));
+        }
         Ok(Server {
             app,
             transports,
@@ -208,6 +238,7 @@ impl Server {
             refreshers,
             main_addr,
             upstream_addrs,
+            egress_addr,
             shutdown,
             accept_loops,
         })
@@ -228,6 +259,15 @@ impl Server {
         }
         if config.store_path != self.config.store_path {
             needs_restart.push("store.path".to_owned());
+        }
+        let egress_key = |config: &Config| {
+            config
+                .egress
+                .as_ref()
+                .map(|egress| (egress.listen, egress.ca_dir.clone()))
+        };
+        if egress_key(config) != egress_key(&self.config) {
+            needs_restart.push("egress.listen, egress.ca_dir".to_owned());
         }
         let fleet_key = |config: &Config| {
             config.fleet.as_ref().map(|fleet| {
@@ -301,6 +341,11 @@ impl Server {
     /// The main listener's address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.main_addr
+    }
+
+    /// The egress listener's address, when egress is configured.
+    pub fn egress_addr(&self) -> Option<SocketAddr> {
+        self.egress_addr
     }
 
     /// The address of an upstream's own listener.
@@ -412,6 +457,97 @@ async fn accept_loop(
     limits: Limits,
 ) {
     let graceful = GracefulShutdown::new();
+    let builder = http_builder(&limits);
+    while let Some((stream, client, local)) = next_connection(&listener, &mut shutdown).await {
+        // Accepted at once, so the listen backlog never holds a client behind silent ones.
+        let accepted = tokio::time::Instant::now();
+        let activity = Activity::new(accepted);
+        let app = Arc::clone(&app);
+        let connection_info = Connection::new(client, local, dedicated.clone());
+        let service = tracked_service(&activity, move |request| {
+            let answer = proxy::handle(app.load_full(), connection_info.clone(), request);
+            async move {
+                let Ok(response) = answer.await;
+                response
+            }
+        });
+        let io = Deadlines::new(framing::StrictHttp1::new(stream), activity, limits.timeouts);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let connection = graceful.watch(connection.into_owned());
+        spawn_admitted(connection, &limits, accepted);
+    }
+    drop(listener);
+    drain(graceful.shutdown(), &limits).await;
+}
+
+/// The service of one connection: `handle` answers each request, which is tracked for the
+/// connection's deadlines. The framing guard sees only requests, so this is how it learns
+/// that the connection became a tunnel (a 101, or a 200 to CONNECT) and steps aside, with
+/// the read deadlines.
+fn tracked_service<F, Fut>(
+    activity: &Arc<Activity>,
+    handle: F,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<deadline::Tracked<ProxyBody>>,
+    Error = Infallible,
+    Future = impl std::future::Future<
+        Output = Result<Response<deadline::Tracked<ProxyBody>>, Infallible>,
+    > + Send
+                 + 'static,
+> + Clone
+       + Send
+       + 'static
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let activity = Arc::clone(activity);
+    service_fn(move |request: Request<Incoming>| {
+        let in_flight = activity.request();
+        let connect = request.method() == http::Method::CONNECT;
+        let answer = handle(request);
+        async move {
+            let response = answer.await;
+            let status = response.status();
+            if status == StatusCode::SWITCHING_PROTOCOLS || (connect && status == StatusCode::OK) {
+                in_flight.switched_protocols();
+            }
+            Ok(response.map(|body| in_flight.track(body)))
+        }
+    })
+}
+
+/// Serves `connection` once it has one of the `max_connections` slots. It waits for one up
+/// to twice the first-request deadline from `accepted`: one that got its slot late is
+/// served if its request is there, else cut at once.
+fn spawn_admitted<E: std::fmt::Display>(
+    connection: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+    limits: &Limits,
+    accepted: tokio::time::Instant,
+) {
+    let slot = Arc::clone(&limits.connections).acquire_owned();
+    let slot_by = accepted + 2 * limits.timeouts.first_request;
+    tokio::spawn(async move {
+        let Ok(Ok(permit)) = tokio::time::timeout_at(slot_by, slot).await else {
+            return;
+        };
+        if let Err(error) = connection.await {
+            tracing::debug!(error = %error, "connection ended with an error");
+        }
+        drop(permit);
+    });
+}
+
+/// Waits for `drained` (connections finishing) up to the drain time.
+async fn drain(drained: impl std::future::Future, limits: &Limits) {
+    if tokio::time::timeout(limits.drain, drained).await.is_err() {
+        tracing::warn!(drain = ?limits.drain, "drain time over; closing the remaining connections");
+    }
+}
+
+/// The HTTP/1.1 and HTTP/2 server every connection is served by, with the limits applied.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -427,61 +563,27 @@ async fn accept_loop(
         // Dead peers are found by pings; idle ones by the idle deadline.
         .keep_alive_interval(limits.h2_keepalive_interval)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// The next client connection, or `None` once shutdown is signalled.
+async fn next_connection(
+    listener: &Listener,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(Stream, Option<SocketAddr>, Option<SocketAddr>)> {
     loop {
         let accepted = tokio::select! {
-            accepted = accept(&listener) => accepted,
-            _ = shutdown.changed() => break,
+            accepted = accept(listener) => accepted,
+            _ = shutdown.changed() => return None,
         };
-        let (stream, client, local) = match accepted {
-            Ok(accepted) => accepted,
+        match accepted {
+            Ok(accepted) => return Some(accepted),
             Err(error) => {
                 // Out of file descriptors and the like: pause rather than spin.
                 tracing::warn!(error = %error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
             }
-        };
-        // Accepted at once, so the listen backlog never holds a client behind silent ones.
-        // It waits for one of max_connections slots up to twice the first-request deadline:
-        // one that got its slot late is served if its request is there, else cut at once.
-        let accepted = tokio::time::Instant::now();
-        let activity = Activity::new(accepted);
-        let slot_by = accepted + 2 * limits.timeouts.first_request;
-        let slot = Arc::clone(&limits.connections).acquire_owned();
-        let app = Arc::clone(&app);
-        let connection_info = Connection::new(client, local, dedicated.clone());
-        let requests = Arc::clone(&activity);
-        let service = service_fn(move |request| {
-            let in_flight = requests.request();
-            let answer = proxy::handle(app.load_full(), connection_info.clone(), request);
-            async move {
-                let Ok(response) = answer.await;
-                // The framing guard sees only requests: this is how it learns of a 101.
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    in_flight.switched_protocols();
-                }
-                Ok::<_, Infallible>(response.map(|body| in_flight.track(body)))
-            }
-        });
-        let io = Deadlines::new(framing::StrictHttp1::new(stream), activity, limits.timeouts);
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        let connection = graceful.watch(connection.into_owned());
-        tokio::spawn(async move {
-            let Ok(Ok(permit)) = tokio::time::timeout_at(slot_by, slot).await else {
-                return;
-            };
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(limits.drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(drain = ?limits.drain, "drain time over; closing the remaining connections");
+        }
     }
 }
 

@@ -181,6 +181,12 @@
     const errors = row.querySelector('td.requests .errors');
     setAttr(errors, 'data-count', String(requests.errors || 0));
     setText(errors, plural(requests.errors || 0, 'error', 'errors'));
+    setText(row.querySelector('td.requests .egress'), egressText(requests.egress || 0));
+  }
+
+  // page.rs writes the same text (`egress_text`).
+  function egressText(count) {
+    return count ? `${count} via egress` : '';
   }
 
   function showDevice(name, view, expiresAt) {
@@ -292,6 +298,10 @@
     const refusals = status.browser_guard_refusals || {};
     for (const node of document.querySelectorAll('[data-refusal]')) {
       setText(node, String(refusals[node.dataset.refusal] || 0));
+    }
+    const egress = status.egress || {};
+    for (const node of document.querySelectorAll('[data-egress]')) {
+      setText(node, String(egress[node.dataset.egress] || 0));
     }
     const attention = upstreams.filter((u) => ATTENTION.has((u.token || {}).state)).length;
     const title = attention ? `(${attention}) tokenproxy status` : 'tokenproxy status';

@@ -1,0 +1,236 @@
+//! The egress listener (`[egress] listen`): what clients put in `HTTPS_PROXY`. It speaks
+//! HTTP/1.1 as a forward proxy does: the client key as `Proxy-Authorization` when one is
+//! set (407 otherwise), then `CONNECT` to a vendor (TLS terminated here, the requests
+//! inside served by `proxy::egress`), `CONNECT` to a passthrough host (a blind tunnel),
+//! absolute-form `http://` requests to a vendor, and 403 for everything else, before
+//! anything is dialed.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::deadline::{Activity, Deadlines};
+use super::{
+    drain, framing, http_builder, next_connection, spawn_admitted, tracked_service, Limits,
+    Listener, SharedApp,
+};
+use crate::egress::{self, Decision, Interceptor};
+use crate::problem::ProxyError;
+use crate::proxy::egress::Tunnel;
+use crate::proxy::{self, Connection};
+use crate::transport::ProxyBody;
+
+/// What every egress connection shares.
+struct Shared {
+    app: SharedApp,
+    interceptor: Arc<Interceptor>,
+    limits: Limits,
+    /// Tunnels are served after their CONNECT's connection is handed over, so they are
+    /// watched for the drain on their own (taken out at shutdown).
+    tunnels: Mutex<GracefulShutdown>,
+}
+
+impl Shared {
+    fn tunnels_lock(&self) -> std::sync::MutexGuard<'_, GracefulShutdown> {
+        // A poisoned lock only means a task panicked while holding it; the drain still works.
+        self.tunnels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(super) async fn accept_loop(
+    app: SharedApp,
+    listener: Listener,
+    interceptor: Arc<Interceptor>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    let graceful = GracefulShutdown::new();
+    let shared = Arc::new(Shared {
+        app,
+        interceptor,
+        limits: limits.clone(),
+        tunnels: Mutex::new(GracefulShutdown::new()),
+    });
+    // Clients speak HTTP/1.1 to a proxy; HTTP/2 begins inside a tunnel.
+    let builder = http_builder(&limits).http1_only();
+    while let Some((stream, client, local)) = next_connection(&listener, &mut shutdown).await {
+        let accepted = tokio::time::Instant::now();
+        let activity = Activity::new(accepted);
+        let connection = Connection::egress(client, local);
+        let shared_here = Arc::clone(&shared);
+        let service = tracked_service(&activity, move |request| {
+            on_listener(Arc::clone(&shared_here), connection.clone(), request)
+        });
+        let io = Deadlines::new(framing::StrictHttp1::new(stream), activity, limits.timeouts);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let connection = graceful.watch(connection.into_owned());
+        spawn_admitted(connection, &limits, accepted);
+    }
+    drop(listener);
+    let tunnels = std::mem::replace(&mut *shared.tunnels_lock(), GracefulShutdown::new());
+    drain(
+        async { tokio::join!(graceful.shutdown(), tunnels.shutdown()) },
+        &limits,
+    )
+    .await;
+}
+
+/// One request on the listener itself: the client key, then CONNECT or absolute form.
+async fn on_listener(
+    shared: Arc<Shared>,
+    connection: Connection,
+    mut request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let app = shared.app.load_full();
+    let Some(egress) = &app.egress else {
+        return ProxyError::BadRequest {
+            reason: "egress is off in the current config; a restart closes this listener".into(),
+        }
+        .into_response();
+    };
+    if let Some(key) = &app.server.client_key {
+        if !proxy::presents_key(request.headers(), key) {
+            egress.metrics.refused_proxy_auth.fetch_add(1, Relaxed);
+            return ProxyError::EgressKeyRequired.into_response();
+        }
+    }
+    if request.method() != Method::CONNECT {
+        let Ok(response) = proxy::egress::handle(app, connection, request, None).await;
+        return response;
+    }
+    let Some(authority) = request.uri().authority().cloned() else {
+        return ProxyError::BadRequest {
+            reason: "CONNECT needs a host:port target".into(),
+        }
+        .into_response();
+    };
+    let tunnel = Tunnel::new(&authority);
+    match egress::decide(&app, &tunnel.host, tunnel.port) {
+        Decision::Intercept => {
+            let tls = match shared.interceptor.server_config(&tunnel.host) {
+                Ok(tls) => tls,
+                Err(error) => {
+                    return ProxyError::EgressCannotSign {
+                        host: tunnel.host.to_string(),
+                        reason: error.to_string(),
+                    }
+                    .into_response()
+                }
+            };
+            egress.metrics.intercepted.fetch_add(1, Relaxed);
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(intercept(shared, upgrade, tls, tunnel, connection));
+            tunnel_opened()
+        }
+        Decision::Passthrough => {
+            let timeout = app.server.connect_timeout;
+            let dialed =
+                tokio::time::timeout(timeout, TcpStream::connect((&*tunnel.host, tunnel.port)))
+                    .await;
+            let vendor = match dialed {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => return tunnel_failed(&tunnel, error.to_string()),
+                Err(_) => {
+                    return tunnel_failed(&tunnel, format!("no connection within {timeout:?}"))
+                }
+            };
+            egress.metrics.passthrough.fetch_add(1, Relaxed);
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(pass_through(shared, upgrade, vendor));
+            tunnel_opened()
+        }
+        Decision::Deny => {
+            egress.metrics.refused_not_allowed.fetch_add(1, Relaxed);
+            ProxyError::EgressNotAllowed {
+                authority: format!("{}:{}", tunnel.host, tunnel.port),
+            }
+            .into_response()
+        }
+    }
+}
+
+fn tunnel_opened() -> Response<ProxyBody> {
+    Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync())
+}
+
+fn tunnel_failed(tunnel: &Tunnel, reason: String) -> Response<ProxyBody> {
+    ProxyError::EgressTunnelFailed {
+        authority: format!("{}:{}", tunnel.host, tunnel.port),
+        reason,
+    }
+    .into_response()
+}
+
+/// A tunnel to a vendor: tokenproxy is the TLS server (the CA's leaf for the vendor's
+/// host), and each request inside goes to the vendor with its token.
+async fn intercept(
+    shared: Arc<Shared>,
+    upgrade: OnUpgrade,
+    tls: Arc<rustls::ServerConfig>,
+    tunnel: Tunnel,
+    connection: Connection,
+) {
+    let Ok(upgraded) = upgrade.await else {
+        return;
+    };
+    let limits = &shared.limits;
+    let Some(_permit) = tunnel_slot(limits).await else {
+        return;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(TokioIo::new(upgraded));
+    let stream = match tokio::time::timeout(limits.timeouts.first_request, handshake).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            // Usually a client that does not trust the CA yet.
+            tracing::info!(host = %tunnel.host, error = %error, "egress: the client ended the TLS handshake");
+            return;
+        }
+        Err(_) => return,
+    };
+    let activity = Activity::new(tokio::time::Instant::now());
+    let app = Arc::clone(&shared.app);
+    let service = tracked_service(&activity, move |request| {
+        let (app, connection, tunnel) = (app.load_full(), connection.clone(), tunnel.clone());
+        async move {
+            let Ok(response) = proxy::egress::handle(app, connection, request, Some(&tunnel)).await;
+            response
+        }
+    });
+    let io = Deadlines::new(framing::StrictHttp1::new(stream), activity, limits.timeouts);
+    let builder = http_builder(limits);
+    let watcher = shared.tunnels_lock().watcher();
+    let served = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    if let Err(error) = served.await {
+        tracing::debug!(error = %error, "egress tunnel ended with an error");
+    }
+}
+
+/// One of the `max_connections` slots for a tunnel: its CONNECT's own slot is given back
+/// as hyper hands the connection over. `None` when none frees up in time.
+async fn tunnel_slot(limits: &Limits) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let slot = Arc::clone(&limits.connections).acquire_owned();
+    match tokio::time::timeout(2 * limits.timeouts.first_request, slot).await {
+        Ok(Ok(permit)) => Some(permit),
+        _ => None,
+    }
+}
+
+/// A blind tunnel: bytes both ways until either side closes.
+async fn pass_through(shared: Arc<Shared>, upgrade: OnUpgrade, mut vendor: TcpStream) {
+    let Ok(upgraded) = upgrade.await else {
+        return;
+    };
+    let Some(_permit) = tunnel_slot(&shared.limits).await else {
+        return;
+    };
+    let mut client = TokioIo::new(upgraded);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut vendor).await;
+}
