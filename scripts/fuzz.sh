@@ -24,11 +24,23 @@ export RUST_BACKTRACE=1
 # runtimes ship with the stable x86_64-linux standard library). Nothing else needs nightly.
 export RUSTC_BOOTSTRAP=1
 
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION"
-    timeout 1200 cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+# cargo-fuzz: the one on PATH if it is this version, else installed into the project's own
+# .tools/ (git-ignored), not into ~/.cargo/bin.
+TOOLS="$PWD/.tools"
+export PATH="$TOOLS/bin:$PATH"
+if ! cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION\$"; then
+    echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION into $TOOLS"
+    timeout 1200 cargo install --root "$TOOLS" cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
 echo "== $(cargo fuzz --version)"
+
+# The fuzz crate's lock file is committed; like every other build, this one uses it as it
+# is, and says so instead of rewriting it.
+if ! cargo fetch --locked --manifest-path fuzz/Cargo.toml --quiet; then
+    echo "fuzz.sh: fuzz/Cargo.lock is out of date with Cargo.toml (a dependency changed):" >&2
+    echo "  cargo fetch --manifest-path fuzz/Cargo.toml && git add fuzz/Cargo.lock" >&2
+    exit 2
+fi
 
 echo "== build fuzz targets: $FUZZ_TARGETS"
 if [ "$FUZZ_TARGETS" = "config routing framing" ]; then

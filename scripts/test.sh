@@ -1,13 +1,39 @@
 #!/usr/bin/env bash
-# Every check and test of tokenproxy, on a fresh machine with only a Rust toolchain.
-# Everything the tests need is installed or started from here; the tests themselves start
-# their own servers on 127.0.0.1 and stop them.
+# Every check and test of tokenproxy. Needs a Rust toolchain, Node.js with npm, Python 3 with
+# venv and curl, and Debian's apt-get for the rest (checked first); installs what the tests
+# need into the project (npm packages, hadolint's venv and cargo-fuzz under .tools/) or,
+# through apt-get, Chromium, Prometheus and Redis. The tests start their own servers on
+# 127.0.0.1 and stop them. Leaves `git status` as it found it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Two cores: keep cargo and the test harness from oversubscribing them.
 export CARGO_TERM_COLOR=never
 export RUST_BACKTRACE=1
+
+# What this script cannot install itself (README, "Tests"): said at once, all of it, rather
+# than an hour in.
+missing=()
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$1 ($2)"); }
+need cargo "the Rust toolchain: https://rustup.rs"
+need node "Node.js 18 or later: sudo apt-get install nodejs"
+need npm "sudo apt-get install npm"
+need python3 "sudo apt-get install python3 python3-venv"
+need curl "sudo apt-get install curl"
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ] || [ ! -x "${PROMETHEUS:-/usr/bin/prometheus}" ] \
+    || [ ! -x "${REDIS_SERVER:-/usr/bin/redis-server}" ] || ! command -v redis-cli >/dev/null 2>&1; then
+    # Installed below from Debian's packages.
+    need apt-get "a Debian or Ubuntu system, or install chromium, prometheus and redis-server yourself"
+    [ "$(id -u)" = 0 ] || need sudo "root, or sudo, for apt-get"
+fi
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    missing+=("python3's venv module (sudo apt-get install python3-venv)")
+fi
+if [ "${#missing[@]}" -ne 0 ]; then
+    echo "scripts/test.sh needs, and did not find:" >&2
+    printf '  - %s\n' "${missing[@]}" >&2
+    exit 2
+fi
 
 echo "== Chromium for the browser-guard and status-page tests (Debian's package)"
 if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then

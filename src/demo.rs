@@ -14,7 +14,6 @@ use tokenproxy_sim::{amm, biganimal, bigeval, bigid, caepe, echo};
 const BIGEVAL_CLIENT_ID: &str = "e01b7ba2dd930ea97da79b0005341ee0";
 const BIGEVAL_CLIENT_SECRET: &str = "demo-bigeval-secret";
 const ORGANIZATION: &str = "acme";
-const ECHO_KEY: &str = "demo-access-key";
 
 pub async fn run(listen: SocketAddr, manual_login: bool) -> ExitCode {
     let biganimal = biganimal::start(biganimal::BigAnimalSimConfig {
@@ -79,13 +78,16 @@ client_secret = "{amm_secret}"
 username = "{amm_user}"
 password = "{amm_password}"
 
+# The echo server shows what a vendor receives: CAEPE's token and Organization header,
+# from a real password grant at the CAEPE simulator.
 [upstreams.echo]
 target = "{echo}/"
 [upstreams.echo.auth]
-kind = "static"
-header = "x-access-key"
-scheme = ""
-token = "{ECHO_KEY}"
+kind = "caepe"
+token_url = "{caepe_token}"
+username = "{caepe_user}"
+password = "{caepe_password}"
+organization = "{ORGANIZATION}"
 "#,
         biganimal_api = biganimal.api_url(),
         biganimal_provider = biganimal.provider_url(),
@@ -140,10 +142,15 @@ token = "{ECHO_KEY}"
     println!(
         "  curl -s {base}/amm/api/v1/systems          # AMM: password grant, client by HTTP Basic"
     );
-    println!("  curl -s {base}/echo/anything?x=1           # static access key; the echo shows what arrived");
+    println!("  curl -s {base}/echo/anything?x=1           # the echo shows what a vendor gets: Bearer token + Organization");
     println!(
         "  curl -s {base}/-/status                    # token state per upstream (never the token)"
     );
+    println!("The command line reaches this proxy with --url (or TOKENPROXY_URL):");
+    println!(
+        "  tokenproxy header caepe --url {base}       # Authorization and Organization, as sent"
+    );
+    println!("  tokenproxy status --url {base}");
     println!("Stop with Ctrl-C.");
     crate::server::serve_until_signal(server).await;
     drop((biganimal, bigid, bigeval, caepe, amm, echo));

@@ -50,8 +50,12 @@ pub enum ProxyError {
     MalformedBody { reason: String },
     #[error("the request body made no progress for too long: {reason}")]
     BodyTimeout { reason: String },
-    #[error("{method} is not allowed here")]
-    MethodNotAllowed { method: String },
+    #[error("{method} is not allowed here; use {allow}")]
+    MethodNotAllowed {
+        method: String,
+        /// The methods the resource takes, for the `Allow` header (RFC 9110 15.5.6).
+        allow: &'static str,
+    },
     #[error("this tokenproxy requires Proxy-Authorization: Bearer <client key>")]
     ClientKeyRequired,
     #[error("Host {host} is not one of this proxy's names; a sidecar lists its service name in server.allowed_hosts")]
@@ -297,6 +301,9 @@ impl ProxyError {
                 );
             }
             _ => {}
+        }
+        if let ProxyError::MethodNotAllowed { allow, .. } = &self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if let Some(after) = self.retry_after() {
             headers.insert(

@@ -175,6 +175,19 @@ pub struct Logout {
     pub revocation_error: Option<String>,
 }
 
+/// `POST /-/upstreams/NAME/token`: a valid token and every header tokenproxy sends with
+/// it, for `tokenproxy token` and `tokenproxy header`. The one admin answer that holds a
+/// token, so it is an action (same origin, the action header), never a `GET`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenAnswer {
+    pub upstream: String,
+    pub token: String,
+    /// `[name, value]` in the order a forwarded request carries them: the upstream's
+    /// static `headers`, then the token's (`Authorization`, CAEPE's `Organization`).
+    pub headers: Vec<(String, String)>,
+    pub expires_in_seconds: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

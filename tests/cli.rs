@@ -15,7 +15,17 @@ use tokenproxy_sim::oauth::{self, OAuthSimConfig, SimClient};
 fn each_bad_config_is_one_line_naming_file_and_field_with_exit_2() {
     let dir = temp_dir("cli-bad");
     let cases = [
-        ("unknown-field.toml", "[server]\nlisen = \"127.0.0.1:1\"\n", "unknown field `lisen`"),
+        ("unknown-field.toml", "[server]\nlisen = \"127.0.0.1:1\"\n", "unknown field `lisen`; did you mean `listen`? [server] takes: listen, "),
+        (
+            "unknown-auth-field.toml",
+            "[upstreams.b]\ntarget = \"https://b.example/\"\n[upstreams.b.auth]\nkind = \"bigeval\"\nclient_id = \"i\"\nclient_secert = \"s\"\n",
+            "upstreams.b.auth.client_secert: unknown field `client_secert`; did you mean `client_secret`? kind \"bigeval\" takes: kind, ",
+        ),
+        (
+            "duplicate-prefix.toml",
+            "[upstreams.a]\ntarget = \"https://a.example/\"\nprefix = \"/x\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n[upstreams.b]\ntarget = \"https://b.example/\"\nprefix = \"/x\"\n[upstreams.b.auth]\nkind = \"static\"\ntoken = \"t\"\n",
+            "upstreams.b.prefix: \"/x\" is already the prefix of upstream a",
+        ),
         (
             "missing-secret.toml",
             "[upstreams.b]\ntarget = \"https://b.example/\"\n[upstreams.b.auth]\nkind = \"bigeval\"\nclient_id = \"i\"\n",
@@ -65,6 +75,8 @@ fn each_bad_config_is_one_line_naming_file_and_field_with_exit_2() {
                 stderr.contains(expected),
                 "{file}: expected {expected:?} in {stderr}"
             );
+            // Only the fields of that kind: BigID's user token is none of BiG EVAL's.
+            assert!(!stderr.contains("user_token"), "{stderr}");
         }
     }
 }
@@ -225,6 +237,20 @@ client_secret = "{WRONG_SECRET}"
         output.contains("token request failed"),
         "the failure was logged: {output}"
     );
+    // States and lifetimes as a person reads them, not as Rust prints its values.
+    assert!(output.contains("token=pending"), "{output}");
+    let lifetime = output
+        .split(" expires_in=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default();
+    assert!(
+        lifetime.ends_with('s') && lifetime[..lifetime.len() - 1].parse::<u64>().is_ok(),
+        "expires_in={lifetime} in {output}"
+    );
+    for debug in ["Some(", "None", "Pending"] {
+        assert!(!output.contains(debug), "{debug} in the log: {output}");
+    }
     for secret in [
         CLIENT_SECRET,
         PASSWORD,
@@ -237,4 +263,143 @@ client_secret = "{WRONG_SECRET}"
             "{secret} appears in the output:\n{output}"
         );
     }
+}
+
+/// `dir/tokenproxy.toml`: one static upstream, a memory store, `server.listen = listen`.
+fn config_listening(dir: &std::path::Path, listen: &str) {
+    let upstream = static_upstream("a", "https://a.example/", "t", "");
+    let text = format!("[server]\nlisten = \"{listen}\"\n[store]\npath = \"memory\"\n{upstream}");
+    std::fs::write(dir.join("tokenproxy.toml"), text).unwrap();
+}
+
+/// Waits for `child` off the runtime; its exit code.
+async fn exit_code(mut child: std::process::Child) -> Option<i32> {
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+        .code()
+}
+
+/// `tokenproxy run ARGS` in `dir` with `env`, its stderr collected.
+fn run_with(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, Lines) {
+    let mut child = tokenproxy(dir)
+        .arg("run")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = capture(child.stderr.take().unwrap());
+    (child, stderr)
+}
+
+#[tokio::test]
+async fn run_listens_where_the_flag_or_the_variable_says_and_names_both_when_taken() {
+    let dir = temp_dir("cli-listen");
+    // The file's address is taken: the flag and the variable are what make it start.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    config_listening(&dir, &taken_addr);
+    for (args, env) in [
+        (vec!["--listen", "localhost:0"], vec![]),
+        (vec![], vec![("TOKENPROXY_LISTEN", "127.0.0.1:0")]),
+    ] {
+        let (mut child, stderr) = run_with(&dir, &args, &env);
+        let addr = listening_address(&stderr, Some(&mut child)).await;
+        assert!(
+            addr.starts_with("127.0.0.1:") && addr != taken_addr,
+            "{addr}"
+        );
+        assert_eq!(
+            get(&format!("http://{addr}/-/health")).await.status(),
+            StatusCode::OK
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    let (child, _) = run_with(&dir, &[], &[]);
+    assert_eq!(exit_code(child).await, Some(1));
+    let (child, stderr) = run_with(&dir, &["--listen", &taken_addr], &[]);
+    assert_eq!(exit_code(child).await, Some(1));
+    let said = stderr.lock().unwrap().join("\n");
+    for words in [
+        "in use",
+        "--listen ADDR",
+        "TOKENPROXY_LISTEN",
+        "server.listen",
+    ] {
+        assert!(said.contains(words), "{words:?} not in: {said}");
+    }
+    drop(taken);
+
+    // What the flag sets is checked like the file: beyond loopback needs a client key.
+    let (child, stderr) = run_with(&dir, &["--listen", "0.0.0.0:0"], &[]);
+    assert_eq!(exit_code(child).await, Some(2));
+    assert!(stderr
+        .lock()
+        .unwrap()
+        .join("\n")
+        .contains("server.client_key: required"));
+    let (child, _) = run_with(&dir, &["--listen", "nowhere"], &[]);
+    assert_eq!(exit_code(child).await, Some(2));
+}
+
+#[test]
+fn listen_takes_localhost_and_a_bare_port() {
+    let dir = temp_dir("cli-listen-forms");
+    for listen in ["localhost:8080", "LOCALHOST:8080", "8080", "[::1]:8080"] {
+        config_listening(&dir, listen);
+        let output = tokenproxy(&dir).arg("check").output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{listen}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    std::fs::write(
+        dir.join("tokenproxy.toml"),
+        "[server]\nlisten = \"example.com:8080\"\n",
+    )
+    .unwrap();
+    let output = tokenproxy(&dir).arg("check").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("server.listen"));
+}
+
+#[test]
+fn a_config_with_secrets_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("cli-readable-secrets");
+    let file = dir.join("tokenproxy.toml");
+    std::fs::write(
+        &file,
+        "[upstreams.b]\ntarget = \"https://b.example/\"\n[upstreams.b.auth]\nkind = \"bigeval\"\nclient_id = \"i\"\nclient_secret = \"literal-secret\"\n[upstreams.c]\ntarget = \"https://c.example/\"\n[upstreams.c.auth]\nkind = \"static\"\ntoken = \"${TOKENPROXY_TEST_TOKEN}\"\n",
+    )
+    .unwrap();
+    let check = |mode| {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let output = tokenproxy(&dir)
+            .arg("check")
+            .env("TOKENPROXY_TEST_TOKEN", "from-the-environment")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0));
+        String::from_utf8(output.stderr).unwrap()
+    };
+    let warned = check(0o644);
+    assert!(warned.contains("chmod 600 tokenproxy.toml"), "{warned}");
+    assert!(
+        warned.contains("upstreams.b.auth.client_secret"),
+        "{warned}"
+    );
+    assert!(!warned.contains("upstreams.c.auth.token"), "{warned}");
+    assert!(!warned.contains("literal-secret"), "{warned}");
+    assert_eq!(check(0o600), "");
 }

@@ -1447,13 +1447,30 @@ fn catches_launchd_mistakes() {
 // ---------------------------------------------------------------------------------------------
 // Postman
 
-const POSTMAN_PATHS: [(&str, bool); 6] = [
-    ("biganimal/clusters", true),
-    ("bigid/api/v1/ds-connections", true),
-    ("bigeval/api/v1/testcases", true),
-    ("caepe/api/v1/applications", true),
-    ("amm/api/v1/systems", true),
-    ("-/status", false),
+/// Each request, and what its test must expect of a vendor's answer: the vendor's own data,
+/// which it only gives with a valid token.
+const POSTMAN_PATHS: [(&str, Option<&str>); 6] = [
+    (
+        "biganimal/clusters",
+        Some("pm.expect(body.data[0].clusterName).to.be.a(\"string\");"),
+    ),
+    (
+        "bigid/api/v1/ds-connections",
+        Some("pm.expect(body.data.ds_connections[0].type).to.be.a(\"string\");"),
+    ),
+    (
+        "bigeval/api/v1/testcases",
+        Some("pm.expect(body.items[0].testType).to.be.a(\"string\");"),
+    ),
+    (
+        "caepe/api/v1/applications",
+        Some("pm.expect(body.organization).to.equal(\"acme\");"),
+    ),
+    (
+        "amm/api/v1/systems",
+        Some("pm.expect(body.items[0].gateway.imei).to.be.a(\"string\");"),
+    ),
+    ("-/status", None),
 ];
 
 fn json_has_key(value: &serde_json::Value, key: &str) -> bool {
@@ -1482,7 +1499,7 @@ fn postman_problems(collection: &str, environment: &str) -> Vec<String> {
         problems.push("collection: has auth settings (tokenproxy adds the token)".into());
     }
     let items = collection["item"].as_array().cloned().unwrap_or_default();
-    for (path, vendor) in POSTMAN_PATHS {
+    for (path, vendor_data) in POSTMAN_PATHS {
         let raw = format!("{{{{baseUrl}}}}/{path}");
         let Some(item) = items
             .iter()
@@ -1508,9 +1525,9 @@ fn postman_problems(collection: &str, environment: &str) -> Vec<String> {
         if !script.contains("pm.response.to.have.status(200)") {
             problems.push(format!("collection: {raw} does not test for status 200"));
         }
-        if vendor && !script.contains("pm.expect(body.authorized).to.equal(true)") {
+        if let Some(expected) = vendor_data.filter(|expected| !script.contains(expected)) {
             problems.push(format!(
-                "collection: {raw} does not test authorized === true"
+                "collection: {raw} does not test the vendor's data: {expected}"
             ));
         }
     }
@@ -1563,10 +1580,10 @@ fn catches_postman_mistakes() {
     );
     assert_caught(
         &collection,
-        "pm.expect(body.authorized).to.equal(true);",
+        r#"pm.expect(body.items[0].testType).to.be.a(\"string\");"#,
         "",
         check,
-        "authorized === true",
+        "does not test the vendor's data",
     );
     assert_caught(
         &collection,

@@ -533,14 +533,18 @@ async fn actions_are_same_origin_posts_with_the_action_header() {
             "application/problem+json"
         );
     }
-    for action in ["refresh", "login", "logout"] {
+    for action in ["refresh", "login", "logout", "token"] {
         let response = get(&proxy.url(&format!("/-/upstreams/api/{action}"))).await;
         assert_eq!(
             response.status(),
             StatusCode::METHOD_NOT_ALLOWED,
             "{action}"
         );
+        assert_eq!(response.headers()["allow"], "POST", "{action}");
     }
+    let post_status = send(Request::post(proxy.url("/-/status")).body(empty()).unwrap()).await;
+    assert_eq!(post_status.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post_status.headers()["allow"], "GET, HEAD");
     assert_eq!(sim.token_requests(), 1, "refused actions did nothing");
     assert_eq!(get(&proxy.url("/api/x")).await.status(), StatusCode::OK);
 

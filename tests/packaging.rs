@@ -42,8 +42,9 @@ fn init_writes_a_private_starter_config_that_passes_check_and_is_not_overwritten
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // A file in the way is a usage error: exit 2.
     let again = tokenproxy(&dir).arg("init").output().unwrap();
-    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 }
 
@@ -158,4 +159,45 @@ async fn curl_calls_the_upstream_with_its_token_headers() {
     assert_eq!(echoed(&report, "authorization"), ["Bearer curl-token"]);
     assert_eq!(echoed(&report, "organization"), ["acme"]);
     assert_eq!(echoed(&report, "x-extra"), ["yes"]);
+}
+
+#[test]
+fn bash_completion_offers_the_configured_upstream_names() {
+    let dir = temp_dir("pkg-complete-names");
+    let two = format!(
+        "[store]\npath = \"memory\"\n{}{}",
+        static_upstream("alpha", "https://a.example/", "t", ""),
+        static_upstream("beta", "https://b.example/", "t", "")
+    );
+    std::fs::write(dir.join("tokenproxy.toml"), two).unwrap();
+    std::fs::write(
+        dir.join("other.toml"),
+        static_upstream("gamma", "https://g.example/", "t", ""),
+    )
+    .unwrap();
+    let bin_dir = std::path::Path::new(BINARY).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let complete = |words: &str| {
+        let script = format!(
+            "source <(tokenproxy completions bash); COMP_WORDS=({words}); \
+             COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); _tokenproxy_names; printf '%s\\n' \"${{COMPREPLY[@]}}\""
+        );
+        let mut command = tokenproxy(&dir);
+        command.env("PATH", &path);
+        let output = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(&dir)
+            .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{words}: {said}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(complete("tokenproxy login ''"), "alpha\nbeta\n");
+    assert_eq!(complete("tokenproxy header b"), "beta\n");
+    assert_eq!(complete("tokenproxy -c other.toml token ''"), "gamma\n");
+    // Not where a name does not go: a second argument, or a command without one.
+    assert!(!complete("tokenproxy curl alpha ''").contains("beta"));
+    assert!(!complete("tokenproxy status ''").contains("alpha"));
 }

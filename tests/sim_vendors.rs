@@ -222,7 +222,7 @@ async fn biganimal_device_flow_pending_approve_exchange_and_api() {
     assert_eq!(sim.slow_downs_sent(), 0);
 
     // The raw token is for the exchange only.
-    let clusters = format!("{}/clusters?limit=5", sim.api_url());
+    let clusters = format!("{}/clusters/p-c6a8ztq0bm?limit=5", sim.api_url());
     let bearer_raw = format!("Bearer {raw_token}");
     let refused = get(&clusters, &[("authorization", &bearer_raw)]).await;
     assert!(refused.assert_api_error(401).contains("raw access token"));
@@ -242,12 +242,12 @@ async fn biganimal_device_flow_pending_approve_exchange_and_api() {
     let bearer = format!("Bearer {token}");
     let echo = get(&clusters, &[("authorization", &bearer)])
         .await
-        .assert_echo("BigAnimal", "GET", "/api/v3/clusters");
+        .assert_echo("BigAnimal", "GET", "/api/v3/clusters/p-c6a8ztq0bm");
     assert_eq!(echo["query"], "limit=5");
     let lower_scheme = format!("bearer {token}");
     get(&clusters, &[("authorization", &lower_scheme)])
         .await
-        .assert_echo("BigAnimal", "GET", "/api/v3/clusters");
+        .assert_echo("BigAnimal", "GET", "/api/v3/clusters/p-c6a8ztq0bm");
     // The token without its scheme is not the right header shape.
     get(&clusters, &[("authorization", &token)])
         .await
@@ -377,11 +377,11 @@ async fn biganimal_exchange_errors_expiry_and_revocation() {
         claims["exp"].as_u64().expect("exp") - claims["iat"].as_u64().expect("iat"),
         1
     );
-    let clusters = format!("{}/clusters", sim.api_url());
+    let clusters = format!("{}/clusters/p-c6a8ztq0bm", sim.api_url());
     let bearer = format!("Bearer {short}");
     get(&clusters, &[("authorization", &bearer)])
         .await
-        .assert_echo("BigAnimal", "GET", "/api/v3/clusters");
+        .assert_echo("BigAnimal", "GET", "/api/v3/clusters/p-c6a8ztq0bm");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(get(&clusters, &[("authorization", &bearer)])
         .await
@@ -408,7 +408,7 @@ async fn biganimal_exchange_errors_expiry_and_revocation() {
     let live_bearer = format!("Bearer {live_token}");
     get(&clusters, &[("authorization", &live_bearer)])
         .await
-        .assert_echo("BigAnimal", "GET", "/api/v3/clusters");
+        .assert_echo("BigAnimal", "GET", "/api/v3/clusters/p-c6a8ztq0bm");
     // The earlier exchanges were made with a 1 s lifetime and have expired by now.
     assert_eq!(sim.valid_exchanged_tokens(), 1);
     sim.revoke_all();
@@ -429,7 +429,7 @@ async fn biganimal_access_key_is_accepted_without_bearer() {
         ..biganimal_config()
     })
     .await;
-    let clusters = format!("{}/clusters", sim.api_url());
+    let clusters = format!("{}/clusters/p-c6a8ztq0bm", sim.api_url());
     send(
         Method::POST,
         &clusters,
@@ -437,7 +437,7 @@ async fn biganimal_access_key_is_accepted_without_bearer() {
         "{}",
     )
     .await
-    .assert_echo("BigAnimal", "POST", "/api/v3/clusters");
+    .assert_echo("BigAnimal", "POST", "/api/v3/clusters/p-c6a8ztq0bm");
     assert!(get(&clusters, &[("x-access-key", "wrong")])
         .await
         .assert_api_error(401)
@@ -450,7 +450,7 @@ async fn biganimal_access_key_is_accepted_without_bearer() {
     // Without a configured key, no key is accepted.
     let keyless = biganimal::start(biganimal_config()).await;
     get(
-        &format!("{}/clusters", keyless.api_url()),
+        &format!("{}/clusters/p-c6a8ztq0bm", keyless.api_url()),
         &[("x-access-key", "ba-key-123")],
     )
     .await
@@ -574,14 +574,22 @@ async fn bigid_exchange_and_raw_header_api() {
     assert_eq!(posted.json()["success"], true);
     assert_ne!(str_field(&posted.json(), "systemToken"), token);
 
-    let connections = format!("{}/api/v1/ds-connections?skip=0", sim.url());
+    let connections = format!("{}/api/v1/ds-connections/crm-postgres?skip=0", sim.url());
     let echo = get(&connections, &[("authorization", &token)])
         .await
-        .assert_echo("BigID", "GET", "/api/v1/ds-connections");
+        .assert_echo("BigID", "GET", "/api/v1/ds-connections/crm-postgres");
     assert_eq!(echo["status"], "success");
     assert_eq!(echo["statusCode"], 200);
-    assert!(echo["data"]["ds_connections"].is_array());
     assert_eq!(echo["query"], "skip=0");
+    // The list itself, as BigID's API shapes it.
+    let list = get(
+        &format!("{}/api/v1/ds-connections", sim.url()),
+        &[("authorization", &token)],
+    )
+    .await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.json()["status"], "success");
+    assert!(list.json()["data"]["ds_connections"][0]["type"].is_string());
 
     let bearer = format!("Bearer {token}");
     let refused = get(&connections, &[("authorization", &bearer)]).await;
@@ -598,7 +606,7 @@ async fn bigid_exchange_and_raw_header_api() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(sim.exchange_requests(), 2);
-    assert_eq!(sim.api_requests(), 4);
+    assert_eq!(sim.api_requests(), 5);
 }
 
 #[tokio::test]
@@ -667,10 +675,10 @@ async fn bigid_system_token_without_exp_still_expires_and_can_be_revoked() {
     let claims = jwt_claims(&token).expect("JWT");
     assert!(claims.get("exp").is_none(), "{claims}");
     assert!(claims["iat"].is_u64());
-    let connections = format!("{}/api/v1/ds-connections", sim.url());
+    let connections = format!("{}/api/v1/ds-connections/crm-postgres", sim.url());
     get(&connections, &[("authorization", &token)])
         .await
-        .assert_echo("BigID", "GET", "/api/v1/ds-connections");
+        .assert_echo("BigID", "GET", "/api/v1/ds-connections/crm-postgres");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         get(&connections, &[("authorization", &token)]).await.status,
@@ -681,7 +689,7 @@ async fn bigid_system_token_without_exp_still_expires_and_can_be_revoked() {
     let live = system_token(&sim).await;
     get(&connections, &[("authorization", &live)])
         .await
-        .assert_echo("BigID", "GET", "/api/v1/ds-connections");
+        .assert_echo("BigID", "GET", "/api/v1/ds-connections/crm-postgres");
     assert_eq!(sim.valid_system_tokens(), 1);
     sim.revoke_system_tokens();
     assert_eq!(
@@ -786,12 +794,12 @@ async fn amm_password_grant_with_basic_form_and_query_params() {
     assert_eq!(sim.count_for_grant("password"), 3);
 
     // The API: Bearer, scheme in any case.
-    let systems = format!("{}/api/v1/systems?fields=name", sim.url());
+    let systems = format!("{}/api/v1/systems/truck-12?fields=name", sim.url());
     for scheme in ["Bearer", "bearer", "BEARER"] {
         let header = format!("{scheme} {access}");
         get(&systems, &[("authorization", &header)])
             .await
-            .assert_echo("AMM", "GET", "/api/v1/systems");
+            .assert_echo("AMM", "GET", "/api/v1/systems/truck-12");
     }
     get(&systems, &[("authorization", &access)])
         .await
@@ -980,11 +988,11 @@ async fn amm_implicit_flow_returns_the_token_in_the_fragment() {
     let access = param(&params, "access_token").expect("access_token");
     let header = format!("Bearer {access}");
     get(
-        &format!("{}/api/v1/systems", sim.url()),
+        &format!("{}/api/v1/systems/truck-12", sim.url()),
         &[("authorization", &header)],
     )
     .await
-    .assert_echo("AMM", "GET", "/api/v1/systems");
+    .assert_echo("AMM", "GET", "/api/v1/systems/truck-12");
 
     sim.set_authorize_denied(true);
     let denied = authorize(
@@ -1006,10 +1014,10 @@ async fn amm_expire_revokes_access_and_refresh_token() {
     let tokens = amm_password(&sim).await;
     let access = str_field(&tokens, "access_token");
     let header = format!("Bearer {access}");
-    let systems = format!("{}/api/v1/systems", sim.url());
+    let systems = format!("{}/api/v1/systems/truck-12", sim.url());
     get(&systems, &[("authorization", &header)])
         .await
-        .assert_echo("AMM", "GET", "/api/v1/systems");
+        .assert_echo("AMM", "GET", "/api/v1/systems/truck-12");
 
     let expire_url = format!("{}?access_token={access}", sim.expire_url());
     let expired = send(Method::POST, &expire_url, &[], Bytes::new()).await;
@@ -1077,7 +1085,7 @@ async fn amm_rate_limit_and_disabled_api() {
     let sim = amm::start(AmmSimConfig::default()).await;
     let access = str_field(&amm_password(&sim).await, "access_token");
     let header = format!("Bearer {access}");
-    let systems = format!("{}/api/v1/systems", sim.url());
+    let systems = format!("{}/api/v1/systems/truck-12", sim.url());
 
     sim.set_rate_limit(Some(7));
     let limited = post_form(
@@ -1106,7 +1114,7 @@ async fn amm_rate_limit_and_disabled_api() {
     sim.set_api_disabled(false);
     get(&systems, &[("authorization", &header)])
         .await
-        .assert_echo("AMM", "GET", "/api/v1/systems");
+        .assert_echo("AMM", "GET", "/api/v1/systems/truck-12");
     assert_eq!(sim.token_requests(), 3);
 }
 
@@ -1125,7 +1133,7 @@ async fn amm_tokens_expire_and_a_live_token_is_reused_with_its_remaining_lifetim
     assert!(again["expires_in"].as_u64().expect("expires_in") <= 1);
 
     let header = format!("Bearer {}", str_field(&first, "access_token"));
-    let systems = format!("{}/api/v1/systems", sim.url());
+    let systems = format!("{}/api/v1/systems/truck-12", sim.url());
     tokio::time::sleep(Duration::from_millis(1100)).await;
     get(&systems, &[("authorization", &header)])
         .await

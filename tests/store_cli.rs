@@ -270,6 +270,12 @@ async fn status_token_and_logout_with_a_daemon_and_without() {
     let json_text = String::from_utf8(json_status.stdout).unwrap();
     let parsed: serde_json::Value = serde_json::from_str(&json_text).unwrap();
     assert_eq!(parsed["upstreams"][0]["token"]["state"], "valid");
+    // The token came from the store, obtained by the earlier command: that is its last
+    // refresh, not "never".
+    assert!(
+        parsed["upstreams"][0]["token"]["last_refresh_unix"].is_u64(),
+        "{json_text}"
+    );
     let http_status = get(&daemon.url("/-/status")).await;
     let refresh_token = stored(&dir)["upstreams"]["amm"]["refresh_token"]
         .as_str()
@@ -308,7 +314,7 @@ fn unknown_upstreams_are_named_with_the_configured_ones() {
     )
     .unwrap();
     let output = tokenproxy(&dir).args(["token", "b"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&output.stderr).contains("no upstream named \"b\""));
     let output = tokenproxy(&dir).args(["token", "a"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "t");

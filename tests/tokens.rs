@@ -33,8 +33,8 @@ async fn bigeval_preset_gets_a_client_credentials_token_and_uses_it() {
     let response = get(&proxy.url("/bigeval/api/v1/testcases?page=1")).await;
     assert_eq!(response.status(), StatusCode::OK, "{:?}", response.body());
     let answer = json(&response);
-    assert_eq!(answer["authorized"], true);
-    assert_eq!(answer["path"], "/api/v1/testcases");
+    // BiG EVAL's own list: the simulator only gives it for a valid token.
+    assert!(answer["items"][0]["testType"].is_string(), "{answer}");
     assert_eq!(sim.token_requests(), 1);
 }
 

@@ -1,6 +1,6 @@
 //! tokenproxy's own endpoints under `/-/`, never forwarded: the status page (`/-/` and its
 //! assets), health, readiness, status, metrics, the per-upstream actions
-//! (`POST /-/upstreams/NAME/{login,logout,refresh}`) and the login callback
+//! (`POST /-/upstreams/NAME/{login,logout,refresh,token}`) and the login callback
 //! (`/-/callback/NAME`). The proxy hands it every `/-/` request that passed its guards;
 //! the JSON it answers is typed in [`crate::status`].
 
@@ -16,7 +16,7 @@ use crate::problem::{json_response, ProxyError};
 use crate::providers::{LoginMethod, Revocation};
 use crate::status::{
     Action, EgressStatus, FleetStatus, LoginAnswer, Logout, LogoutAnswer, Refusals, RequestCounts,
-    Status, TokenStatus, UpstreamStatus,
+    Status, TokenAnswer, TokenStatus, UpstreamStatus,
 };
 use crate::transport::ProxyBody;
 
@@ -29,6 +29,10 @@ const MAX_ADMIN_BODY: usize = 16 * 1024;
 /// The header every action must carry. No HTML form can send it, and a cross-site
 /// script can only after a CORS preflight, which the browser guard refuses.
 pub const ACTION_HEADER: &str = "tokenproxy-action";
+
+/// A token that expires sooner than this is refreshed before the token action hands it
+/// out: a script gets a token it can still use.
+const TOKEN_MIN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Answers `/-/{path}`. `same_origin`: the request came from the status page's own origin,
 /// or from no browser at all (the browser guard's verdict), which actions require.
@@ -68,16 +72,23 @@ pub async fn handle(
         },
         (&Method::GET, ["callback", name]) => callback::get(app, name, request.uri().query()).await,
         (&Method::POST, ["callback", name]) => callback::post(app, name, request).await,
-        (_, [""] | ["health" | "ready" | "status" | "metrics"] | ["assets", _])
-        | (_, ["upstreams", _, _])
-        | (_, ["callback", _]) => Err(ProxyError::MethodNotAllowed {
-            method: method.to_string(),
-        }),
+        (_, [""] | ["health" | "ready" | "status" | "metrics"] | ["assets", _]) => {
+            Err(not_allowed(&method, "GET, HEAD"))
+        }
+        (_, ["upstreams", _, _]) => Err(not_allowed(&method, "POST")),
+        (_, ["callback", _]) => Err(not_allowed(&method, "GET, POST")),
         _ => Err(ProxyError::NoRoute {
             path: format!("/-/{path}"),
         }),
     };
     result.unwrap_or_else(ProxyError::into_response)
+}
+
+fn not_allowed(method: &Method, allow: &'static str) -> ProxyError {
+    ProxyError::MethodNotAllowed {
+        method: method.to_string(),
+        allow,
+    }
 }
 
 /// Actions change state, so they are same-origin only: the page's own origin (or no
@@ -183,6 +194,9 @@ async fn upstream_action(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upstream = find(app, name)?;
     let tokens = &upstream.tokens;
+    if action == "token" {
+        return Ok(json(StatusCode::OK, &token_answer(upstream).await?));
+    }
     if !tokens.provider().refreshes() && matches!(action, "login" | "refresh" | "logout") {
         return Err(ProxyError::StaticToken {
             upstream: name.to_owned(),
@@ -247,6 +261,45 @@ async fn upstream_action(
             path: format!("/-/upstreams/{name}/{action}"),
         }),
     }
+}
+
+/// The token to hand out, refreshed first if it is about to expire, with the full header
+/// set a forwarded request carries.
+async fn token_answer(upstream: &Upstream) -> Result<TokenAnswer, ProxyError> {
+    let name = upstream.config.name.as_str();
+    let tokens = &upstream.tokens;
+    let mut credential = tokens
+        .credential()
+        .await
+        .map_err(|unavailable| no_token(name, unavailable.cause))?;
+    let expires_soon =
+        |at: Instant| at.saturating_duration_since(Instant::now()) < TOKEN_MIN_LIFETIME;
+    if tokens.provider().refreshes() && credential.expires_at.is_some_and(expires_soon) {
+        credential = tokens
+            .refresh()
+            .await
+            .map_err(|unavailable| no_token(name, unavailable.cause))?;
+    }
+    let headers = upstream
+        .config
+        .headers
+        .iter()
+        .chain(&credential.headers)
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    Ok(TokenAnswer {
+        upstream: name.to_owned(),
+        token: credential.token.expose().to_owned(),
+        headers,
+        expires_in_seconds: credential
+            .expires_at
+            .map(|at| at.saturating_duration_since(Instant::now()).as_secs()),
+    })
 }
 
 fn upstream_status(app: &App, upstream: &Upstream) -> UpstreamStatus {

@@ -1,20 +1,19 @@
-//! `login`, `logout`, `status` and `token`: one-shot commands over the admin endpoints of
-//! the daemon, or of a local server when none runs.
+//! `login`, `logout`, `status`, `token` and `header`: one-shot commands over the admin
+//! endpoints of the daemon, or of a local server when none runs.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-use super::daemon::{detail, Admin};
+use super::daemon::{detail, Admin, Reach};
+use super::CommandError;
 use crate::config::{Config, UpstreamConfig};
 use crate::credential::TokenState;
 use crate::providers::TokenSourceSpec;
-use crate::status::{LoginAnswer, LoginStarted, Logout, LogoutAnswer, Status, UpstreamStatus};
-use crate::store::Store;
-
-/// A token that expires sooner than this is refreshed before `token` prints it.
-const TOKEN_MIN_LIFETIME: Duration = Duration::from_secs(60);
+use crate::status::{
+    LoginAnswer, LoginStarted, Logout, LogoutAnswer, Status, TokenAnswer, UpstreamStatus,
+};
 
 /// How long `login` waits, past a device code's expiry, for the poller's report.
 const LOGIN_REPORT_GRACE: Duration = Duration::from_secs(5);
@@ -22,38 +21,66 @@ const LOGIN_REPORT_GRACE: Duration = Duration::from_secs(5);
 /// How long `login` waits for a browser login to come back.
 const BROWSER_LOGIN_WAIT: Duration = Duration::from_secs(300);
 
-fn upstream<'a>(config: &'a Config, name: &str) -> Result<&'a UpstreamConfig, String> {
+fn upstream<'a>(config: &'a Config, name: &str) -> Result<&'a UpstreamConfig, CommandError> {
     config
         .upstreams
         .iter()
         .find(|upstream| upstream.name == name)
         .ok_or_else(|| {
             let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
-            format!(
+            CommandError::Usage(format!(
                 "no upstream named {name:?} in {}; configured: {}",
                 config.source,
                 names.join(", ")
-            )
+            ))
         })
 }
 
-pub async fn login(config: Config, name: String, open_browser: bool) -> Result<(), String> {
-    upstream(&config, &name)?;
-    // A browser login comes back to the configured address, so a local server binds it.
-    let admin = Admin::connect(&config, true).await?;
-    if admin.daemon().is_none() && config.store_path.is_none() {
-        if config.fleet.is_some() {
-            eprintln!("tokenproxy: note: no daemon answers at {}: logging in from this command; the token goes to the fleet's Redis, where every replica picks it up", config.server.listen);
-        } else {
-            eprintln!("tokenproxy: note: the store is \"memory\" and no daemon runs: this token is gone when the command ends");
-        }
+/// The upstream's config, when the command read one: an unknown name is a usage error
+/// before anything is started.
+fn configured<'a>(
+    reach: &'a Reach,
+    name: &str,
+) -> Result<Option<&'a UpstreamConfig>, CommandError> {
+    match reach {
+        Reach::Config(config) => upstream(config, name).map(Some),
+        Reach::Url(_) | Reach::NoConfig(_) => Ok(None),
     }
-    let result = run_login(&admin, &name, open_browser).await;
+}
+
+/// Runs `command` against tokenproxy as `reach` says, after checking that it has `name`.
+async fn with_admin<T>(
+    reach: &Reach,
+    name: &str,
+    configured_listen: bool,
+    command: impl AsyncFnOnce(&Admin) -> Result<T, CommandError>,
+) -> Result<T, CommandError> {
+    configured(reach, name)?;
+    let admin = Admin::reach(reach, configured_listen).await?;
+    let result = match upstream_status(&admin, name).await {
+        Ok(_) => command(&admin).await,
+        Err(error) => Err(error),
+    };
     admin.close().await;
     result
 }
 
-async fn run_login(admin: &Admin, name: &str, open_browser: bool) -> Result<(), String> {
+pub async fn login(reach: Reach, name: String, open_browser: bool) -> Result<(), CommandError> {
+    // A browser login comes back to the configured address, so a local server binds it.
+    with_admin(&reach, &name, true, async |admin| {
+        if let (None, Reach::Config(config)) = (admin.daemon(), &reach) {
+            if config.fleet.is_some() {
+                eprintln!("tokenproxy: note: no daemon answers at {}: logging in from this command; the token goes to the fleet's Redis, where every replica picks it up", config.server.listen);
+            } else if config.store_path.is_none() {
+                eprintln!("tokenproxy: note: the store is \"memory\" and no daemon runs: this token is gone when the command ends");
+            }
+        }
+        run_login(admin, &name, open_browser).await
+    })
+    .await
+}
+
+async fn run_login(admin: &Admin, name: &str, open_browser: bool) -> Result<(), CommandError> {
     let refreshes_before = upstream_status(admin, name).await?.token.refreshes;
     let answer: LoginAnswer = action(admin, name, "login").await?;
     match answer.started {
@@ -106,7 +133,7 @@ async fn wait_for_login(
     refreshes_before: u64,
     within: Duration,
     waiting_for: &str,
-) -> Result<(), String> {
+) -> Result<(), CommandError> {
     let failures_before = upstream_status(admin, name).await?.token.failures;
     let deadline = Instant::now() + within;
     let terminal = std::io::stderr().is_terminal();
@@ -125,16 +152,16 @@ async fn wait_for_login(
             if terminal {
                 eprint!("\r\x1b[K");
             }
-            return Err(format!(
+            return Err(CommandError::Failed(format!(
                 "login to {name} failed: {}",
                 token.last_error.as_deref().unwrap_or("unknown error")
-            ));
+            )));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!(
+            return Err(CommandError::Failed(format!(
                 "login to {name} timed out waiting for {waiting_for}"
-            ));
+            )));
         }
         if terminal {
             eprint!(
@@ -147,12 +174,12 @@ async fn wait_for_login(
     }
 }
 
-pub async fn logout(config: Config, name: String) -> Result<(), String> {
-    upstream(&config, &name)?;
-    let admin = Admin::connect(&config, false).await?;
-    let answer: Result<LogoutAnswer, String> = action(&admin, &name, "logout").await;
-    admin.close().await;
-    println!("{}", logout_message(name.as_str(), &answer?.logout));
+pub async fn logout(reach: Reach, name: String) -> Result<(), CommandError> {
+    let answer: LogoutAnswer = with_admin(&reach, &name, false, async |admin| {
+        Ok(action(admin, &name, "logout").await?)
+    })
+    .await?;
+    println!("{}", logout_message(name.as_str(), &answer.logout));
     Ok(())
 }
 
@@ -204,14 +231,14 @@ fn utc_time(unix: u64) -> String {
     )
 }
 
-pub async fn status(config: Config, json: bool) -> Result<(), String> {
-    let admin = Admin::connect(&config, false).await?;
+pub async fn status(reach: Reach, json: bool) -> Result<(), CommandError> {
+    let admin = Admin::reach(&reach, false).await?;
     let answer = admin.get("/-/status").await;
     let daemon = admin.daemon().map(str::to_owned);
     admin.close().await;
     let (status, body) = answer?;
     if !status.is_success() {
-        return Err(detail(status, &body));
+        return Err(detail(status, &body).into());
     }
     if json {
         // The daemon's document as it sent it, fields this version does not know included.
@@ -298,88 +325,116 @@ fn print_table(status: &Status) {
     }
 }
 
-pub async fn token(config: Config, name: String) -> Result<(), String> {
-    let upstream_config = upstream(&config, &name)?;
-    if let TokenSourceSpec::Static { token } = &upstream_config.auth.source {
-        println!("{}", token.expose());
-        return Ok(());
-    }
-    let admin = Admin::connect(&config, false).await?;
-    let result = match admin.local() {
-        Some(server) => local_token(server, &name).await,
-        None => daemon_token(&admin, &config, upstream_config).await,
-    };
-    admin.close().await;
-    println!("{}", result?);
+pub async fn token(reach: Reach, name: String) -> Result<(), CommandError> {
+    println!("{}", token_answer(&reach, &name).await?.token);
     Ok(())
 }
 
-/// No daemon: this process owns the store; get a token (refreshing and storing as needed).
-async fn local_token(server: &crate::server::Server, name: &str) -> Result<String, String> {
-    let app = server.app();
-    let upstream = app
-        .upstream(name)
-        .ok_or_else(|| format!("no upstream named {name:?}"))?;
-    let mut credential = upstream
-        .tokens
-        .credential()
-        .await
-        .map_err(|error| error.to_string())?;
-    if expires_soon(credential.expires_at) {
-        credential = upstream
-            .tokens
-            .refresh()
-            .await
-            .map_err(|error| error.to_string())?;
-    }
-    Ok(credential.token.expose().to_owned())
-}
-
-/// A daemon owns the tokens: ask it to refresh if needed, then read what it stored.
-async fn daemon_token(
-    admin: &Admin,
-    config: &Config,
-    upstream: &UpstreamConfig,
-) -> Result<String, String> {
-    let name = &upstream.name;
-    let Some(store_path) = &config.store_path else {
-        return Err(format!(
-            "`tokenproxy token` reads the daemon's token store, but [store] path is \"memory\"; \
-             use curl through the proxy instead (http://…/{name}/...)"
-        ));
+/// `tokenproxy upstreams`: the upstream names, one a line, for shell completions and
+/// scripts. From the config when there is one (nothing is started), else from the daemon.
+pub async fn upstreams(reach: Reach) -> Result<(), CommandError> {
+    let names: Vec<String> = match &reach {
+        Reach::Config(config) => config.upstreams.iter().map(|u| u.name.clone()).collect(),
+        Reach::Url(_) | Reach::NoConfig(_) => {
+            let admin = Admin::reach(&reach, false).await?;
+            let status = daemon_status(&admin).await;
+            admin.close().await;
+            status?.upstreams.into_iter().map(|u| u.name).collect()
+        }
     };
-    let token = upstream_status(admin, name).await?.token;
-    let fresh = token.state == TokenState::Valid
-        && token
-            .expires_in_seconds
-            .is_none_or(|seconds| seconds >= TOKEN_MIN_LIFETIME.as_secs());
-    if !fresh {
-        let _: UpstreamStatus = action(admin, name, "refresh").await?;
+    for name in names {
+        println!("{name}");
     }
-    let entries = Store::read_only(store_path).map_err(|error| error.to_string())?;
-    entries
-        .get(name)
-        .filter(|stored| stored.fingerprint == upstream.auth.fingerprint())
-        .map(|stored| stored.access_token.clone())
-        .ok_or_else(|| {
-            format!("the daemon holds no stored token for {name}; run `tokenproxy login {name}`")
-        })
+    Ok(())
 }
 
-fn expires_soon(expires_at: Option<Instant>) -> bool {
-    expires_at.is_some_and(|at| at.saturating_duration_since(Instant::now()) < TOKEN_MIN_LIFETIME)
+/// `tokenproxy header NAME`: every header a forwarded request gets, as `Name: value`
+/// lines (`curl -H @FILE` reads them), or with `curl_args` as `-H 'Name: value'`.
+pub async fn header(reach: Reach, name: String, curl_args: bool) -> Result<(), CommandError> {
+    let headers = token_answer(&reach, &name).await?.headers;
+    if curl_args {
+        let args: Vec<String> = headers
+            .iter()
+            .map(|(name, value)| format!("-H {}", shell_quoted(&format!("{name}: {value}"))))
+            .collect();
+        println!("{}", args.join(" "));
+    } else {
+        for (name, value) in headers {
+            println!("{name}: {value}");
+        }
+    }
+    Ok(())
 }
 
-async fn upstream_status(admin: &Admin, name: &str) -> Result<UpstreamStatus, String> {
+/// `'text'` for a POSIX shell: a `'` inside becomes `'\''`.
+fn shell_quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// A valid token and its headers: a static one straight from the config, any other from
+/// tokenproxy's token action (refreshed first if it expires within a minute).
+async fn token_answer(reach: &Reach, name: &str) -> Result<TokenAnswer, CommandError> {
+    if let Some(upstream) = configured(reach, name)? {
+        if let TokenSourceSpec::Static { token } = &upstream.auth.source {
+            return static_answer(upstream, token);
+        }
+    }
+    with_admin(reach, name, false, async |admin| {
+        Ok(action(admin, name, "token").await?)
+    })
+    .await
+}
+
+fn static_answer(
+    upstream: &UpstreamConfig,
+    token: &crate::secret::Secret,
+) -> Result<TokenAnswer, CommandError> {
+    let headers = upstream
+        .auth
+        .injection
+        .headers_for(token)
+        .map_err(|error| CommandError::Failed(error.to_string()))?;
+    Ok(TokenAnswer {
+        upstream: upstream.name.clone(),
+        token: token.expose().to_owned(),
+        headers: upstream
+            .headers
+            .iter()
+            .chain(&headers)
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        expires_in_seconds: None,
+    })
+}
+
+/// `GET /-/status`, read.
+async fn daemon_status(admin: &Admin) -> Result<Status, CommandError> {
     let (status, body) = admin.get("/-/status").await?;
     if !status.is_success() {
-        return Err(detail(status, &body));
+        return Err(detail(status, &body).into());
     }
-    read_status(body)?
+    Ok(read_status(body)?)
+}
+
+async fn upstream_status(admin: &Admin, name: &str) -> Result<UpstreamStatus, CommandError> {
+    let status = daemon_status(admin).await?;
+    let names: Vec<String> = status.upstreams.iter().map(|u| u.name.clone()).collect();
+    status
         .upstreams
         .into_iter()
         .find(|upstream| upstream.name == name)
-        .ok_or_else(|| format!("the running tokenproxy has no upstream named {name:?}"))
+        .ok_or_else(|| {
+            CommandError::Usage(format!(
+                "the tokenproxy at {} has no upstream named {name:?}; it has: {}",
+                admin.base(),
+                names.join(", ")
+            ))
+        })
 }
 
 fn read_status(body: serde_json::Value) -> Result<Status, String> {
@@ -466,30 +521,11 @@ pub async fn health(
                     .parse()
                     .expect("a valid default")
             });
-        let ip = if listen.ip().is_unspecified() {
-            std::net::IpAddr::from([127, 0, 0, 1])
-        } else {
-            listen.ip()
-        };
-        format!(
-            "http://{}/-/health",
-            std::net::SocketAddr::new(ip, listen.port())
-        )
+        format!("{}/-/health", super::daemon::base_of(listen))
     });
     let checked = async {
-        let transport = crate::transport::Transports::new()
-            .get(&Default::default(), Duration::from_secs(2), None)
-            .map_err(|error| error.to_string())?;
-        let request = http::Request::get(&url)
-            .body(Vec::new())
-            .map_err(|_| "not a URL".to_owned())?;
-        let response = transport
-            .send_buffered(request, Duration::from_secs(3))
-            .await
-            .map_err(|error| match error {
-                crate::transport::TokenHttpError::Unreachable { reason, .. } => reason,
-                other => other.to_string(),
-            })?;
+        let transport = super::daemon::admin_transport()?;
+        let response = super::daemon::get(&transport, &url, Duration::from_secs(3)).await?;
         match response.status() {
             http::StatusCode::OK => Ok(()),
             status => Err(format!("answered HTTP {}", status.as_u16())),
@@ -512,37 +548,19 @@ pub async fn curl(
     name: String,
     path: String,
     args: Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), CommandError> {
     let upstream_config = upstream(&config, &name)?.clone();
-    let token = match &upstream_config.auth.source {
-        TokenSourceSpec::Static { token } => token.expose().to_owned(),
-        _ => {
-            let admin = Admin::connect(&config, false).await?;
-            let result = match admin.local() {
-                Some(server) => local_token(server, &name).await,
-                None => daemon_token(&admin, &config, &upstream_config).await,
-            };
-            admin.close().await;
-            result?
-        }
-    };
-    let headers = upstream_config
-        .auth
-        .injection
-        .headers_for(&crate::secret::Secret::new(token))
-        .map_err(|error| error.to_string())?;
     let url = upstream_config.target.join(&path);
+    let headers = token_answer(&Reach::Config(Box::new(config)), &name)
+        .await?
+        .headers;
     let mut command = std::process::Command::new("curl");
     // The headers go to curl as a config file on stdin, so the token is not in the process
     // list.
     let mut config_text = String::new();
-    for (name, value) in upstream_config.headers.iter().chain(&headers) {
-        let value = value
-            .to_str()
-            .unwrap_or_default()
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"");
-        config_text.push_str(&format!("header = \"{}: {value}\"\n", name.as_str()));
+    for (name, value) in &headers {
+        let value = value.replace('\\', "\\\\").replace('"', "\\\"");
+        config_text.push_str(&format!("header = \"{name}: {value}\"\n"));
     }
     command
         .arg("--config")
@@ -562,7 +580,7 @@ pub async fn curl(
     if status.success() {
         Ok(())
     } else {
-        Err(format!("curl exited with {status}"))
+        Err(CommandError::Failed(format!("curl exited with {status}")))
     }
 }
 

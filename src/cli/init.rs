@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::Path;
 
+use super::CommandError;
+
 /// Passes `tokenproxy check` as written: one live example upstream; every vendor section
 /// is there, commented out, ready to fill in.
 pub const STARTER_CONFIG: &str = r#"# tokenproxy config. Docs: README.md of tokenproxy. Check it with `tokenproxy check`.
@@ -72,12 +74,13 @@ token = "replace-me"
 
 /// Writes the starter config to `path` (mode 0600: it will hold secrets), refusing to
 /// overwrite an existing file unless `force`.
-pub fn write(path: &Path, force: bool) -> Result<(), String> {
+/// Writes the starter config to `path`; an existing file is a usage error unless `force`.
+pub fn write(path: &Path, force: bool) -> Result<(), CommandError> {
     if path.exists() && !force {
-        return Err(format!(
+        return Err(CommandError::Usage(format!(
             "{} exists; pass --force to overwrite it",
             path.display()
-        ));
+        )));
     }
     if let Some(directory) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(directory)
@@ -90,7 +93,7 @@ pub fn write(path: &Path, force: bool) -> Result<(), String> {
     options
         .open(path)
         .and_then(|mut file| file.write_all(STARTER_CONFIG.as_bytes()))
-        .map_err(|error| format!("{}: {error}", path.display()))
+        .map_err(|error| CommandError::Failed(format!("{}: {error}", path.display())))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod ca;
 mod commands;
+mod completions;
 mod daemon;
 mod init;
 
@@ -12,6 +13,48 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, ConfigError};
+use daemon::Reach;
+
+/// Which tokenproxy a one-shot command talks to.
+#[derive(Debug, clap::Args)]
+struct DaemonUrl {
+    /// Talk to the tokenproxy at this URL (e.g. http://127.0.0.1:8080, the one `tokenproxy
+    /// demo` prints) instead of the one the config names; no config is read.
+    #[arg(long, env = "TOKENPROXY_URL", value_name = "URL")]
+    url: Option<String>,
+}
+
+/// The commands whose first argument is an upstream's name, which completions offer.
+const NAMED_COMMANDS: &[&str] = &["login", "logout", "token", "header", "curl"];
+
+/// How a one-shot command failed, and so its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Not usable as asked (an unknown upstream, a file in the way): exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// No config to read (and no tokenproxy at the default address): exit 2.
+    #[error("config error: {0}")]
+    Config(String),
+    /// The command ran and failed (unreachable, refused, timed out): exit 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for CommandError {
+    fn from(message: String) -> Self {
+        CommandError::Failed(message)
+    }
+}
+
+impl CommandError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CommandError::Usage(_) | CommandError::Config(_) => ExitCode::from(2),
+            CommandError::Failed(_) => ExitCode::FAILURE,
+        }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,14 +79,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve (the default): forward requests with live tokens until SIGTERM or Ctrl-C.
-    Run,
+    Run {
+        /// Listen here instead of server.listen: 127.0.0.1:9000, localhost:9000, or a port.
+        #[arg(long, env = "TOKENPROXY_LISTEN", value_name = "ADDR", value_parser = listen_address)]
+        listen: Option<String>,
+    },
     /// Validate the config and exit: 0 if it is good, 2 with a one-line error if not.
     Check,
     /// Serve every vendor on built-in simulated endpoints: try it with no vendor account.
     #[cfg(feature = "demo")]
     Demo {
-        /// Where the demo proxy listens.
-        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        /// Where the demo proxy listens: 127.0.0.1:9000, localhost:9000, or a port.
+        #[arg(long, env = "TOKENPROXY_LISTEN", default_value = config::DEFAULT_LISTEN, value_name = "ADDR", value_parser = config::listen_address)]
         listen: std::net::SocketAddr,
         /// Leave BigAnimal logged out: log in from the status page (or `tokenproxy login
         /// biganimal`) and approve the code at the simulator's page yourself.
@@ -58,11 +105,15 @@ enum Command {
         /// Print the URL instead of opening a browser.
         #[arg(long)]
         no_browser: bool,
+        #[command(flatten)]
+        daemon: DaemonUrl,
     },
     /// Forget an upstream's tokens, revoking them where the vendor can (AMM).
     Logout {
         /// The upstream, as named in the config.
         name: String,
+        #[command(flatten)]
+        daemon: DaemonUrl,
     },
     /// Show each upstream's kind, token state, expiry, last refresh and last error. Never a
     /// token.
@@ -70,6 +121,8 @@ enum Command {
         /// Print JSON (the same as GET /-/status) instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        daemon: DaemonUrl,
     },
     /// Write a commented starter config (one section per vendor).
     Init {
@@ -97,8 +150,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Print shell completions: tokenproxy completions bash > /etc/bash_completion.d/tokenproxy
+    /// Print shell completions, which also complete upstream names:
+    /// tokenproxy completions bash > ~/.local/share/bash-completion/completions/tokenproxy
     Completions { shell: clap_complete::Shell },
+    /// Print the upstream names, one a line (what shell completions offer).
+    Upstreams {
+        #[command(flatten)]
+        daemon: DaemonUrl,
+    },
     /// Egress mode's local CA, which can sign only for the upstreams' hosts.
     Ca {
         #[command(subcommand)]
@@ -112,6 +171,19 @@ enum Command {
     Token {
         /// The upstream, as named in the config.
         name: String,
+        #[command(flatten)]
+        daemon: DaemonUrl,
+    },
+    /// Print every header tokenproxy sends to an upstream (Authorization, CAEPE's
+    /// Organization, static headers) as `Name: value` lines: curl -H @<(tokenproxy header NAME) ...
+    Header {
+        /// The upstream, as named in the config.
+        name: String,
+        /// Print curl arguments instead: -H 'Name: value' -H ...
+        #[arg(long)]
+        curl: bool,
+        #[command(flatten)]
+        daemon: DaemonUrl,
     },
 }
 
@@ -136,7 +208,7 @@ enum CaCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.unwrap_or(Command::Run { listen: None }) {
         Command::Check => match load(cli.config.as_deref()) {
             Ok(config) => {
                 for warning in config.warnings() {
@@ -152,23 +224,30 @@ pub fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Run => match load(cli.config.as_deref()) {
-            Ok(config) => block_on(serve(config)),
-            Err(code) => code,
-        },
+        Command::Run { listen } => {
+            let overrides = config::Overrides { listen };
+            match load_with(cli.config.as_deref(), &overrides) {
+                Ok(config) => block_on(serve(config)),
+                Err(code) => code,
+            }
+        }
         #[cfg(feature = "demo")]
         Command::Demo {
             listen,
             manual_login,
         } => block_on(crate::demo::run(listen, manual_login)),
-        Command::Login { name, no_browser } => with_config(cli.config.as_deref(), |config| {
-            commands::login(config, name, !no_browser)
+        Command::Login {
+            name,
+            no_browser,
+            daemon,
+        } => with_reach(cli.config.as_deref(), daemon, |reach| {
+            commands::login(reach, name, !no_browser)
         }),
-        Command::Logout { name } => with_config(cli.config.as_deref(), |config| {
-            commands::logout(config, name)
+        Command::Logout { name, daemon } => with_reach(cli.config.as_deref(), daemon, |reach| {
+            commands::logout(reach, name)
         }),
-        Command::Status { json } => with_config(cli.config.as_deref(), |config| {
-            commands::status(config, json)
+        Command::Status { json, daemon } => with_reach(cli.config.as_deref(), daemon, |reach| {
+            commands::status(reach, json)
         }),
         Command::Init { path, force } => {
             let Some(path) = path.or_else(config::default_config_file) else {
@@ -183,9 +262,9 @@ pub fn main() -> ExitCode {
                     );
                     ExitCode::SUCCESS
                 }
-                Err(message) => {
-                    eprintln!("tokenproxy: {message}");
-                    ExitCode::FAILURE
+                Err(error) => {
+                    eprintln!("tokenproxy: {error}");
+                    error.exit_code()
                 }
             }
         }
@@ -197,9 +276,17 @@ pub fn main() -> ExitCode {
             use clap::CommandFactory;
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "tokenproxy", &mut script);
+            let script = completions::with_upstream_names(
+                shell,
+                &String::from_utf8_lossy(&script),
+                NAMED_COMMANDS,
+            );
             // A closed pipe (`| head`) is not worth a panic.
-            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), script.as_bytes());
             ExitCode::SUCCESS
+        }
+        Command::Upstreams { daemon } => {
+            with_reach(cli.config.as_deref(), daemon, commands::upstreams)
         }
         Command::Ca { action } => match load(cli.config.as_deref()) {
             Ok(config) => match action {
@@ -212,25 +299,60 @@ pub fn main() -> ExitCode {
             Ok(config) => ca::env(&config),
             Err(code) => code,
         },
-        Command::Token { name } => with_config(cli.config.as_deref(), |config| {
-            commands::token(config, name)
+        Command::Token { name, daemon } => with_reach(cli.config.as_deref(), daemon, |reach| {
+            commands::token(reach, name)
         }),
+        Command::Header { name, curl, daemon } => {
+            with_reach(cli.config.as_deref(), daemon, |reach| {
+                commands::header(reach, name, curl)
+            })
+        }
     }
+}
+
+/// Runs a command that talks to tokenproxy: at `--url` with no config read, else through
+/// the config (a bad config exits 2 at once; none at all may still find a daemon at the
+/// default address).
+fn with_reach<F, Fut>(explicit: Option<&std::path::Path>, daemon: DaemonUrl, command: F) -> ExitCode
+where
+    F: FnOnce(Reach) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CommandError>>,
+{
+    let reach = match daemon.url {
+        Some(url) => Reach::Url(url),
+        None => match config::locate(explicit).and_then(|path| config::load(&path)) {
+            Ok(config) => Reach::Config(Box::new(config)),
+            Err(error @ ConfigError::NotFound { .. }) => Reach::NoConfig(error),
+            Err(error) => {
+                eprintln!("tokenproxy: config error: {error}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    block_on(async move {
+        match command(reach).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("tokenproxy: {error}");
+                error.exit_code()
+            }
+        }
+    })
 }
 
 /// Loads the config and runs a one-shot command on it.
 fn with_config<F, Fut>(explicit: Option<&std::path::Path>, command: F) -> ExitCode
 where
     F: FnOnce(Config) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), CommandError>>,
 {
     match load(explicit) {
         Ok(config) => block_on(async move {
             match command(config).await {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(message) => {
-                    eprintln!("tokenproxy: {message}");
-                    ExitCode::FAILURE
+                Err(error) => {
+                    eprintln!("tokenproxy: {error}");
+                    error.exit_code()
                 }
             }
         }),
@@ -238,9 +360,21 @@ where
     }
 }
 
+/// `--listen` as given, once checked (the config check names server.listen).
+fn listen_address(text: &str) -> Result<String, String> {
+    config::listen_address(text).map(|_| text.to_owned())
+}
+
 fn load(explicit: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    load_with(explicit, &config::Overrides::default())
+}
+
+fn load_with(
+    explicit: Option<&std::path::Path>,
+    overrides: &config::Overrides,
+) -> Result<Config, ExitCode> {
     config::locate(explicit)
-        .and_then(|path| config::load(&path))
+        .and_then(|path| config::load_with(&path, overrides))
         .map_err(|error: ConfigError| {
             eprintln!("tokenproxy: config error: {error}");
             ExitCode::from(2)

@@ -3,16 +3,19 @@
 //! reported before anything listens.
 
 mod interpolate;
+mod suggest;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+use crate::schema::AuthValue;
 pub use crate::schema::{parse_duration, FieldError, RawAuth, RawDuration, RawScope, Target};
 pub use interpolate::{ProcessSources, Sources};
+use serde::Deserialize;
 
 use crate::fleet::{FleetSettings, WhenRedisDown};
 use crate::providers::AuthSpec;
@@ -109,6 +112,20 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[egress]`: parsed and checked; nothing listens on it yet.
     pub egress: Option<EgressConfig>,
+    /// What the command line set over the file; a reload applies it again.
+    pub overrides: Overrides,
+    /// Fields whose secret is written in the file itself, not `${ENV}` or `${file:}`.
+    pub literal_secrets: Vec<String>,
+    /// The file holds secrets and others may read it.
+    pub readable_by_others: bool,
+}
+
+/// Settings the command line puts over the file's: `run --listen ADDR` (or
+/// `$TOKENPROXY_LISTEN`) for `server.listen`. Applied before validation, so every check
+/// (a listener beyond loopback needs a client key) holds for them too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub listen: Option<String>,
 }
 
 /// One `egress.passthrough` entry: a host or `*.` pattern (lower case) and the one port it
@@ -258,20 +275,42 @@ pub const CONFIG_TOML_ENV: &str = "TOKENPROXY_CONFIG_TOML";
 /// Reads, interpolates and validates the file at `path` (or, for `$TOKENPROXY_CONFIG_TOML`,
 /// that variable's text).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, &Overrides::default())
+}
+
+/// `load`, with the command line's `overrides` over the file.
+pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    if file == format!("${CONFIG_TOML_ENV}") {
-        let text = std::env::var(CONFIG_TOML_ENV).unwrap_or_default();
-        return parse(&text, &file, &ProcessSources);
+    let text = if file == format!("${CONFIG_TOML_ENV}") {
+        std::env::var(CONFIG_TOML_ENV).unwrap_or_default()
+    } else {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+            file: file.clone(),
+            source,
+        })?
+    };
+    let mut config = parse_with(&text, &file, &ProcessSources, overrides)?;
+    #[cfg(unix)]
+    if !config.literal_secrets.is_empty() {
+        use std::os::unix::fs::PermissionsExt;
+        config.readable_by_others = std::fs::metadata(path)
+            .is_ok_and(|metadata| metadata.permissions().mode() & 0o077 != 0);
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
-        file: file.clone(),
-        source,
-    })?;
-    parse(&text, &file, &ProcessSources)
+    Ok(config)
 }
 
 /// Parses config text; `file` only names it in errors.
 pub fn parse(text: &str, file: &str, sources: &dyn Sources) -> Result<Config, ConfigError> {
+    parse_with(text, file, sources, &Overrides::default())
+}
+
+/// `parse`, with the command line's `overrides` over the text.
+pub fn parse_with(
+    text: &str,
+    file: &str,
+    sources: &dyn Sources,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
     let mut tree: toml::Value = text
         .parse::<toml::Table>()
         .map(toml::Value::Table)
@@ -283,27 +322,74 @@ pub fn parse(text: &str, file: &str, sources: &dyn Sources) -> Result<Config, Co
                 .unwrap_or(1),
             problem: one_line(error.message()),
         })?;
+    let literal_secrets = literal_secrets(&tree);
     let mut resolved = Vec::new();
     interpolate::interpolate_tree(&mut tree, &mut Vec::new(), sources, &mut resolved)
         .map_err(|error| in_file(FieldError::new(error.field, error.problem), file))?;
+    if let (Some(listen), Some(table)) = (&overrides.listen, tree.as_table_mut()) {
+        let server = table
+            .entry("server")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(server) = server.as_table_mut() {
+            server.insert("listen".into(), toml::Value::String(listen.clone()));
+        }
+    }
     // A value that came from the environment or a secret file may be a secret: whichever
     // check refuses it, the error shows where it came from, not what it is.
-    checked(tree, file).map_err(|error| error.without(&resolved))
+    let mut config = checked(tree, file).map_err(|error| error.without(&resolved))?;
+    config.overrides = overrides.clone();
+    config.literal_secrets = literal_secrets;
+    Ok(config)
+}
+
+/// The fields of `tree` (as written, before `${...}`) that hold a secret itself rather
+/// than a reference to one.
+fn literal_secrets(tree: &toml::Value) -> Vec<String> {
+    let literal = |value: Option<&toml::Value>| {
+        value
+            .and_then(toml::Value::as_str)
+            .is_some_and(|text| !text.is_empty() && !text.contains("${"))
+    };
+    let mut fields: Vec<String> = [
+        ("server", "client_key"),
+        ("store", "redis_password"),
+        ("store", "encryption_key"),
+    ]
+    .into_iter()
+    .filter(|(table, key)| literal(tree.get(table).and_then(|table| table.get(key))))
+    .map(|(table, key)| format!("{table}.{key}"))
+    .collect();
+    let upstreams = tree.get("upstreams").and_then(toml::Value::as_table);
+    for (name, upstream) in upstreams.into_iter().flatten() {
+        let Some(auth) = upstream.get("auth") else {
+            continue;
+        };
+        let Ok(raw) = RawAuth::deserialize(auth.clone()) else {
+            continue;
+        };
+        for key in raw.present() {
+            if matches!(raw.field(key), Some(AuthValue::Secret(_))) && literal(auth.get(key)) {
+                fields.push(format!("upstreams.{name}.auth.{key}"));
+            }
+        }
+    }
+    fields
 }
 
 fn checked(tree: toml::Value, file: &str) -> Result<Config, ConfigError> {
     let auth_keys = auth_keys(&tree);
+    // Kept to say what an unknown field's table takes.
+    let written = tree.clone();
     let raw: RawConfig = serde_path_to_error::deserialize(tree).map_err(|error| {
         let field = error.path().to_string();
+        let message = one_line(&error.into_inner().to_string());
+        let problem = suggest::unknown_field(&message, &field, &written).unwrap_or(message);
         let field = if field == "." {
             "(top level)".into()
         } else {
             field
         };
-        in_file(
-            FieldError::new(field, one_line(&error.into_inner().to_string())),
-            file,
-        )
+        in_file(FieldError::new(field, problem), file)
     })?;
     let mut config = validate(raw, file).map_err(|error| in_file(error, file))?;
     for upstream in &mut config.upstreams {
@@ -479,6 +565,9 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         fleet,
         upstreams,
         egress,
+        overrides: Overrides::default(),
+        literal_secrets: Vec::new(),
+        readable_by_others: false,
     })
 }
 
@@ -705,9 +794,11 @@ fn check_routes_are_unique(
     main_listen: SocketAddr,
     egress: Option<&EgressConfig>,
 ) -> Result<(), FieldError> {
-    let mut prefixes = HashSet::new();
-    let mut hosts = HashSet::new();
-    let mut ports = HashSet::from([main_listen]);
+    // Each route, with who has it, so a clash names the other one.
+    let mut prefixes: HashMap<&str, &str> = HashMap::new();
+    let mut hosts: HashMap<&str, &str> = HashMap::new();
+    let mut ports: HashMap<SocketAddr, String> =
+        HashMap::from([(main_listen, "server.listen".to_owned())]);
     if let Some(egress) = egress.filter(|egress| egress.listen.port() != 0) {
         if egress.listen == main_listen {
             return Err(FieldError::new(
@@ -715,30 +806,34 @@ fn check_routes_are_unique(
                 format!("{} is already used by server.listen", egress.listen),
             ));
         }
-        ports.insert(egress.listen);
+        ports.insert(egress.listen, "egress.listen".to_owned());
     }
     for upstream in upstreams {
-        let field = |leaf: &str| format!("upstreams.{}.{leaf}", upstream.name);
-        if !prefixes.insert(upstream.prefix.as_str()) {
+        let name = upstream.name.as_str();
+        let field = |leaf: &str| format!("upstreams.{name}.{leaf}");
+        if let Some(other) = prefixes.insert(&upstream.prefix, name) {
             return Err(FieldError::new(
                 field("prefix"),
-                format!("{:?} is already used by another upstream", upstream.prefix),
+                format!(
+                    "{:?} is already the prefix of upstream {other}; give one of them another prefix",
+                    upstream.prefix
+                ),
             ));
         }
         if let Some(host) = &upstream.host {
-            if !hosts.insert(host.as_str()) {
+            if let Some(other) = hosts.insert(host, name) {
                 return Err(FieldError::new(
                     field("host"),
-                    format!("{host:?} is already used by another upstream"),
+                    format!("{host:?} is already the host of upstream {other}"),
                 ));
             }
         }
         // Port 0 asks the system for a free port, so it can never clash.
         if let Some(listen) = upstream.listen.filter(|addr| addr.port() != 0) {
-            if !ports.insert(listen) {
+            if let Some(other) = ports.insert(listen, field("listen")) {
                 return Err(FieldError::new(
                     field("listen"),
-                    format!("{listen} is already used by server.listen, egress.listen or another upstream"),
+                    format!("{listen} is already used by {other}"),
                 ));
             }
         }
@@ -873,6 +968,14 @@ impl Config {
                 egress.listen
             ));
         }
+        if self.readable_by_others {
+            warnings.push(format!(
+                "{} holds secrets ({}) and others can read it: chmod 600 {}, or take them from ${{ENV}} or ${{file:...}}",
+                self.source,
+                self.literal_secrets.join(", "),
+                self.source
+            ));
+        }
         for upstream in &self.upstreams {
             if upstream.insecure_skip_verify {
                 warnings.push(format!(
@@ -903,10 +1006,27 @@ pub fn normalize_host(host: &str) -> String {
 }
 
 fn parse_listen(field: &str, text: &str) -> Result<SocketAddr, FieldError> {
-    text.parse().map_err(|_| {
-        FieldError::new(
-            field,
-            format!("{text:?} is not an address:port such as {DEFAULT_LISTEN}"),
+    listen_address(text).map_err(|problem| FieldError::new(field, problem))
+}
+
+/// A listen address as a user writes it: `127.0.0.1:8080`, `[::1]:8080`, `0.0.0.0:8080`,
+/// `localhost:8080` (loopback), or just a port, `8080` (loopback, as `kubectl proxy
+/// --port`). Names other than `localhost` are not resolved: an address to listen on is
+/// the machine's own.
+pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    let loopback = |port: &str| {
+        port.parse::<u16>()
+            .ok()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+    };
+    let parsed = text.parse().ok().or_else(|| match text.rsplit_once(':') {
+        Some((host, port)) if host.eq_ignore_ascii_case("localhost") => loopback(port),
+        Some(_) => None,
+        None => loopback(text),
+    });
+    parsed.ok_or_else(|| {
+        format!(
+            "{text:?} is not an address:port such as {DEFAULT_LISTEN}, localhost:8080 or a port"
         )
     })
 }

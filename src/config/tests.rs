@@ -83,7 +83,7 @@ fn each_bad_config_names_its_field() {
         ("[upstreams.a]\ntarget = \"https://x/\"\nprefix = \"/-/x\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.prefix: /-/ is reserved"),
         ("[upstreams.a]\ntarget = \"https://x/\"\nconnect_timeout = \"5 parsecs\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.connect_timeout"),
         ("[upstreams.A]\ntarget = \"https://x/\"\n[upstreams.A.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.A: an upstream name"),
-        ("[upstreams.a]\ntarget = \"https://x/\"\nprefix = \"/same\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n[upstreams.b]\ntarget = \"https://y/\"\nprefix = \"/same\"\n[upstreams.b.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.b.prefix: \"/same\" is already used"),
+        ("[upstreams.a]\ntarget = \"https://x/\"\nprefix = \"/same\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n[upstreams.b]\ntarget = \"https://y/\"\nprefix = \"/same\"\n[upstreams.b.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.b.prefix: \"/same\" is already the prefix of upstream a"),
         ("[upstreams.a]\ntarget = \"https://x/\"\nheaders = { \"bad header\" = \"v\" }\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.headers.bad header"),
         ("[upstreams.a]\ntarget = \"https://x/\"\nca_file = \"/does/not/exist.pem\"\n[upstreams.a.auth]\nkind = \"static\"\ntoken = \"t\"\n", "upstreams.a.ca_file"),
         ("[upstreams.a\ntarget = 1\n", "test.toml: line 1:"),

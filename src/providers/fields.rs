@@ -14,7 +14,13 @@ pub struct AuthFields<'a> {
     field: &'a str,
     kind: &'a str,
     used: RefCell<Vec<&'static str>>,
+    /// Only finding out which fields the kind reads: a missing required field reads as a
+    /// placeholder instead of stopping the reading.
+    survey: bool,
 }
+
+/// What a missing required field reads as in a survey: valid as text and as a URL.
+const SURVEY_PLACEHOLDER: &str = "https://survey.invalid/";
 
 impl<'a> AuthFields<'a> {
     pub fn new(raw: &'a RawAuth, field: &'a str, kind: &'a str) -> Self {
@@ -23,7 +29,24 @@ impl<'a> AuthFields<'a> {
             field,
             kind,
             used: RefCell::new(vec!["kind"]),
+            survey: false,
         }
+    }
+
+    /// For `fields_of_kind`: reads like `new`, but missing required fields do not stop it.
+    pub fn survey(raw: &'a RawAuth, kind: &'a str) -> Self {
+        AuthFields {
+            survey: true,
+            ..AuthFields::new(raw, "auth", kind)
+        }
+    }
+
+    /// The fields read so far, in the order they were first read.
+    pub fn used(&self) -> Vec<&'static str> {
+        let mut used = self.used.borrow().clone();
+        let mut seen = std::collections::HashSet::new();
+        used.retain(|name| seen.insert(*name));
+        used
     }
 
     pub fn path(&self, name: &str) -> String {
@@ -53,6 +76,7 @@ impl<'a> AuthFields<'a> {
     pub fn required_text(&self, name: &'static str) -> Result<String, FieldError> {
         match self.text(name) {
             Some(value) if !value.is_empty() => Ok(value),
+            _ if self.survey => Ok(SURVEY_PLACEHOLDER.to_owned()),
             Some(_) => Err(self.error(name, "must not be empty")),
             None => Err(self.error(name, format!("missing; required by kind {:?}", self.kind))),
         }
@@ -69,6 +93,7 @@ impl<'a> AuthFields<'a> {
     pub fn required_secret(&self, name: &'static str) -> Result<Secret, FieldError> {
         match self.secret(name) {
             Some(value) if !value.is_empty() => Ok(value),
+            _ if self.survey => Ok(Secret::new(SURVEY_PLACEHOLDER)),
             Some(_) => Err(self.error(name, "must not be empty")),
             None => Err(self.error(name, format!("missing; required by kind {:?}", self.kind))),
         }

@@ -92,27 +92,7 @@ impl AuthSpec {
             )
         })?;
         let fields = fields::AuthFields::new(raw, field, kind);
-        let generic = |flow| oauth::spec(&fields, flow, oauth::PresetDefaults::default());
-        let mut spec = match kind {
-            "static" => static_token::spec(&fields)?,
-            "client_credentials" => generic(oauth::FlowKind::ClientCredentials)?,
-            "password" => generic(oauth::FlowKind::Password)?,
-            "refresh_token" => generic(oauth::FlowKind::RefreshToken)?,
-            "device_code" => generic(oauth::FlowKind::DeviceCode)?,
-            "authorization_code" => generic(oauth::FlowKind::AuthorizationCode)?,
-            "bigeval" => bigeval::spec(&fields, target)?,
-            "caepe" => caepe::spec(&fields)?,
-            "bigid" => bigid::spec(&fields, target)?,
-            "amm" => amm::spec(&fields, target)?,
-            "biganimal" => biganimal::spec(&fields)?,
-            other => {
-                return Err(FieldError::new(
-                    format!("{field}.kind"),
-                    format!("unknown kind {other:?}; one of {}", KINDS.join(", ")),
-                ))
-            }
-        };
-        spec.refresh_skew = fields.duration("refresh_skew")?;
+        let mut spec = read_kind(&fields, target)?;
         // Every field the table declares a secret, so a new one cannot be forgotten here.
         spec.secrets = raw
             .present()
@@ -127,6 +107,46 @@ impl AuthSpec {
         fields.reject_unused()?;
         Ok(spec)
     }
+}
+
+/// The fields `raw`'s kind reads, given the rest of `raw` (a `grant` changes them), in the
+/// order it reads them: what an unknown field's error lists. Empty for an unknown kind.
+pub fn fields_of_kind(raw: &RawAuth) -> Vec<&'static str> {
+    let Some(kind) = raw.kind.as_deref().filter(|kind| KINDS.contains(kind)) else {
+        return Vec::new();
+    };
+    let fields = fields::AuthFields::survey(raw, kind);
+    let target = Target::parse("https://survey.invalid/").expect("a valid URL");
+    // A value the kind refuses may end the reading early; what was read so far is listed.
+    let _ = read_kind(&fields, &target);
+    fields.used()
+}
+
+/// Reads the fields of `fields`' kind into its spec.
+fn read_kind(fields: &fields::AuthFields, target: &Target) -> Result<AuthSpec, FieldError> {
+    let kind = fields.kind();
+    let generic = |flow| oauth::spec(fields, flow, oauth::PresetDefaults::default());
+    let mut spec = match kind {
+        "static" => static_token::spec(fields)?,
+        "client_credentials" => generic(oauth::FlowKind::ClientCredentials)?,
+        "password" => generic(oauth::FlowKind::Password)?,
+        "refresh_token" => generic(oauth::FlowKind::RefreshToken)?,
+        "device_code" => generic(oauth::FlowKind::DeviceCode)?,
+        "authorization_code" => generic(oauth::FlowKind::AuthorizationCode)?,
+        "bigeval" => bigeval::spec(fields, target)?,
+        "caepe" => caepe::spec(fields)?,
+        "bigid" => bigid::spec(fields, target)?,
+        "amm" => amm::spec(fields, target)?,
+        "biganimal" => biganimal::spec(fields)?,
+        other => {
+            return Err(fields.error(
+                "kind",
+                format!("unknown kind {other:?}; one of {}", KINDS.join(", ")),
+            ))
+        }
+    };
+    spec.refresh_skew = fields.duration("refresh_skew")?;
+    Ok(spec)
 }
 
 /// Reads `header`, `scheme` and `headers`, the injection options every kind has.

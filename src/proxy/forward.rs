@@ -3,8 +3,9 @@
 //!    credentials out, token and `X-Forwarded-*` in) and the body, kept when small;
 //! 2. `exchange`: send, and send again where `retry` says so (a reset before any answer
 //!    to an idempotent request; a 401 answered with a replaced token);
-//! 3. `finish`: the answer's hop-by-hop headers out and the sandbox in, or a tunnel for a
-//!    101.
+//! 3. `finish`: the answer's hop-by-hop headers out, a `Location` into the target
+//!    brought behind the proxy, HTTP/1.1 whatever the vendor spoke, the sandbox in; or a
+//!    tunnel for a 101.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::body::{replay_body, replayable, ClientBodyError, Replay};
-use super::{headers, Connection};
+use super::{headers, redirect, Connection};
 use crate::app::Upstream;
 use crate::credential::Credential;
 use crate::problem::ProxyError;
@@ -40,6 +41,7 @@ pub(super) async fn forward(
     request: Request<Incoming>,
     target: Uri,
     original_host: Option<HeaderValue>,
+    mount: Option<&str>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Connection {
         forwarded_for,
@@ -53,11 +55,7 @@ pub(super) async fn forward(
     // An upgraded connection is never reused, so upgrades take a pooled one.
     let affinity = prepared.client_upgrade.is_none().then_some(&*affinity);
     let response = exchange(upstream, &mut prepared, affinity).await?;
-    Ok(finish(
-        &upstream.config.name,
-        response,
-        prepared.client_upgrade,
-    ))
+    Ok(finish(upstream, mount, response, prepared.client_upgrade))
 }
 
 fn no_token(upstream: &Upstream, unavailable: TokenUnavailable) -> ProxyError {
@@ -247,12 +245,15 @@ async fn exchange(
     }
 }
 
-/// Phase 3: the answer as the client gets it.
+/// Phase 3: the answer as the client gets it. `mount`: the client's path prefix that
+/// routed here, for redirects (`None`: leave them as the vendor wrote them).
 fn finish(
-    name: &str,
+    upstream: &Upstream,
+    mount: Option<&str>,
     mut response: Response<Incoming>,
     client_upgrade: Option<OnUpgrade>,
 ) -> Response<ProxyBody> {
+    let name = &upstream.config.name;
     match (client_upgrade, response.status()) {
         (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) => {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -265,6 +266,14 @@ fn finish(
         }
         _ => headers::strip_hop_by_hop(response.headers_mut()),
     }
+    let location = response.headers().get(header::LOCATION).zip(mount);
+    if let Some(rewritten) = location.and_then(|(location, mount)| {
+        redirect::rewrite_location(location, &upstream.config.target, mount)
+    }) {
+        response.headers_mut().insert(header::LOCATION, rewritten);
+    }
+    // The client talks to tokenproxy, which speaks HTTP/1.1 (or 2) whatever the vendor does.
+    *response.version_mut() = Version::HTTP_11;
     headers::sandbox(response.headers_mut());
     response.map(|body| body.map_err(Into::into).boxed_unsync())
 }

@@ -14,6 +14,7 @@ pub mod egress;
 mod forward;
 mod guard;
 mod headers;
+mod redirect;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -208,7 +209,19 @@ async fn answer(
         Route::Upstream { index, path: rest } => {
             let upstream = &app.upstreams[index];
             let target = target_uri(upstream, rest, request.uri().query())?;
-            forward::forward(upstream, connection, request, target, host_value.cloned()).await?
+            // The prefix the client's path had (none for host and listen routes), for
+            // redirects; an egress client addressed the vendor itself, so its redirects
+            // already point where it went.
+            let mount = (!connection.egress).then(|| path.strip_suffix(rest).unwrap_or_default());
+            forward::forward(
+                upstream,
+                connection,
+                request,
+                target,
+                host_value.cloned(),
+                mount,
+            )
+            .await?
         }
     };
     Ok((response, Some(verdict)))

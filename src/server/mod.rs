@@ -46,9 +46,14 @@ pub enum StartError {
     Fleet(#[from] FleetError),
     #[error("egress.ca_dir: {0}")]
     EgressCa(#[from] crate::egress::ca::CaError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error(
+        "cannot listen on {addr} ({field}): {source}{}",
+        bind_hint(field, source)
+    )]
     Bind {
         addr: SocketAddr,
+        /// Where the address was set: `server.listen`, `egress.listen` or `upstreams.NAME.listen`.
+        field: String,
         #[source]
         source: std::io::Error,
     },
@@ -58,6 +63,22 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What to change when the address is taken: the flag for the main listener, else the
+/// upstream's field.
+fn bind_hint(field: &str, source: &std::io::Error) -> String {
+    if source.kind() != std::io::ErrorKind::AddrInUse {
+        return String::new();
+    }
+    let how = if field == "server.listen" {
+        "`--listen ADDR` (or TOKENPROXY_LISTEN), or server.listen in the config"
+    } else {
+        field
+    };
+    format!(
+        "; another program listens there (another tokenproxy?): choose another address with {how}"
+    )
 }
 
 /// The app every new request is served by; replaced whole on reload.
@@ -107,10 +128,14 @@ impl Server {
             fleet.as_ref(),
             None,
         )?;
-        let bind = |addr: SocketAddr| async move {
+        let bind = |addr: SocketAddr, field: String| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Bind { addr, source })
+                .map_err(|source| StartError::Bind {
+                    addr,
+                    field,
+                    source,
+                })
         };
         // The CA before any port: a missing one is a start-up error, not a failed handshake.
         let interceptor = config
@@ -119,15 +144,16 @@ impl Server {
             .map(|egress| crate::egress::Interceptor::load(&egress.ca_dir))
             .transpose()?
             .map(Arc::new);
-        let main = bind(config.server.listen).await?;
+        let main = bind(config.server.listen, "server.listen".to_owned()).await?;
         let egress_listener = match &config.egress {
-            Some(egress) => Some(bind(egress.listen).await?),
+            Some(egress) => Some(bind(egress.listen, "egress.listen".to_owned()).await?),
             None => None,
         };
         let mut dedicated = Vec::new();
         for upstream in &config.upstreams {
             if let Some(addr) = upstream.listen {
-                dedicated.push((upstream.name.clone(), bind(addr).await?));
+                let field = format!("upstreams.{}.listen", upstream.name);
+                dedicated.push((upstream.name.clone(), bind(addr, field).await?));
             }
         }
 
@@ -358,6 +384,11 @@ impl Server {
     /// Where the config came from, to read it again on reload.
     pub fn config_source(&self) -> &str {
         &self.config.source
+    }
+
+    /// What the command line set over the config file, for reloads.
+    pub fn overrides(&self) -> &crate::config::Overrides {
+        &self.config.overrides
     }
 }
 

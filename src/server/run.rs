@@ -41,7 +41,7 @@ pub async fn serve_until_signal(mut server: Server) {
         };
         if let (true, Some(path)) = (reload, &watched) {
             last_seen = modified(path);
-            match config::load(path) {
+            match config::load_with(path, server.overrides()) {
                 Ok(config) => {
                     if let Err(error) = server.reload(&config) {
                         tracing::error!(error = %error, "config reload failed; the running config stays");

@@ -148,7 +148,14 @@ impl<S: TokenSource> TokenCell<S> {
         stored: Option<Credential>,
     ) -> Self {
         // A static token is valid from the start; others start from the store, or empty.
-        let initial = source.immediate_credential().or(stored).map(Arc::new);
+        let immediate = source.immediate_credential();
+        let mut lifecycle = Lifecycle::default();
+        if let (None, Some(stored)) = (&immediate, &stored) {
+            // The status shows when a restored token was obtained, not "never".
+            let age = Instant::now().saturating_duration_since(stored.obtained_at);
+            lifecycle.report.last_refresh = SystemTime::now().checked_sub(age);
+        }
+        let initial = immediate.or(stored).map(Arc::new);
         TokenCell {
             upstream: upstream.into(),
             source,
@@ -156,7 +163,7 @@ impl<S: TokenSource> TokenCell<S> {
             fingerprint,
             refresh_skew,
             current: ArcSwapOption::new(initial),
-            lifecycle: Mutex::default(),
+            lifecycle: Mutex::new(lifecycle),
             flight: tokio::sync::Mutex::new(()),
             finished: AtomicU64::new(0),
             wake: Notify::new(),
@@ -318,7 +325,7 @@ impl<S: TokenSource> TokenCell<S> {
                 });
                 tracing::info!(
                     upstream = %self.upstream,
-                    expires_in_seconds = ?lifetime,
+                    expires_in = %lifetime.map_or_else(|| "never".to_owned(), |seconds| format!("{seconds}s")),
                     refresh_token = credential.refresh_token.is_some(),
                     "token obtained"
                 );

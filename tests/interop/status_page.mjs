@@ -52,6 +52,36 @@ function readRow(page, name) {
   }, name);
 }
 
+/// Whether an upstream's Log in button stands out (bold, in the accent colour).
+function loginStandsOut(page, name) {
+  return page.$eval(`tr[data-upstream="${name}"] button[data-action="login"]`,
+    (b) => Number(getComputedStyle(b).fontWeight) >= 600);
+}
+
+/// At the window's width, every action button whose centre is not inside the window, or is
+/// covered, with the page and the table scrolled fully left: what a user could not reach
+/// without scrolling sideways. Scrolls down to each in turn.
+function actionsOutOfReach(page) {
+  return page.evaluate(() => {
+    const wrap = document.querySelector('.table-wrap');
+    wrap.scrollLeft = 0;
+    const missed = [];
+    for (const b of document.querySelectorAll('tr[data-upstream] button[data-action]')) {
+      window.scrollTo(0, b.getBoundingClientRect().top + window.scrollY - window.innerHeight / 2);
+      const r = b.getBoundingClientRect();
+      const [x, y] = [r.left + r.width / 2, r.top + r.height / 2];
+      const hit = x >= 0 && x <= window.innerWidth && document.elementFromPoint(x, y);
+      if (!hit || hit.closest('button') !== b) {
+        missed.push(`${b.closest('tr').dataset.upstream}/${b.dataset.action} at x=${Math.round(x)}`);
+      }
+    }
+    if (document.documentElement.scrollWidth > window.innerWidth) {
+      missed.push(`the page is ${document.documentElement.scrollWidth} px wide`);
+    }
+    return missed;
+  });
+}
+
 async function waitForState(page, name, state) {
   try {
     await page.waitForFunction((name, state) => {
@@ -126,6 +156,8 @@ try {
   result.before_label = before.label;
   check(before.buttons.join(',') === 'refresh,login,logout', `biganimal buttons: ${before.buttons}`);
   check(!before.panelShown, 'a login panel before any login');
+  result.login_stands_out_before = await loginStandsOut(page, 'biganimal');
+  check(result.login_stands_out_before, 'Log in does not stand out on a row that needs a login');
   const direct = await readRow(page, 'bigeval');
   check(direct.buttons.join(',') === 'refresh,logout', `bigeval buttons: ${direct.buttons}`);
   // CAEPE's tokens live 5 minutes, BigID's an hour; both were fetched seconds ago.
@@ -211,6 +243,8 @@ try {
   result.after_expires = after.expires;
   result.after_refreshed = after.refreshed;
   result.logged_in_message = await page.$eval('#message', (m) => m.textContent);
+  result.login_stands_out_after = await loginStandsOut(page, 'biganimal');
+  check(!result.login_stands_out_after, 'Log in still stands out on a valid row');
   result.marker = await page.evaluate(() => window.__marker);
   result.navigations = navigations - navigationsBefore;
   check(result.marker === 'still-here' && result.navigations === 0, 'the status page navigated');
@@ -227,6 +261,12 @@ try {
   result.refresh_message = await waitForMessage(page, 'ok', said);
   await page.click(button('amm', 'logout'));
   result.logout_message = await waitForMessage(page, 'ok', result.refresh_message);
+
+  // A 600 px window: every action stays in view without scrolling sideways.
+  await page.setViewport({ width: 600, height: 800, deviceScaleFactor: 1 });
+  result.out_of_reach_at_600px = await actionsOutOfReach(page);
+  check(result.out_of_reach_at_600px.length === 0,
+    `actions out of reach at 600 px: ${result.out_of_reach_at_600px.join(', ')}`);
 
   // Dark mode is a different palette.
   const light = await page.$eval('html', (h) => getComputedStyle(h).backgroundColor);

@@ -226,6 +226,9 @@ pub fn tokenproxy(dir: &std::path::Path) -> std::process::Command {
     command
         .current_dir(dir)
         .env_remove("TOKENPROXY_CONFIG")
+        .env_remove("TOKENPROXY_URL")
+        .env_remove("TOKENPROXY_LISTEN")
+        .env_remove("TOKENPROXY_CLIENT_KEY")
         .env_remove("BROWSER")
         .env_remove("DISPLAY")
         .env_remove("WAYLAND_DISPLAY")

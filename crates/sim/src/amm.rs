@@ -40,7 +40,7 @@ use super::oauth::{
     uuid_like, whole_seconds,
 };
 use super::{
-    api_echo, drain_body, empty_body, encode_pairs, json_response, lock_state, random_chars,
+    api_answer, drain_body, empty_body, encode_pairs, json_response, lock_state, random_chars,
     read_small_body, set_header, strip_scheme, tls_acceptor, SimBody, SimServer,
 };
 
@@ -936,5 +936,5 @@ async fn api(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<Si
         None => return unauthorized("Invalid access token"),
     }
     state.counters.api_authorized += 1;
-    json_response(StatusCode::OK, &api_echo("AMM", &parts, body_len))
+    json_response(StatusCode::OK, &api_answer("AMM", &parts, body_len))
 }

@@ -37,7 +37,7 @@ use super::oauth::{
     error_response, form_value, is_form, parse_form, token_response, uuid_like, whole_seconds,
 };
 use super::{
-    api_echo, drain_body, json_response, lock_state, percent_encode, random_chars, random_hex,
+    api_answer, drain_body, json_response, lock_state, percent_encode, random_chars, random_hex,
     read_small_body, response, strip_scheme, unix_now, unsigned_jwt, SimBody, SimServer,
 };
 
@@ -839,7 +839,7 @@ async fn api(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<Si
         return api_error(StatusCode::UNAUTHORIZED, &problem, "unauthorized");
     }
     state.counters.api_authorized += 1;
-    json_response(StatusCode::OK, &api_echo("BigAnimal", &parts, body_len))
+    json_response(StatusCode::OK, &api_answer("BigAnimal", &parts, body_len))
 }
 
 /// Either credential may carry the request; the message names what was wrong.

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::grant::{self, TokenGrant};
 use super::oauth::{token_response, uuid_like, whole_seconds};
 use super::{
-    api_echo, drain_body, json_response, lock_state, response, unix_now, unsigned_jwt, SimBody,
+    api_answer, drain_body, json_response, lock_state, response, unix_now, unsigned_jwt, SimBody,
     SimServer,
 };
 
@@ -327,15 +327,12 @@ async fn api(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<Si
         None => return unauthorized("invalid token"),
     }
     state.api_authorized += 1;
-    let path = parts.uri.path();
-    let data = if path == "/api/v1/ds-connections" {
-        json!({ "ds_connections": [{ "name": "demo-postgres", "type": "rdb-postgresql", "enabled": "yes" }] })
-    } else {
-        json!({})
-    };
-    let mut answer = api_echo("BigID", &parts, body_len);
-    answer["status"] = json!("success");
-    answer["statusCode"] = json!(200);
-    answer["data"] = data;
+    let mut answer = api_answer("BigID", &parts, body_len);
+    if answer.get("status").is_none() {
+        // Not a list the demo calls: what arrived, in BigID's envelope.
+        answer["status"] = json!("success");
+        answer["statusCode"] = json!(200);
+        answer["data"] = json!({});
+    }
     json_response(StatusCode::OK, &answer)
 }

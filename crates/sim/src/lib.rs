@@ -25,6 +25,7 @@ pub mod caepe;
 pub mod echo;
 mod grant;
 pub mod oauth;
+mod samples;
 
 use std::collections::hash_map::RandomState;
 use std::convert::Infallible;
@@ -255,6 +256,23 @@ pub(crate) fn strip_scheme<'a>(value: &'a HeaderValue, scheme: &str) -> Option<&
         .get(..scheme.len())
         .is_some_and(|sent| sent.eq_ignore_ascii_case(scheme))
         .then(|| &value[scheme.len()..])
+}
+
+/// What a protected API answers an authorized request with: the vendor's list where the
+/// demo calls one (`samples`), else `api_echo`.
+pub(crate) fn api_answer(
+    vendor: &str,
+    parts: &http::request::Parts,
+    body_len: u64,
+) -> serde_json::Value {
+    let organization = parts
+        .headers
+        .get("organization")
+        .and_then(|value| value.to_str().ok());
+    let listing = (parts.method == http::Method::GET)
+        .then(|| samples::listing(vendor, parts.uri.path(), organization))
+        .flatten();
+    listing.unwrap_or_else(|| api_echo(vendor, parts, body_len))
 }
 
 /// What a protected API answers an authorized request with: what arrived, so a test can see

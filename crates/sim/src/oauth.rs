@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::grant::{self, GrantCounts, RefreshGrant, RefreshRefusal, TokenGrant};
 use super::{
-    api_echo, drain_body, json_response, lock_state, random_hex, response, set_header,
+    api_answer, drain_body, json_response, lock_state, random_hex, response, set_header,
     strip_scheme, tls_acceptor, unix_now, unsigned_jwt, SimBody, SimServer,
 };
 
@@ -935,5 +935,5 @@ async fn api(request: Request<Incoming>, state: &Mutex<SimState>) -> Response<Si
     }
 
     state.counters.api_authorized += 1;
-    json_response(StatusCode::OK, &api_echo(&vendor, &parts, body_len))
+    json_response(StatusCode::OK, &api_answer(&vendor, &parts, body_len))
 }
