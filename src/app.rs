@@ -3,10 +3,11 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crate::clients::{Client, Clients};
 use crate::config::{Config, PassthroughRule, ServerConfig, UpstreamConfig};
 use crate::fleet::Fleet;
 use crate::login::Logins;
-use crate::metrics::{EgressMetrics, RequestMetrics};
+use crate::metrics::{ClientMetrics, EgressMetrics, RequestMetrics};
 use crate::providers::{Provider, ProviderError};
 use crate::routes::RouteTable;
 use crate::store::SharedStore;
@@ -34,6 +35,10 @@ pub struct App {
     pub store_backend: &'static str,
     /// Egress mode (`[egress]`), when configured.
     pub egress: Option<Egress>,
+    /// Every caller with a key; empty when none is asked for.
+    pub clients: Clients,
+    /// Each client's figures, in the order of `clients` (kept across reloads, by name).
+    pub client_metrics: Vec<Arc<ClientMetrics>>,
 }
 
 /// Egress mode's part of the app: what a reload may change, and what it keeps.
@@ -161,7 +166,21 @@ impl App {
             (None, Some(_)) => "file",
             (None, None) => "memory",
         };
+        let client_metrics = config
+            .clients
+            .iter()
+            .map(|client| {
+                previous
+                    .and_then(|app| {
+                        let index = app.clients.iter().position(|old| old.name == client.name)?;
+                        app.client_metrics.get(index).cloned()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
         Ok(App {
+            clients: config.clients.clone(),
+            client_metrics,
             store_backend,
             server: config.server.clone(),
             routes: RouteTable::new(&config.upstreams),
@@ -189,6 +208,11 @@ impl App {
                 }
             }),
         })
+    }
+
+    /// A client known by its index in `clients`, with its figures.
+    pub fn client(&self, index: usize) -> Option<(&Arc<Client>, &ClientMetrics)> {
+        Some((self.clients.get(index)?, self.client_metrics.get(index)?))
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::clients::PolicyRefusal;
 use crate::metrics::{Counted, UpstreamErrorKind};
 use crate::providers::ProviderError;
 use crate::transport::ProxyBody;
@@ -54,6 +55,8 @@ pub enum ProxyError {
     MethodNotAllowed { method: String },
     #[error("this tokenproxy requires Proxy-Authorization: Bearer <client key>")]
     ClientKeyRequired,
+    #[error("{0}")]
+    ClientPolicy(PolicyRefusal),
     #[error("Host {host} is not one of this proxy's names; a sidecar lists its service name in server.allowed_hosts")]
     MisdirectedHost { host: String },
     #[error("cross-site request refused: {reason}")]
@@ -116,7 +119,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientKeyRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ProxyError::MisdirectedHost { .. } => StatusCode::MISDIRECTED_REQUEST,
-            ProxyError::CrossOrigin { .. } => StatusCode::FORBIDDEN,
+            ProxyError::CrossOrigin { .. } | ProxyError::ClientPolicy(_) => StatusCode::FORBIDDEN,
             ProxyError::NoToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::StaticToken { .. } => StatusCode::CONFLICT,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTls { .. } => {
@@ -147,6 +150,7 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::StaticToken { .. } => "http_request_error",
             ProxyError::ClientKeyRequired
+            | ProxyError::ClientPolicy(_)
             | ProxyError::MisdirectedHost { .. }
             | ProxyError::CrossOrigin { .. }
             | ProxyError::EgressNotAllowed { .. }
@@ -181,6 +185,7 @@ impl ProxyError {
             | ProxyError::EgressMisdirected { .. }
             | ProxyError::EgressCannotSign { .. }
             | ProxyError::EgressTunnelFailed { .. } => None,
+            ProxyError::ClientPolicy(refusal) => refusal.upstream.as_deref(),
             ProxyError::NoToken { upstream, .. }
             | ProxyError::PathAboveBase { upstream }
             | ProxyError::StaticToken { upstream, .. }
@@ -206,6 +211,7 @@ impl ProxyError {
             | ProxyError::BodyTimeout { .. }
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::ClientKeyRequired
+            | ProxyError::ClientPolicy(_)
             | ProxyError::MisdirectedHost { .. }
             | ProxyError::CrossOrigin { .. }
             | ProxyError::StaticToken { .. }
@@ -233,6 +239,7 @@ impl ProxyError {
     pub fn counted_as(&self) -> Option<Counted> {
         match self {
             ProxyError::CrossOrigin { .. } => Some(Counted::RefusedByGuard),
+            ProxyError::ClientPolicy(_) => Some(Counted::RefusedByPolicy),
             _ => self.upstream_error_kind().map(Counted::Upstream),
         }
     }
@@ -274,6 +281,10 @@ impl ProxyError {
         });
         if let Some(upstream) = self.upstream() {
             problem["upstream"] = upstream.into();
+        }
+        if let ProxyError::ClientPolicy(refusal) = &self {
+            problem["client"] = refusal.client.as_str().into();
+            problem["rule"] = refusal.rule.as_str().into();
         }
         let mut response = problem_response(status, &problem);
         let headers = response.headers_mut();

@@ -153,6 +153,12 @@ fn metrics_snapshot(app: &App) -> metrics::Snapshot {
             .egress
             .as_ref()
             .map(|egress| std::sync::Arc::clone(&egress.metrics)),
+        clients: app
+            .clients
+            .iter()
+            .zip(&app.client_metrics)
+            .map(|(client, metrics)| (client.name.clone(), std::sync::Arc::clone(metrics)))
+            .collect(),
     }
 }
 

@@ -14,6 +14,7 @@ use http::{HeaderName, HeaderValue};
 pub use crate::schema::{parse_duration, FieldError, RawAuth, RawDuration, RawScope, Target};
 pub use interpolate::{ProcessSources, Sources};
 
+use crate::clients::Clients;
 use crate::fleet::{FleetSettings, WhenRedisDown};
 use crate::providers::AuthSpec;
 use crate::schema::{duration_or, header_pairs, RawConfig, RawEgress, RawStore, RawUpstream};
@@ -109,6 +110,9 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[egress]`: parsed and checked; nothing listens on it yet.
     pub egress: Option<EgressConfig>,
+    /// Every caller with a key: `server.client_key` and `[clients.NAME]`. Empty: no key
+    /// is asked for.
+    pub clients: Clients,
 }
 
 /// One `egress.passthrough` entry: a host or `*.` pattern (lower case) and the one port it
@@ -465,10 +469,12 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         upstreams.push(validate_upstream(name, upstream, &server_config)?);
     }
     let egress = raw.egress.as_ref().map(validate_egress).transpose()?;
+    let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+    let clients = Clients::from_config(&raw.clients, &names, server_config.client_key.as_ref())?;
     check_routes_are_unique(&upstreams, listen, egress.as_ref())?;
-    check_wide_listeners_have_a_key(&server_config, &upstreams)?;
+    check_wide_listeners_have_a_key(&server_config, &clients, &upstreams)?;
     if let Some(egress) = &egress {
-        check_wide_egress_has_a_key(&server_config, egress)?;
+        check_wide_egress_has_a_key(&clients, egress)?;
         check_egress_targets_are_distinct(&upstreams)?;
     }
 
@@ -479,6 +485,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         fleet,
         upstreams,
         egress,
+        clients,
     })
 }
 
@@ -751,16 +758,17 @@ fn check_routes_are_unique(
 /// from a client: only the client key can.
 fn check_wide_listeners_have_a_key(
     server: &ServerConfig,
+    clients: &Clients,
     upstreams: &[UpstreamConfig],
 ) -> Result<(), FieldError> {
-    if server.client_key.is_some() || server.allow_unauthenticated_beyond_loopback {
+    if !clients.is_empty() || server.allow_unauthenticated_beyond_loopback {
         return Ok(());
     }
     match listeners(server, upstreams).find(|listen| !listen.ip().is_loopback()) {
         Some(listen) => Err(FieldError::new(
             "server.client_key",
             format!(
-                "required when listening beyond loopback ({listen}): browsers there send no Origin or Sec-Fetch-* headers, so any web page could spend the tokens; set a client key, or server.allow_unauthenticated_beyond_loopback = true"
+                "required when listening beyond loopback ({listen}): browsers there send no Origin or Sec-Fetch-* headers, so any web page could spend the tokens; set server.client_key or a [clients.NAME] key, or server.allow_unauthenticated_beyond_loopback = true"
             ),
         )),
         None => Ok(()),
@@ -768,11 +776,8 @@ fn check_wide_listeners_have_a_key(
 }
 
 /// The same rule for the egress listener, with its own explicit opt-out.
-fn check_wide_egress_has_a_key(
-    server: &ServerConfig,
-    egress: &EgressConfig,
-) -> Result<(), FieldError> {
-    if server.client_key.is_some()
+fn check_wide_egress_has_a_key(clients: &Clients, egress: &EgressConfig) -> Result<(), FieldError> {
+    if !clients.is_empty()
         || egress.allow_unauthenticated_beyond_loopback
         || egress.listen.ip().is_loopback()
     {
@@ -781,7 +786,7 @@ fn check_wide_egress_has_a_key(
     Err(FieldError::new(
         "server.client_key",
         format!(
-            "required when egress listens beyond loopback ({}): any machine or web page that can reach it could spend the tokens; set a client key, or egress.allow_unauthenticated_beyond_loopback = true",
+            "required when egress listens beyond loopback ({}): any machine or web page that can reach it could spend the tokens; set server.client_key or a [clients.NAME] key, or egress.allow_unauthenticated_beyond_loopback = true",
             egress.listen
         ),
     ))
@@ -851,7 +856,7 @@ impl Config {
         let mut warnings = Vec::new();
         for listen in listeners(&self.server, &self.upstreams) {
             if !listen.ip().is_loopback() {
-                if self.server.client_key.is_none() {
+                if self.clients.is_empty() {
                     warnings.push(format!(
                         "listening on {listen}, beyond loopback, without server.client_key (server.allow_unauthenticated_beyond_loopback = true): other machines, and any web page a browser there opens, can spend these tokens"
                     ));
@@ -866,7 +871,7 @@ impl Config {
         if let Some(egress) = self
             .egress
             .as_ref()
-            .filter(|egress| !egress.listen.ip().is_loopback() && self.server.client_key.is_none())
+            .filter(|egress| !egress.listen.ip().is_loopback() && self.clients.is_empty())
         {
             warnings.push(format!(
                 "egress listens on {}, beyond loopback, without server.client_key (egress.allow_unauthenticated_beyond_loopback = true): other machines can spend these tokens",

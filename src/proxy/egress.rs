@@ -12,7 +12,7 @@ use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::{framing_admissible, request_host, respond, Connection};
+use super::{framing_admissible, request_host, respond, Caller, Connection};
 use crate::app::App;
 use crate::problem::ProxyError;
 use crate::routes::{self, Route};
@@ -36,13 +36,14 @@ impl Tunnel {
 }
 
 /// Handles one request that came through the egress listener; `tunnel` is the CONNECT it
-/// came inside, `None` for an absolute-form request on the listener itself. Never fails:
-/// every error becomes a response here.
+/// came inside, `None` for an absolute-form request on the listener itself; `caller` is
+/// who its key says it is. Never fails: every error becomes a response here.
 pub async fn handle(
     app: Arc<App>,
     connection: Connection,
     request: Request<Incoming>,
     tunnel: Option<&Tunnel>,
+    caller: Caller,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let destination = match destination(&request, tunnel) {
         Ok(destination) => destination,
@@ -81,7 +82,7 @@ pub async fn handle(
     let route = Route::Upstream { index, path: rest };
     // No host for the origin check: a page on the vendor's own site is no more the proxy's
     // own than any other.
-    Ok(respond(&app, connection, request, route, &path, None).await)
+    Ok(respond(&app, connection, request, route, &path, None, caller).await)
 }
 
 /// Where a request goes, as its client named it.

@@ -23,6 +23,7 @@ use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::app::{App, Upstream};
+use crate::clients::KeyDigest;
 use crate::problem::{HostProblem, ProxyError};
 use crate::routes::{self, Route};
 use crate::transport::{Affinity, ProxyBody};
@@ -46,6 +47,9 @@ pub struct Connection {
     /// It came through the egress listener: the client addressed the vendor itself, so
     /// no `X-Forwarded-*` describes a hop it did not see.
     egress: bool,
+    /// Inside an egress tunnel: the key its CONNECT presented, checked again for every
+    /// request in it against the clients of the moment (a reload may remove one).
+    tunnel_key: Option<KeyDigest>,
 }
 
 impl Connection {
@@ -64,6 +68,7 @@ impl Connection {
             forwarded_for,
             affinity: Arc::default(),
             egress: false,
+            tunnel_key: None,
         }
     }
 
@@ -74,6 +79,41 @@ impl Connection {
             ..Connection::new(client, local, None)
         }
     }
+
+    /// The connection of a tunnel whose CONNECT presented `key`.
+    pub fn in_tunnel(self, key: Option<KeyDigest>) -> Self {
+        Connection {
+            tunnel_key: key,
+            ..self
+        }
+    }
+
+    pub fn tunnel_key(&self) -> Option<&KeyDigest> {
+        self.tunnel_key.as_ref()
+    }
+}
+
+/// Who sent a request: a client by its index in `App::clients`, or `None` when the
+/// config asks for no key.
+pub type Caller = Option<usize>;
+
+/// The presented key was missing or no client's.
+#[derive(Debug)]
+pub struct UnknownKey;
+
+/// The caller whose key `presented` is, counted in its figures. With no client configured
+/// anyone may call.
+pub fn caller(app: &App, presented: Option<&KeyDigest>) -> Result<Caller, UnknownKey> {
+    if app.clients.is_empty() {
+        return Ok(None);
+    }
+    let index = presented
+        .and_then(|digest| app.clients.identify(digest))
+        .ok_or(UnknownKey)?;
+    if let Some((_, metrics)) = app.client(index) {
+        metrics.count_request();
+    }
+    Ok(Some(index))
 }
 
 /// Handles one request. Never fails: every error becomes a response here.
@@ -105,9 +145,12 @@ pub async fn handle(
         .into_response());
     };
     // Before routing: a 404 without the key would tell which routes exist.
-    if let Err(error) = client_key_accepted(&app, &request, &path) {
-        return Ok(error.into_response());
-    }
+    let caller = match caller(&app, presented_key(request.headers()).as_ref()) {
+        Ok(caller) => caller,
+        // The probes answer anyone.
+        Err(UnknownKey) if matches!(&*path, "/-/health" | "/-/ready") => None,
+        Err(UnknownKey) => return Ok(ProxyError::ClientKeyRequired.into_response()),
+    };
     let dedicated = match connection.dedicated.as_deref() {
         // The upstream owning this listener was removed by a reload.
         Some(name) => match app.index_of(name) {
@@ -123,7 +166,16 @@ pub async fn handle(
     };
     // What is routed is exactly what is forwarded: the normalized path.
     let route = app.routes.route(dedicated, host, &path);
-    Ok(respond(&app, connection, request, route, &path, host_value.as_ref()).await)
+    Ok(respond(
+        &app,
+        connection,
+        request,
+        route,
+        &path,
+        host_value.as_ref(),
+        caller,
+    )
+    .await)
 }
 
 /// A routed request's answer, counted in its upstream's metrics.
@@ -134,6 +186,7 @@ async fn respond(
     route: Route<'_>,
     path: &str,
     host_value: Option<&HeaderValue>,
+    caller: Caller,
 ) -> Response<ProxyBody> {
     let routed_to = match route {
         Route::Upstream { index, .. } => Some(&app.upstreams[index]),
@@ -143,7 +196,7 @@ async fn respond(
     // out of the in-flight gauge.
     let in_flight = routed_to.map(|upstream| upstream.metrics.start());
     let (response, error_kind) =
-        match answer(app, connection, request, route, path, host_value).await {
+        match answer(app, connection, request, route, path, host_value, caller).await {
             Ok((mut response, Some(verdict))) => {
                 guard::decorate(response.headers_mut(), &verdict);
                 (response, None)
@@ -170,7 +223,9 @@ async fn answer(
     route: Route<'_>,
     path: &str,
     host_value: Option<&HeaderValue>,
+    caller: Caller,
 ) -> Result<(Response<ProxyBody>, Option<guard::Verdict>), ProxyError> {
+    within_policy(app, caller, &route, request.method())?;
     let host = host_value.and_then(|host| host.to_str().ok());
     let upstream_origins: &[String] = match route {
         Route::Upstream { index, .. } => &app.upstreams[index].config.allowed_origins,
@@ -212,6 +267,30 @@ async fn answer(
         }
     };
     Ok((response, Some(verdict)))
+}
+
+/// The caller's policy: the upstream, method and path it may use; the admin endpoints
+/// beyond the probes only for an admin client. A refusal is counted for the client.
+fn within_policy(
+    app: &App,
+    caller: Caller,
+    route: &Route<'_>,
+    method: &Method,
+) -> Result<(), ProxyError> {
+    let Some((client, metrics)) = caller.and_then(|index| app.client(index)) else {
+        return Ok(());
+    };
+    let checked = match *route {
+        Route::Upstream { index, path } => {
+            client.check(&app.upstreams[index].config.name, method, path)
+        }
+        Route::Admin("health" | "ready") | Route::NotFound => Ok(()),
+        Route::Admin(_) => client.check_admin(),
+    };
+    checked.map_err(|refusal| {
+        metrics.count_refusal(refusal.kind);
+        ProxyError::ClientPolicy(refusal)
+    })
 }
 
 /// Refuses what a reverse proxy must never act on: `CONNECT`, absolute-form targets naming
@@ -305,49 +384,30 @@ fn host_problem(version: Version, headers: &http::HeaderMap) -> Result<(), HostP
     }
 }
 
-/// With `server.client_key`, every request but the health and readiness probes must carry
-/// `Proxy-Authorization: Bearer <key>` (compared in constant time). `path` is normalized.
-fn client_key_accepted<B>(app: &App, request: &Request<B>, path: &str) -> Result<(), ProxyError> {
-    let Some(key) = &app.server.client_key else {
-        return Ok(());
-    };
-    if matches!(path, "/-/health" | "/-/ready") {
-        return Ok(());
-    }
-    if presents_key(request.headers(), key) {
-        Ok(())
-    } else {
-        Err(ProxyError::ClientKeyRequired)
-    }
-}
-
-/// Whether `Proxy-Authorization` carries `key`: `Bearer <key>`, or `Basic` with the key as
-/// the password (any user name), which is what clients send for a proxy URL
-/// `http://user:<key>@host:port`. Compared in constant time.
-pub fn presents_key(headers: &http::HeaderMap, key: &crate::secret::Secret) -> bool {
-    let Some(value) = headers
+/// The digest of the key `Proxy-Authorization` carries: `Bearer <key>`, or `Basic` with
+/// the key as the password (any user name), which is what clients send for a proxy URL
+/// `http://user:<key>@host:port`. Compared to the clients' keys in constant time.
+pub fn presented_key(headers: &http::HeaderMap) -> Option<KeyDigest> {
+    let value = headers
         .get(header::PROXY_AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-    else {
-        return false;
-    };
+        .and_then(|value| value.to_str().ok())?;
     let (scheme, credentials) = value.trim().split_once(' ').unwrap_or((value, ""));
     let credentials = credentials.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        return key.matches(credentials.as_bytes());
+        return Some(KeyDigest::of(credentials.as_bytes()));
     }
     if scheme.eq_ignore_ascii_case("basic") {
         use base64::Engine;
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(credentials) else {
-            return false;
-        };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials)
+            .ok()?;
         let password = match decoded.iter().position(|byte| *byte == b':') {
             Some(colon) => &decoded[colon + 1..],
             None => &decoded[..],
         };
-        return key.matches(password);
+        return Some(KeyDigest::of(password));
     }
-    false
+    None
 }
 
 /// The host the client addressed: the request target's authority when it has one

@@ -96,14 +96,13 @@ async fn on_listener(
         }
         .into_response();
     };
-    if let Some(key) = &app.server.client_key {
-        if !proxy::presents_key(request.headers(), key) {
-            egress.metrics.refused_proxy_auth.fetch_add(1, Relaxed);
-            return ProxyError::EgressKeyRequired.into_response();
-        }
-    }
+    let key = proxy::presented_key(request.headers());
+    let Ok(caller) = proxy::caller(&app, key.as_ref()) else {
+        egress.metrics.refused_proxy_auth.fetch_add(1, Relaxed);
+        return ProxyError::EgressKeyRequired.into_response();
+    };
     if request.method() != Method::CONNECT {
-        let Ok(response) = proxy::egress::handle(app, connection, request, None).await;
+        let Ok(response) = proxy::egress::handle(app, connection, request, None, caller).await;
         return response;
     }
     let Some(authority) = request.uri().authority().cloned() else {
@@ -127,6 +126,7 @@ async fn on_listener(
             };
             egress.metrics.intercepted.fetch_add(1, Relaxed);
             let upgrade = hyper::upgrade::on(&mut request);
+            let connection = connection.in_tunnel(key);
             tokio::spawn(intercept(shared, upgrade, tls, tunnel, connection));
             tunnel_opened()
         }
@@ -204,7 +204,12 @@ async fn intercept(
     let service = tracked_service(&activity, move |request| {
         let (app, connection, tunnel) = (app.load_full(), connection.clone(), tunnel.clone());
         async move {
-            let Ok(response) = proxy::egress::handle(app, connection, request, Some(&tunnel)).await;
+            // The clients of the moment: a reload may have removed this one.
+            let Ok(caller) = proxy::caller(&app, connection.tunnel_key()) else {
+                return ProxyError::EgressKeyRequired.into_response();
+            };
+            let Ok(response) =
+                proxy::egress::handle(app, connection, request, Some(&tunnel), caller).await;
             response
         }
     });
