@@ -70,7 +70,8 @@ impl fmt::Debug for KeyDigest {
 /// One caller and its policy.
 #[derive(Debug)]
 pub struct Client {
-    pub name: String,
+    /// Shared with every access-log line of this client.
+    pub name: Arc<str>,
     key: KeyDigest,
     pub access: Access,
     /// May use the `/-/` endpoints beyond health and readiness (status, metrics, actions).
@@ -209,7 +210,7 @@ impl Client {
         upstream: Option<&str>,
     ) -> PolicyRefusal {
         PolicyRefusal {
-            client: self.name.clone(),
+            client: self.name.to_string(),
             kind,
             rule,
             action,
@@ -378,7 +379,7 @@ impl Clients {
         let mut entries = Vec::with_capacity(raw.len() + 1);
         if let Some(key) = server_key {
             entries.push(Arc::new(Client {
-                name: SERVER_KEY_CLIENT.to_owned(),
+                name: Arc::from(SERVER_KEY_CLIENT),
                 key: KeyDigest::of(key.expose().as_bytes()),
                 access: Access::Full,
                 admin: true,
@@ -506,7 +507,7 @@ fn validate(name: &str, raw: &RawClient, upstreams: &[&str]) -> Result<Client, F
         Access::Scoped(grants)
     };
     Ok(Client {
-        name: name.to_owned(),
+        name: Arc::from(name),
         key,
         access,
         admin: raw.admin.unwrap_or(false),
@@ -605,7 +606,7 @@ mod tests {
     #[test]
     fn a_path_another_parser_could_split_differently_never_matches() {
         let client = Client {
-            name: "ci".into(),
+            name: Arc::from("ci"),
             key: KeyDigest::of(b"0123456789abcdef"),
             access: Access::Scoped(vec![Grant {
                 upstream: "bigid".into(),

@@ -136,6 +136,42 @@ impl ProxyError {
         }
     }
 
+    /// What went wrong, as one word: the access log's `error`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::BadRequest { .. } => "bad_request",
+            ProxyError::PathAboveBase { .. } => "path_above_base",
+            ProxyError::InvalidHost(_) => "invalid_host",
+            ProxyError::UriTooLong { .. } => "uri_too_long",
+            ProxyError::UnsupportedTransferCoding { .. } => "unsupported_transfer_coding",
+            ProxyError::MalformedBody { .. } => "malformed_body",
+            ProxyError::BodyTimeout { .. } => "body_timeout",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::ClientKeyRequired => "client_key_required",
+            ProxyError::ClientPolicy(_) => "client_policy",
+            ProxyError::MisdirectedHost { .. } => "misdirected_host",
+            ProxyError::CrossOrigin { .. } => "cross_origin",
+            ProxyError::NoToken { .. } => "no_token",
+            ProxyError::StaticToken { .. } => "static_token",
+            ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamTls { .. } => "upstream_tls",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::ConnectTimeout { .. } => "connect_timeout",
+            ProxyError::EgressNotAllowed { .. } => "egress_not_allowed",
+            ProxyError::EgressKeyRequired => "egress_key_required",
+            ProxyError::EgressMisdirected { .. } => "egress_misdirected",
+            ProxyError::EgressCannotSign { .. } => "egress_cannot_sign",
+            ProxyError::EgressTunnelFailed { .. } => "egress_tunnel_failed",
+        }
+    }
+
+    /// A refusal (the guard, a client key, a client's policy, egress's allow list): the
+    /// access log says why, in the problem's words.
+    pub fn is_refusal(&self) -> bool {
+        self.proxy_status() == "http_request_denied"
+    }
+
     /// The RFC 9209 error type.
     fn proxy_status(&self) -> &'static str {
         match self {

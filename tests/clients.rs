@@ -200,12 +200,15 @@ async fn the_egress_listener_applies_the_same_policies() {
     let key_file = dir.join("runner_key");
     std::fs::write(&key_file, RUNNER_KEY).unwrap();
     let ca_dir = dir.join("ca");
+    let log = dir.join("access.log");
     let port = echo.addr().port();
     // The vendor is reached by its own URL through the egress listener.
     let toml = format!(
         r#"[egress]
 listen = "127.0.0.1:0"
 ca_dir = "{ca_dir}"
+[access_log]
+to = "{log}"
 {bigid}{bigeval}
 [clients.reader]
 key_sha256 = "{READER_SHA256}"
@@ -213,6 +216,7 @@ upstreams = ["bigid"]
 methods = ["GET"]
 "#,
         ca_dir = ca_dir.display(),
+        log = log.display(),
         bigid = static_upstream(
             "bigid",
             &format!("http://bigid.example:{port}/"),

@@ -157,7 +157,7 @@ fn metrics_snapshot(app: &App) -> metrics::Snapshot {
             .clients
             .iter()
             .zip(&app.client_metrics)
-            .map(|(client, metrics)| (client.name.clone(), std::sync::Arc::clone(metrics)))
+            .map(|(client, metrics)| (client.name.to_string(), std::sync::Arc::clone(metrics)))
             .collect(),
     }
 }

@@ -14,10 +14,13 @@ use http::{HeaderName, HeaderValue};
 pub use crate::schema::{parse_duration, FieldError, RawAuth, RawDuration, RawScope, Target};
 pub use interpolate::{ProcessSources, Sources};
 
+use crate::access_log::{AccessLogSettings, Destination, Format};
 use crate::clients::Clients;
 use crate::fleet::{FleetSettings, WhenRedisDown};
 use crate::providers::AuthSpec;
-use crate::schema::{duration_or, header_pairs, RawConfig, RawEgress, RawStore, RawUpstream};
+use crate::schema::{
+    duration_or, header_pairs, RawAccessLog, RawConfig, RawEgress, RawStore, RawUpstream,
+};
 use crate::secret::Secret;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -113,7 +116,13 @@ pub struct Config {
     /// Every caller with a key: `server.client_key` and `[clients.NAME]`. Empty: no key
     /// is asked for.
     pub clients: Clients,
+    /// `[access_log]`; `None` when it is off.
+    pub access_log: Option<AccessLogSettings>,
 }
+
+/// Where the access log goes when the config has no `[access_log]`: `stderr`, a file path,
+/// or `off` (the container image sets `stderr`).
+pub const ACCESS_LOG_ENV: &str = "TOKENPROXY_ACCESS_LOG";
 
 /// One `egress.passthrough` entry: a host or `*.` pattern (lower case) and the one port it
 /// opens.
@@ -290,6 +299,13 @@ pub fn parse(text: &str, file: &str, sources: &dyn Sources) -> Result<Config, Co
     let mut resolved = Vec::new();
     interpolate::interpolate_tree(&mut tree, &mut Vec::new(), sources, &mut resolved)
         .map_err(|error| in_file(FieldError::new(error.field, error.problem), file))?;
+    if let (Some(table), Some(to)) = (tree.as_table_mut(), sources.env(ACCESS_LOG_ENV)) {
+        if !to.is_empty() && !table.contains_key("access_log") {
+            let mut access_log = toml::Table::new();
+            access_log.insert("to".into(), toml::Value::String(to));
+            table.insert("access_log".into(), toml::Value::Table(access_log));
+        }
+    }
     // A value that came from the environment or a secret file may be a secret: whichever
     // check refuses it, the error shows where it came from, not what it is.
     checked(tree, file).map_err(|error| error.without(&resolved))
@@ -486,7 +502,42 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         upstreams,
         egress,
         clients,
+        access_log: raw
+            .access_log
+            .as_ref()
+            .map(access_log)
+            .transpose()?
+            .flatten(),
     })
+}
+
+/// `[access_log]`: `to` defaults to stderr and `format` to JSON; `to = "off"` is none.
+fn access_log(raw: &RawAccessLog) -> Result<Option<AccessLogSettings>, FieldError> {
+    let to = match raw.to.as_deref().map(str::trim) {
+        None | Some("stderr") => Destination::Stderr,
+        Some("off") => return Ok(None),
+        Some("") => {
+            return Err(FieldError::new(
+                "access_log.to",
+                "must be \"stderr\", \"off\" or a file path",
+            ))
+        }
+        Some(path) => Destination::File(PathBuf::from(path)),
+    };
+    let format = match raw.format.as_deref() {
+        None => Format::Json,
+        Some(text) => Format::parse(text).ok_or_else(|| {
+            FieldError::new(
+                "access_log.format",
+                format!("{text:?} is not one of \"json\", \"text\""),
+            )
+        })?,
+    };
+    Ok(Some(AccessLogSettings {
+        to,
+        format,
+        query: raw.query.unwrap_or(false),
+    }))
 }
 
 fn validate_upstream(

@@ -16,12 +16,13 @@ mod guard;
 mod headers;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
+use crate::access_log::{Facts, Via};
 use crate::app::{App, Upstream};
 use crate::clients::KeyDigest;
 use crate::problem::{HostProblem, ProxyError};
@@ -39,8 +40,9 @@ pub struct Connection {
     pub local: Option<SocketAddr>,
     /// The upstream owning this listener, for per-upstream `listen` ports.
     pub dedicated: Option<Arc<str>>,
-    /// The client's IP as header text, formatted once per connection for
-    /// `X-Forwarded-For` (`None` for a Unix-socket client).
+    /// The client's IP (`None` for a Unix-socket client), and as header text, formatted
+    /// once per connection for `X-Forwarded-For`.
+    client_ip: Option<IpAddr>,
     forwarded_for: Option<HeaderValue>,
     /// The upstream connection its requests to a cleartext upstream reuse.
     affinity: Arc<Affinity>,
@@ -65,6 +67,7 @@ impl Connection {
         Connection {
             local,
             dedicated,
+            client_ip: client.map(|client| client.ip()),
             forwarded_for,
             affinity: Arc::default(),
             egress: false,
@@ -90,6 +93,10 @@ impl Connection {
 
     pub fn tunnel_key(&self) -> Option<&KeyDigest> {
         self.tunnel_key.as_ref()
+    }
+
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
     }
 }
 
@@ -122,60 +129,131 @@ pub async fn handle(
     connection: Connection,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    if let Err(error) = admissible(&app, &request, connection.local.map(|local| local.port())) {
-        return Ok(error.into_response());
+    let addr = connection.client_ip;
+    let response = logged(
+        &app,
+        addr,
+        Via::Listen,
+        request,
+        |request, mut facts| async {
+            let response = serve(&app, connection, request, &mut facts).await;
+            (response, facts)
+        },
+    )
+    .await;
+    Ok(response)
+}
+
+/// Runs `serve` with an access-log line for the request when the log is on; when it is
+/// off, nothing is captured.
+pub async fn logged<Fut>(
+    app: &App,
+    addr: Option<IpAddr>,
+    via: Via,
+    mut request: Request<Incoming>,
+    serve: impl FnOnce(Request<Incoming>, Facts) -> Fut,
+) -> Response<ProxyBody>
+where
+    Fut: std::future::Future<Output = (Response<ProxyBody>, Facts)>,
+{
+    let Some(log) = &app.access_log else {
+        return serve(request, Facts::off()).await.0;
+    };
+    let pending = log.begin(&mut request, addr, via);
+    let (response, facts) = serve(request, Facts::on()).await;
+    pending
+        .finish(response, facts)
+        .map(http_body_util::BodyExt::boxed_unsync)
+}
+
+/// The proxy's own error as the answer, noted for the access log.
+pub fn failed(facts: &mut Facts, error: ProxyError) -> Response<ProxyBody> {
+    note_error(facts, &error);
+    error.into_response()
+}
+
+fn note_error(facts: &mut Facts, error: &ProxyError) {
+    if facts.enabled {
+        facts.error = Some(error.kind());
+        facts.fault = Some(error.fault().label());
+        if error.is_refusal() {
+            facts.reason = Some(error.to_string());
+        }
+    }
+}
+
+/// Names the caller in the access log.
+pub fn note_caller(app: &App, caller: Caller, facts: &mut Facts) {
+    if facts.enabled {
+        if let Some((client, _)) = caller.and_then(|index| app.client(index)) {
+            facts.client = Some(Arc::clone(&client.name));
+        }
+    }
+}
+
+async fn serve(
+    app: &App,
+    connection: Connection,
+    request: Request<Incoming>,
+    facts: &mut Facts,
+) -> Response<ProxyBody> {
+    if let Err(error) = admissible(app, &request, connection.local.map(|local| local.port())) {
+        return failed(facts, error);
     }
     let host_value = request_host(&request);
     let host = host_value.as_ref().and_then(|host| host.to_str().ok());
     if let Err(refusal) = guard::check_host(
-        &app,
+        app,
         &request,
         host,
         connection.local.map(|local| local.ip()),
     ) {
-        refusal.record(&app);
-        return Ok(refusal.into_error().into_response());
+        refusal.record(app);
+        return failed(facts, refusal.into_error());
     }
     // A clone of the URI shares its bytes; the request itself moves on below.
     let uri = request.uri().clone();
     let Some(path) = routes::normalize_path(uri.path()) else {
-        return Ok(ProxyError::BadRequest {
-            reason: "the request target must be a path starting with /".into(),
-        }
-        .into_response());
+        let reason = "the request target must be a path starting with /".into();
+        return failed(facts, ProxyError::BadRequest { reason });
     };
     // Before routing: a 404 without the key would tell which routes exist.
-    let caller = match caller(&app, presented_key(request.headers()).as_ref()) {
+    let caller = match caller(app, presented_key(request.headers()).as_ref()) {
         Ok(caller) => caller,
         // The probes answer anyone.
         Err(UnknownKey) if matches!(&*path, "/-/health" | "/-/ready") => None,
-        Err(UnknownKey) => return Ok(ProxyError::ClientKeyRequired.into_response()),
+        Err(UnknownKey) => return failed(facts, ProxyError::ClientKeyRequired),
     };
+    note_caller(app, caller, facts);
     let dedicated = match connection.dedicated.as_deref() {
         // The upstream owning this listener was removed by a reload.
         Some(name) => match app.index_of(name) {
             Some(index) => Some(index),
             None => {
-                return Ok(ProxyError::NoRoute {
-                    path: path.into_owned(),
-                }
-                .into_response())
+                let path = path.into_owned();
+                return failed(facts, ProxyError::NoRoute { path });
             }
         },
         None => None,
     };
     // What is routed is exactly what is forwarded: the normalized path.
     let route = app.routes.route(dedicated, host, &path);
-    Ok(respond(
-        &app,
-        connection,
-        request,
+    let routed = Routed {
         route,
-        &path,
-        host_value.as_ref(),
+        path: &path,
+        host_value: host_value.as_ref(),
         caller,
-    )
-    .await)
+    };
+    respond(app, connection, request, routed, facts).await
+}
+
+/// Where a request goes, its normalized path, the host it named and who sent it.
+#[derive(Clone, Copy)]
+struct Routed<'a> {
+    route: Route<'a>,
+    path: &'a str,
+    host_value: Option<&'a HeaderValue>,
+    caller: Caller,
 }
 
 /// A routed request's answer, counted in its upstream's metrics.
@@ -183,31 +261,35 @@ async fn respond(
     app: &App,
     connection: Connection,
     request: Request<Incoming>,
-    route: Route<'_>,
-    path: &str,
-    host_value: Option<&HeaderValue>,
-    caller: Caller,
+    routed: Routed<'_>,
+    facts: &mut Facts,
 ) -> Response<ProxyBody> {
+    let route = routed.route;
     let routed_to = match route {
         Route::Upstream { index, .. } => Some(&app.upstreams[index]),
         _ => None,
     };
+    if facts.enabled {
+        facts.upstream = routed_to.map(|upstream| Arc::clone(&upstream.name));
+        // The status page polls: its reads are logged only when they fail.
+        facts.quiet = matches!(route, Route::Admin(_))
+            && matches!(*request.method(), Method::GET | Method::HEAD);
+    }
     // Counted from here to the response headers; the guard also counts a dropped request
     // out of the in-flight gauge.
     let in_flight = routed_to.map(|upstream| upstream.metrics.start());
-    let (response, error_kind) =
-        match answer(app, connection, request, route, path, host_value, caller).await {
-            Ok((mut response, Some(verdict))) => {
-                guard::decorate(response.headers_mut(), &verdict);
-                (response, None)
-            }
-            // The proxy's own preflight answer: its CORS headers stay.
-            Ok((response, None)) => (response, None),
-            Err(error) => {
-                let counted = error.counted_as();
-                (error.into_response(), counted)
-            }
-        };
+    let (response, error_kind) = match answer(app, connection, request, routed, facts).await {
+        Ok((mut response, Some(verdict))) => {
+            guard::decorate(response.headers_mut(), &verdict);
+            (response, None)
+        }
+        // The proxy's own preflight answer: its CORS headers stay.
+        Ok((response, None)) => (response, None),
+        Err(error) => {
+            let counted = error.counted_as();
+            (failed(facts, error), counted)
+        }
+    };
     if let Some(in_flight) = in_flight {
         in_flight.finish(response.status(), error_kind);
     }
@@ -220,11 +302,15 @@ async fn answer(
     app: &App,
     connection: Connection,
     request: Request<Incoming>,
-    route: Route<'_>,
-    path: &str,
-    host_value: Option<&HeaderValue>,
-    caller: Caller,
+    routed: Routed<'_>,
+    facts: &mut Facts,
 ) -> Result<(Response<ProxyBody>, Option<guard::Verdict>), ProxyError> {
+    let Routed {
+        route,
+        path,
+        host_value,
+        caller,
+    } = routed;
     within_policy(app, caller, &route, request.method())?;
     let host = host_value.and_then(|host| host.to_str().ok());
     let upstream_origins: &[String] = match route {
@@ -263,7 +349,8 @@ async fn answer(
         Route::Upstream { index, path: rest } => {
             let upstream = &app.upstreams[index];
             let target = target_uri(upstream, rest, request.uri().query())?;
-            forward::forward(upstream, connection, request, target, host_value.cloned()).await?
+            let host = host_value.cloned();
+            forward::forward(upstream, connection, request, target, host, facts).await?
         }
     };
     Ok((response, Some(verdict)))

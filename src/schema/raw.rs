@@ -19,6 +19,18 @@ pub struct RawConfig {
     /// Named client keys, each with what it may do.
     #[serde(default)]
     pub clients: BTreeMap<String, RawClient>,
+    /// The access log; absent means off (unless `$TOKENPROXY_ACCESS_LOG` says otherwise).
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `"stderr"`, `"off"`, or a file path.
+    pub to: Option<String>,
+    /// `"json"` or `"text"`.
+    pub format: Option<String>,
+    pub query: Option<bool>,
 }
 
 /// `[clients.NAME]`: one client's key and policy.

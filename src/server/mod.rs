@@ -337,6 +337,9 @@ impl Server {
         for accept_loop in self.accept_loops {
             let _ = accept_loop.await;
         }
+        if let Some(access_log) = &self.app.load().access_log {
+            access_log.flush().await;
+        }
         // Fleet mode: hand the leases this replica holds over at once, not at their expiry.
         if let Some(fleet) = &self.fleet {
             for upstream in &self.app.load().upstreams {
