@@ -3,7 +3,11 @@
 //! the client and the rule, and never reaches the upstream. `server.client_key` keeps full
 //! access. Bad client config is one line naming the field.
 
+#![allow(clippy::disallowed_types)] // Real servers on the real clock.
+
 mod support;
+
+use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
 use support::*;
@@ -321,4 +325,121 @@ fn bad_client_config_is_one_line_naming_the_field() {
         let error = config::parse(&text, "test.toml", &ProcessSources).unwrap_err();
         assert_eq!(error.to_string(), expected);
     }
+}
+
+/// `tokenproxy ARGS` in `dir`: its exit code, stdout and stderr.
+fn run_cli(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = tokenproxy(dir).args(args).output().unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+fn sighup(daemon: &Daemon) {
+    let pid = daemon.child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[tokio::test]
+async fn a_key_from_client_add_works_on_a_running_daemon_after_a_reload() {
+    let echo = echo::start().await;
+    let dir = temp_dir("clients-add");
+    let config = format!(
+        "# The team's proxy: keep this comment.\n[server]\nlisten = \"127.0.0.1:0\"  # any port\nclient_key = \"{SERVER_KEY}\"\n[store]\npath = \"memory\"\n{}",
+        static_upstream("bigid", &format!("{}/", echo.url()), "bigid-token-value", "")
+    );
+    std::fs::write(dir.join("tokenproxy.toml"), &config).unwrap();
+    let daemon = Daemon::start(&dir).await;
+    let call = async |key: &str, method: Method| {
+        let request = Request::builder()
+            .method(method)
+            .uri(daemon.url("/bigid/api/items"))
+            .header("proxy-authorization", format!("Bearer {key}"));
+        send(request.body(empty()).unwrap()).await
+    };
+
+    let (code, key, said) = run_cli(
+        &dir,
+        &["client", "add", "ci", "--upstream", "bigid", "--read-only"],
+    );
+    assert_eq!(code, Some(0), "{said}");
+    let key = key.trim().to_owned();
+    assert!(key.len() >= 40, "{key}");
+    let written = std::fs::read_to_string(dir.join("tokenproxy.toml")).unwrap();
+    assert!(
+        written.starts_with(&config),
+        "the file as it was stays: {written}"
+    );
+    assert!(!written.contains(&key), "only the key's hash is written");
+    assert!(written.contains("[clients.ci]"), "{written}");
+
+    sighup(&daemon);
+    wait_until(
+        Duration::from_secs(10),
+        "the new key accepted",
+        async || call(&key, Method::GET).await.status() == StatusCode::OK,
+    )
+    .await;
+    let refused = call(&key, Method::DELETE).await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(json(&refused)["rule"], "clients.ci.methods");
+    assert_eq!(
+        call(SERVER_KEY, Method::DELETE).await.status(),
+        StatusCode::OK
+    );
+
+    let (code, listed, _) = run_cli(&dir, &["client", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        listed.contains("ci") && listed.contains("bigid GET, HEAD"),
+        "{listed}"
+    );
+    assert!(listed.contains("server.client_key"), "{listed}");
+    let hash = tokenproxy::clients::KeyDigest::of(key.as_bytes()).to_hex();
+    for secret in [key.as_str(), &hash, SERVER_KEY] {
+        assert!(
+            !listed.contains(secret),
+            "client list shows a key: {listed}"
+        );
+    }
+
+    // A name taken, an unknown upstream: exit 2, the file untouched.
+    let before = std::fs::read_to_string(dir.join("tokenproxy.toml")).unwrap();
+    for args in [
+        &["client", "add", "ci", "--upstream", "bigid"][..],
+        &["client", "add", "other", "--upstream", "nosuch"][..],
+    ] {
+        let (code, printed, said) = run_cli(&dir, args);
+        assert_eq!(code, Some(2), "{args:?}: {said}");
+        assert!(printed.is_empty(), "no key printed for a refused add");
+        assert_eq!(said.lines().count(), 1, "{said}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("tokenproxy.toml")).unwrap(),
+        before
+    );
+
+    // Removed, and reloaded: the key stops working.
+    let (code, _, said) = run_cli(&dir, &["client", "remove", "ci"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("tokenproxy.toml")).unwrap(),
+        config
+    );
+    sighup(&daemon);
+    wait_until(
+        Duration::from_secs(10),
+        "the removed key refused",
+        async || {
+            call(&key, Method::GET).await.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED
+        },
+    )
+    .await;
 }
