@@ -194,6 +194,47 @@ async fn each_client_gets_exactly_its_allowed_set_and_refusals_never_reach_the_u
     assert_eq!(status.status(), StatusCode::OK);
     let refused = call(&full, Some(READER_KEY), Method::DELETE, "/bigid/x").await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    // Each client's figures: in the metrics, the status and on the page; never a key.
+    let metrics = call(&full, Some(SERVER_KEY), Method::GET, "/-/metrics").await;
+    let metrics = String::from_utf8_lossy(metrics.body()).into_owned();
+    for sample in [
+        "tokenproxy_client_requests_total{client=\"reader\"} 1",
+        "tokenproxy_client_refused_total{client=\"reader\",rule=\"method\"} 1",
+        "tokenproxy_client_refused_total{client=\"reader\",rule=\"path\"} 0",
+        "tokenproxy_client_refused_total{client=\"runner\",rule=\"upstream\"} 0",
+        "tokenproxy_refused_requests_total{upstream=\"bigid\",reason=\"client_policy\"} 1",
+    ] {
+        assert!(metrics.contains(sample), "{sample} not in:\n{metrics}");
+    }
+    let status = json(&call(&full, Some(SERVER_KEY), Method::GET, "/-/status").await);
+    let clients = status["clients"].as_array().unwrap();
+    let names: Vec<&str> = clients
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["server.client_key", "reader", "runner"]);
+    let reader = &clients[1];
+    assert_eq!(reader["policy"], "bigid GET, HEAD");
+    assert_eq!(reader["upstreams"], serde_json::json!(["bigid"]));
+    assert_eq!(reader["requests"], 1);
+    assert_eq!(reader["refused"]["method"], 1);
+    assert!(
+        clients[0]["upstreams"].is_null(),
+        "server.client_key: every upstream"
+    );
+    let page = call(&full, Some(SERVER_KEY), Method::GET, "/-/").await;
+    let page = String::from_utf8_lossy(page.body()).into_owned();
+    assert!(page.contains("<tr data-client=\"reader\">"), "{page}");
+    assert!(
+        page.contains("<td class=\"num refused\">1 (method 1)</td>"),
+        "{page}"
+    );
+    for shown in [&metrics, &status.to_string(), &page] {
+        for key in [READER_KEY, RUNNER_KEY, SERVER_KEY, READER_SHA256] {
+            assert!(!shown.contains(key), "a key is shown");
+        }
+    }
 }
 
 #[tokio::test]
