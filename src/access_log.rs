@@ -4,21 +4,23 @@
 //!
 //! Off, it costs the request path nothing: no [`AccessLog`] exists and nothing is
 //! captured. On, the request path captures a few owned values (shared, not copied) and
-//! hands the finished line to a writer thread through a bounded channel; the thread
-//! formats it into a buffer that it flushes whenever the channel runs dry, so a burst is
-//! one write, not one per line. A full channel drops the line (counted, warned) rather
-//! than stall a request.
+//! hands the finished line to a writer thread through a bounded channel. The thread wakes
+//! every [`FLUSH_EVERY`], not per line (a wake-up per line cost more than the line), takes
+//! what is there, formats it into a buffer and writes it at once. A full channel drops the
+//! line (counted, warned) rather than stall a request.
 
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{
+    sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use serde::Serialize;
 
@@ -28,6 +30,9 @@ pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-reques
 
 /// Lines waiting for the writer; beyond this they are dropped.
 const CHANNEL_LINES: usize = 16 * 1024;
+
+/// How often the writer takes the lines handed over and writes them.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// A client's request id longer than this, or with other than these bytes, is replaced.
 const MAX_REQUEST_ID: usize = 128;
@@ -76,18 +81,14 @@ pub struct OpenError {
 /// A running access log: the sending end of its writer thread's channel.
 pub struct AccessLog {
     pub settings: AccessLogSettings,
-    lines: SyncSender<Message>,
+    lines: SyncSender<Box<Line>>,
+    /// Asks the writer to write out what it has now, and to say when it did (shutdown).
+    flushes: SyncSender<tokio::sync::oneshot::Sender<()>>,
     /// Lines dropped because the writer fell behind.
     dropped: Arc<AtomicU64>,
     /// Request ids are this process's random prefix and a counter.
     id_prefix: u32,
     next_id: AtomicU64,
-}
-
-enum Message {
-    Line(Box<Line>),
-    /// Flush, then say so (at shutdown).
-    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl AccessLog {
@@ -107,17 +108,17 @@ impl AccessLog {
             }
         };
         let (lines, receiver) = sync_channel(CHANNEL_LINES);
+        let (flushes, flush_requests) = sync_channel(4);
         let dropped = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             out: std::io::BufWriter::with_capacity(64 * 1024, out),
             format: settings.format,
-            query: settings.query,
             dropped: Arc::clone(&dropped),
             reported: 0,
         };
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer.run(receiver))
+            .spawn(move || writer.run(receiver, flush_requests))
             .map_err(|source| OpenError {
                 path: "the writer thread".into(),
                 source,
@@ -127,6 +128,7 @@ impl AccessLog {
         Ok(AccessLog {
             settings,
             lines,
+            flushes,
             dropped,
             id_prefix: u32::from_ne_bytes(seed),
             next_id: AtomicU64::new(0),
@@ -136,8 +138,12 @@ impl AccessLog {
     /// The start of a request's line: its time, what it asks for, and its request id
     /// (set on the request, so the vendor gets it too).
     pub fn begin<B>(&self, request: &mut Request<B>, addr: Option<IpAddr>, via: Via) -> Pending {
+        // Copied, not shared: the parts of a request head share its read buffer, which a
+        // line waiting for the writer would otherwise keep alive.
         let request_id = match request.headers().get(REQUEST_ID) {
-            Some(id) if sane_request_id(id) => id.clone(),
+            Some(id) if sane_request_id(id) => {
+                HeaderValue::from_bytes(id.as_bytes()).unwrap_or_else(|_| id.clone())
+            }
             _ => {
                 let id = self.new_request_id();
                 request.headers_mut().insert(REQUEST_ID, id.clone());
@@ -151,7 +157,11 @@ impl AccessLog {
             via,
             addr,
             method: request.method().clone(),
-            uri: request.uri().clone(),
+            path: request.uri().path().into(),
+            query: match self.settings.query {
+                true => request.uri().query().map(Into::into),
+                false => None,
+            },
             version: request.version(),
             lines: self.lines.clone(),
             dropped: Arc::clone(&self.dropped),
@@ -167,7 +177,8 @@ impl AccessLog {
     /// Writes out every line handed over so far (at shutdown).
     pub async fn flush(&self) {
         let (done, flushed) = tokio::sync::oneshot::channel();
-        if self.lines.send(Message::Flush(done)).is_ok() {
+        // Never blocks: with requests already queued, the writer is about to write anyway.
+        if self.flushes.try_send(done).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), flushed).await;
         }
     }
@@ -239,9 +250,11 @@ pub struct Pending {
     via: Via,
     addr: Option<IpAddr>,
     method: Method,
-    uri: Uri,
+    path: Box<str>,
+    /// Only with `query = true`.
+    query: Option<Box<str>>,
     version: Version,
-    lines: SyncSender<Message>,
+    lines: SyncSender<Box<Line>>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -350,7 +363,8 @@ impl Drop for LineAtEnd {
             client: facts.client,
             upstream: facts.upstream,
             method: pending.method,
-            uri: pending.uri,
+            path: pending.path,
+            query: pending.query,
             version: pending.version,
             status,
             bytes_in,
@@ -362,7 +376,7 @@ impl Drop for LineAtEnd {
             fault: facts.fault,
             reason: facts.reason,
         };
-        match pending.lines.try_send(Message::Line(Box::new(line))) {
+        match pending.lines.try_send(Box::new(line)) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(_)) => {
                 pending.dropped.fetch_add(1, Relaxed);
@@ -382,7 +396,8 @@ struct Line {
     client: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
     method: Method,
-    uri: Uri,
+    path: Box<str>,
+    query: Option<Box<str>>,
     version: Version,
     status: u16,
     bytes_in: u64,
@@ -427,35 +442,61 @@ fn millis(duration: Duration) -> f64 {
 struct Writer {
     out: std::io::BufWriter<Box<dyn Write + Send>>,
     format: Format,
-    query: bool,
     dropped: Arc<AtomicU64>,
     reported: u64,
 }
 
 impl Writer {
-    /// Until every sender is gone: write what comes, flush when nothing more is waiting.
-    fn run(mut self, lines: Receiver<Message>) {
+    /// Every `FLUSH_EVERY` (or when asked to): write what was handed over, at once. Ends
+    /// when the log and every request that may still hand over a line are gone.
+    fn run(
+        mut self,
+        lines: Receiver<Box<Line>>,
+        flushes: Receiver<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let mut text = String::with_capacity(512);
-        while let Ok(first) = lines.recv() {
-            let mut next = Some(first);
-            while let Some(message) = next.take() {
-                match message {
-                    Message::Line(line) => {
-                        text.clear();
-                        self.format_line(&line, &mut text);
-                        let _ = self.out.write_all(text.as_bytes());
-                    }
-                    Message::Flush(done) => {
-                        let _ = self.out.flush();
-                        let _ = done.send(());
-                    }
-                }
-                next = lines.try_recv().ok();
-            }
-            let _ = self.out.flush();
+        loop {
+            let open = self.write_waiting(&lines, &mut text);
             self.report_drops();
+            if !open {
+                return;
+            }
+            // Asleep between batches, and not on `lines`: a line handed over wakes no one.
+            match flushes.recv_timeout(FLUSH_EVERY) {
+                Ok(done) => {
+                    self.write_waiting(&lines, &mut text);
+                    let _ = done.send(());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    // The log was replaced or closed: the requests under way finish it.
+                    while let Ok(line) = lines.recv() {
+                        self.write(&line, &mut text);
+                        self.write_waiting(&lines, &mut text);
+                    }
+                    return;
+                }
+            }
         }
+    }
+
+    /// Writes every line waiting, then flushes; false once every sender is gone.
+    fn write_waiting(&mut self, lines: &Receiver<Box<Line>>, text: &mut String) -> bool {
+        let open = loop {
+            match lines.try_recv() {
+                Ok(line) => self.write(&line, text),
+                Err(TryRecvError::Empty) => break true,
+                Err(TryRecvError::Disconnected) => break false,
+            }
+        };
         let _ = self.out.flush();
+        open
+    }
+
+    fn write(&mut self, line: &Line, text: &mut String) {
+        text.clear();
+        self.format_line(line, text);
+        let _ = self.out.write_all(text.as_bytes());
     }
 
     fn report_drops(&mut self) {
@@ -470,7 +511,7 @@ impl Writer {
     }
 
     fn format_line(&self, line: &Line, text: &mut String) {
-        let query = if self.query { line.uri.query() } else { None };
+        let query = line.query.as_deref();
         match self.format {
             Format::Json => {
                 let json = JsonLine {
@@ -481,7 +522,7 @@ impl Writer {
                     addr: line.addr,
                     upstream: line.upstream.as_deref(),
                     method: line.method.as_str(),
-                    path: line.uri.path(),
+                    path: &line.path,
                     query,
                     status: line.status,
                     bytes_in: line.bytes_in,
@@ -513,8 +554,8 @@ fn text_line(line: &Line, query: Option<&str>, text: &mut String) {
         .addr
         .map_or_else(|| "-".to_owned(), |addr| addr.to_string());
     let target = match query {
-        Some(query) => format!("{}?{query}", line.uri.path()),
-        None => line.uri.path().to_owned(),
+        Some(query) => format!("{}?{query}", line.path),
+        None => line.path.to_string(),
     };
     let _ = write!(
         text,
@@ -606,7 +647,8 @@ mod tests {
             client: Some(Arc::from("ci")),
             upstream: Some(Arc::from("bigid")),
             method: Method::GET,
-            uri: "/bigid/items?secret=1".parse().unwrap(),
+            path: "/bigid/items".into(),
+            query: None,
             version: Version::HTTP_11,
             status: 403,
             bytes_in: 0,
@@ -620,38 +662,41 @@ mod tests {
         }
     }
 
-    fn writer(format: Format, query: bool) -> Writer {
+    fn writer(format: Format) -> Writer {
         Writer {
             out: std::io::BufWriter::new(Box::new(std::io::sink())),
             format,
-            query,
             dropped: Arc::default(),
             reported: 0,
         }
     }
 
     #[test]
-    fn a_json_line_has_the_documented_fields_and_no_query_unless_asked() {
+    fn a_json_line_has_the_documented_fields_and_the_query_only_when_kept() {
         let mut text = String::new();
-        writer(Format::Json, false).format_line(&line(Some("a \"quoted\" reason")), &mut text);
+        writer(Format::Json).format_line(&line(Some("a \"quoted\" reason")), &mut text);
         assert!(text.ends_with('\n') && text.matches('\n').count() == 1);
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(json["time"], "2026-11-30T23:57:36.123Z");
         assert_eq!(json["via"], "egress");
         assert_eq!(json["path"], "/bigid/items");
         assert_eq!(json["duration_ms"], 1.5);
+        assert_eq!(json["reason"], "a \"quoted\" reason");
         assert!(json.get("query").is_none());
-        assert!(!text.contains("secret"));
         text.clear();
-        writer(Format::Json, true).format_line(&line(None), &mut text);
+        let with_query = Line {
+            query: Some("page=2".into()),
+            ..line(None)
+        };
+        writer(Format::Json).format_line(&with_query, &mut text);
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(json["query"], "secret=1");
+        assert_eq!(json["query"], "page=2");
     }
 
     #[test]
     fn a_text_line_starts_as_combined_and_keeps_values_in_their_quotes() {
         let mut text = String::new();
-        writer(Format::Text, false).format_line(&line(Some("say \"hi\"\n")), &mut text);
+        writer(Format::Text).format_line(&line(Some("say \"hi\"\n")), &mut text);
         assert!(
             text.starts_with(
                 "127.0.0.1 - ci [30/Nov/2026:23:57:36 +0000] \"GET /bigid/items HTTP/1.1\" 403 120 \"-\" \"-\" request_id=abc-1 via=egress"

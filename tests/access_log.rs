@@ -303,3 +303,34 @@ methods = ["GET"]
         }
     }
 }
+
+#[tokio::test]
+async fn the_query_is_logged_only_when_asked_for_and_text_lines_are_combined_style() {
+    let echo = echo::start().await;
+    let dir = temp_dir("access-log-query");
+    let log = dir.join("access.log");
+    let target = format!("{}/", echo.url());
+    let proxy = TestProxy::start(&format!(
+        "[access_log]\nto = \"{}\"\nformat = \"text\"\nquery = true\n{}",
+        log.display(),
+        static_upstream("bigid", &target, "query-test-token", "")
+    ))
+    .await;
+    let response = get(&proxy.url("/bigid/items?page=2&sort=name")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut text = String::new();
+    wait_until(Duration::from_secs(5), "a text line", async || {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.ends_with('\n')
+    })
+    .await;
+    assert!(
+        text.starts_with("127.0.0.1 - - ["),
+        "combined: addr, no identity, no client: {text}"
+    );
+    assert!(
+        text.contains("] \"GET /bigid/items?page=2&sort=name HTTP/1.1\" 200 "),
+        "{text}"
+    );
+    assert!(text.contains(" upstream=bigid "), "{text}");
+}

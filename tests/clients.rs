@@ -389,7 +389,7 @@ fn sighup(daemon: &Daemon) {
 }
 
 #[tokio::test]
-async fn a_key_from_client_add_works_on_a_running_daemon_after_a_reload() {
+async fn client_add_change_and_remove_take_effect_on_a_running_daemon_at_reload() {
     let echo = echo::start().await;
     let dir = temp_dir("clients-add");
     let config = format!(
@@ -466,6 +466,19 @@ async fn a_key_from_client_add_works_on_a_running_daemon_after_a_reload() {
         std::fs::read_to_string(dir.join("tokenproxy.toml")).unwrap(),
         before
     );
+
+    // A changed policy takes effect at the next reload, with the same key.
+    let widened = before.replace(
+        "methods = [\"GET\", \"HEAD\"]",
+        "methods = [\"GET\", \"HEAD\", \"DELETE\"]",
+    );
+    assert_ne!(widened, before);
+    std::fs::write(dir.join("tokenproxy.toml"), &widened).unwrap();
+    sighup(&daemon);
+    wait_until(Duration::from_secs(10), "the widened policy", async || {
+        call(&key, Method::DELETE).await.status() == StatusCode::OK
+    })
+    .await;
 
     // Removed, and reloaded: the key stops working.
     let (code, _, said) = run_cli(&dir, &["client", "remove", "ci"]);

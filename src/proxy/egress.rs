@@ -72,11 +72,11 @@ async fn serve(
 ) -> Response<ProxyBody> {
     // Inside a tunnel the CONNECT presented the key (checked again against the clients of
     // the moment: a reload may remove one); on the listener every request carries its own.
-    let key = match tunnel {
+    let key = || match tunnel {
         Some(_) => connection.tunnel_key().copied(),
         None => presented_key(request.headers()),
     };
-    let caller = match caller(app, key.as_ref()) {
+    let caller = match caller(app, key) {
         Ok(caller) => caller,
         Err(UnknownKey) => {
             if let Some(egress) = &app.egress {

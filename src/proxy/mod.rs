@@ -108,14 +108,17 @@ pub type Caller = Option<usize>;
 #[derive(Debug)]
 pub struct UnknownKey;
 
-/// The caller whose key `presented` is, counted in its figures. With no client configured
-/// anyone may call.
-pub fn caller(app: &App, presented: Option<&KeyDigest>) -> Result<Caller, UnknownKey> {
+/// The caller whose key `presented` reads, counted in its figures. With no client
+/// configured anyone may call, and no header is read.
+pub fn caller(
+    app: &App,
+    presented: impl FnOnce() -> Option<KeyDigest>,
+) -> Result<Caller, UnknownKey> {
     if app.clients.is_empty() {
         return Ok(None);
     }
-    let index = presented
-        .and_then(|digest| app.clients.identify(digest))
+    let index = presented()
+        .and_then(|digest| app.clients.identify(&digest))
         .ok_or(UnknownKey)?;
     if let Some((_, metrics)) = app.client(index) {
         metrics.count_request();
@@ -218,7 +221,7 @@ async fn serve(
         return failed(facts, ProxyError::BadRequest { reason });
     };
     // Before routing: a 404 without the key would tell which routes exist.
-    let caller = match caller(app, presented_key(request.headers()).as_ref()) {
+    let caller = match caller(app, || presented_key(request.headers())) {
         Ok(caller) => caller,
         // The probes answer anyone.
         Err(UnknownKey) if matches!(&*path, "/-/health" | "/-/ready") => None,

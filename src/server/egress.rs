@@ -129,7 +129,7 @@ async fn connect(
         unreachable!("checked by on_listener");
     };
     let key = proxy::presented_key(request.headers());
-    let Ok(caller) = proxy::caller(app, key.as_ref()) else {
+    let Ok(caller) = proxy::caller(app, || key) else {
         egress.metrics.refused_proxy_auth.fetch_add(1, Relaxed);
         return proxy::failed(facts, ProxyError::EgressKeyRequired);
     };
