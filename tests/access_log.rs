@@ -334,3 +334,63 @@ async fn the_query_is_logged_only_when_asked_for_and_text_lines_are_combined_sty
     );
     assert!(text.contains(" upstream=bigid "), "{text}");
 }
+
+/// `$TOKENPROXY_ACCESS_LOG` as `value`; the rest of the environment empty.
+struct AccessLogEnv(Option<&'static str>);
+
+impl tokenproxy::config::Sources for AccessLogEnv {
+    fn env(&self, name: &str) -> Option<String> {
+        (name == tokenproxy::config::ACCESS_LOG_ENV)
+            .then(|| self.0.map(str::to_owned))
+            .flatten()
+    }
+
+    fn file(&self, path: &str) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+#[test]
+fn the_table_or_else_the_environment_turns_the_access_log_on() {
+    use tokenproxy::access_log::{AccessLogSettings, Destination, Format};
+    let upstream = static_upstream("bigid", "http://127.0.0.1:9/", "t0ken-value", "");
+    let parse = |table: &str, env: Option<&'static str>| {
+        let text = format!("[store]\npath = \"memory\"\n{table}\n{upstream}");
+        tokenproxy::config::parse(&text, "test.toml", &AccessLogEnv(env))
+    };
+    let settings = |to, format| {
+        Some(AccessLogSettings {
+            to,
+            format,
+            query: false,
+        })
+    };
+    let file = || Destination::File("/var/log/tokenproxy.log".into());
+    assert_eq!(parse("", None).unwrap().access_log, None, "off by default");
+    assert_eq!(
+        parse("", Some("stderr")).unwrap().access_log,
+        settings(Destination::Stderr, Format::Json)
+    );
+    assert_eq!(parse("", Some("off")).unwrap().access_log, None);
+    assert_eq!(
+        parse("", Some("/var/log/tokenproxy.log"))
+            .unwrap()
+            .access_log,
+        settings(file(), Format::Json)
+    );
+    let table = "[access_log]\nto = \"/var/log/tokenproxy.log\"\nformat = \"text\"";
+    assert_eq!(
+        parse(table, Some("stderr")).unwrap().access_log,
+        settings(file(), Format::Text),
+        "the config's own table wins"
+    );
+    assert_eq!(
+        parse("[access_log]", None).unwrap().access_log,
+        settings(Destination::Stderr, Format::Json)
+    );
+    let error = parse("[access_log]\nformat = \"xml\"", None).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "test.toml: access_log.format: \"xml\" is not one of \"json\", \"text\""
+    );
+}
