@@ -54,8 +54,11 @@ COPY --from=build --chown=65532:65532 /out/var/lib/tokenproxy /var/lib/tokenprox
 # explicit TOKENPROXY_CONFIG or TOKENPROXY_CONFIG_TOML given at `docker run` still wins;
 # XDG_STATE_HOME=/var/lib puts the default store at /var/lib/tokenproxy/tokens.json.
 # (Log level: TOKENPROXY_LOG at `docker run`, default warn,tokenproxy=info.)
+# TOKENPROXY_ACCESS_LOG=stderr: a container logs every request as a JSON line on stderr,
+# unless the config has an [access_log] table (`-e TOKENPROXY_ACCESS_LOG=off` turns it off).
 ENV XDG_CONFIG_HOME=/etc \
-    XDG_STATE_HOME=/var/lib
+    XDG_STATE_HOME=/var/lib \
+    TOKENPROXY_ACCESS_LOG=stderr
 
 VOLUME ["/etc/tokenproxy", "/var/lib/tokenproxy"]
 USER 65532:65532

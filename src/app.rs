@@ -3,10 +3,12 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crate::access_log::{AccessLog, OpenError};
+use crate::clients::{Client, Clients};
 use crate::config::{Config, PassthroughRule, ServerConfig, UpstreamConfig};
 use crate::fleet::Fleet;
 use crate::login::Logins;
-use crate::metrics::{EgressMetrics, RequestMetrics};
+use crate::metrics::{ClientMetrics, EgressMetrics, RequestMetrics};
 use crate::providers::{Provider, ProviderError};
 use crate::routes::RouteTable;
 use crate::store::SharedStore;
@@ -14,6 +16,8 @@ use crate::tokens::{FleetLink, TokenCell};
 use crate::transport::{AddressOverride, TlsSettings, Transport, TransportBuildError, Transports};
 
 pub struct Upstream {
+    /// `config.name`, shared with every access-log line of this upstream.
+    pub name: Arc<str>,
     pub config: UpstreamConfig,
     pub tokens: Arc<TokenCell>,
     pub transport: Transport,
@@ -34,6 +38,12 @@ pub struct App {
     pub store_backend: &'static str,
     /// Egress mode (`[egress]`), when configured.
     pub egress: Option<Egress>,
+    /// Every caller with a key; empty when none is asked for.
+    pub clients: Clients,
+    /// Each client's figures, in the order of `clients` (kept across reloads, by name).
+    pub client_metrics: Vec<Arc<ClientMetrics>>,
+    /// `None` while the access log is off (kept across reloads that do not change it).
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Egress mode's part of the app: what a reload may change, and what it keeps.
@@ -68,6 +78,8 @@ pub enum BuildError {
         #[source]
         source: ProviderError,
     },
+    #[error(transparent)]
+    AccessLog(#[from] OpenError),
 }
 
 impl App {
@@ -93,6 +105,7 @@ impl App {
                 .filter(|old| old.config.address == upstream.address);
             if let Some(old) = kept {
                 upstreams.push(Arc::new(Upstream {
+                    name: Arc::clone(&old.name),
                     config: upstream.clone(),
                     tokens: Arc::clone(&old.tokens),
                     transport: old.transport.clone(),
@@ -150,6 +163,7 @@ impl App {
                 ));
             }
             upstreams.push(Arc::new(Upstream {
+                name: Arc::from(upstream.name.as_str()),
                 config: upstream.clone(),
                 tokens: Arc::new(tokens),
                 transport,
@@ -161,7 +175,30 @@ impl App {
             (None, Some(_)) => "file",
             (None, None) => "memory",
         };
+        let client_metrics = config
+            .clients
+            .iter()
+            .map(|client| {
+                previous
+                    .and_then(|app| {
+                        let index = app.clients.iter().position(|old| old.name == client.name)?;
+                        app.client_metrics.get(index).cloned()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        let access_log = match (
+            &config.access_log,
+            previous.and_then(|app| app.access_log.as_ref()),
+        ) {
+            (None, _) => None,
+            (Some(settings), Some(open)) if open.settings == *settings => Some(Arc::clone(open)),
+            (Some(settings), _) => Some(Arc::new(AccessLog::open(settings.clone())?)),
+        };
         Ok(App {
+            access_log,
+            clients: config.clients.clone(),
+            client_metrics,
             store_backend,
             server: config.server.clone(),
             routes: RouteTable::new(&config.upstreams),
@@ -189,6 +226,11 @@ impl App {
                 }
             }),
         })
+    }
+
+    /// A client known by its index in `clients`, with its figures.
+    pub fn client(&self, index: usize) -> Option<(&Arc<Client>, &ClientMetrics)> {
+        Some((self.clients.get(index)?, self.client_metrics.get(index)?))
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {

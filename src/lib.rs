@@ -44,6 +44,10 @@
 //!   admin endpoints, or to a server started for the command. `demo` (the default-on `demo`
 //!   feature) serves the simulated vendors of the `tokenproxy-sim` crate (`crates/sim`),
 //!   which the tests use too; a build without the feature has no simulator.
+//! - [`clients`]: who may call (`server.client_key`, `[clients.NAME]`, known by their key's
+//!   SHA-256) and each one's policy: upstreams, methods, path patterns.
+//! - [`access_log`]: one line per request (JSON or combined-style text, stderr or a file),
+//!   written by a thread of its own from a buffer; nothing captured while it is off.
 //! - [`secret`]: the redacting type every secret and token is held in.
 //! - [`scrub`]: takes secrets out of text a vendor wrote (errors that echo the request).
 //!
@@ -51,8 +55,8 @@
 //! A module imports only modules of a lower layer (`tests/layers.rs` checks it), so no
 //! two modules import each other and each layer can be read without those above it.
 //!
-//! 1. `secret`, `scrub`, `schema`, `transport`
-//! 2. `credential`, `fleet`
+//! 1. `secret`, `scrub`, `schema`, `transport`, `access_log`
+//! 2. `credential`, `fleet`, `clients`
 //! 3. `metrics`, `providers`, `store`
 //! 4. `problem`, `tokens`, `config`, `status`
 //! 5. `login`, `routes`
@@ -63,9 +67,11 @@
 //! 10. `demo`
 //! 11. `cli`
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod credential;
 #[cfg(feature = "demo")]

@@ -23,6 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
+use crate::clients::RuleKind;
 use crate::credential::TokenState;
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
@@ -103,6 +104,8 @@ pub enum Counted {
     Upstream(UpstreamErrorKind),
     /// The browser guard refused it: never forwarded, and no fault of the vendor's.
     RefusedByGuard,
+    /// Its client's policy refused it: never forwarded.
+    RefusedByPolicy,
 }
 
 impl UpstreamErrorKind {
@@ -130,6 +133,7 @@ pub struct RequestMetrics {
     duration: Histogram,
     errors: [AtomicU64; UpstreamErrorKind::ALL.len()],
     refused_by_guard: AtomicU64,
+    refused_by_policy: AtomicU64,
     inflight: AtomicI64,
     /// Requests that came through the egress listener (`HTTPS_PROXY`).
     egress: AtomicU64,
@@ -142,6 +146,7 @@ impl Default for RequestMetrics {
             duration: Histogram::default(),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             refused_by_guard: AtomicU64::new(0),
+            refused_by_policy: AtomicU64::new(0),
             inflight: AtomicI64::new(0),
             egress: AtomicU64::new(0),
         }
@@ -201,6 +206,9 @@ impl InFlight<'_> {
             Some(Counted::RefusedByGuard) => {
                 metrics.refused_by_guard.fetch_add(1, Relaxed);
             }
+            Some(Counted::RefusedByPolicy) => {
+                metrics.refused_by_policy.fetch_add(1, Relaxed);
+            }
             None => {}
         }
     }
@@ -210,6 +218,37 @@ impl Drop for InFlight<'_> {
     // Also runs when the client went away before an answer: the gauge never leaks.
     fn drop(&mut self) {
         self.metrics.inflight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One client's figures (kept across reloads, by name): its requests, and its refusals
+/// by the rule that refused them.
+#[derive(Debug, Default)]
+pub struct ClientMetrics {
+    requests: AtomicU64,
+    refused: [AtomicU64; RuleKind::ALL.len()],
+}
+
+impl ClientMetrics {
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_refusal(&self, kind: RuleKind) {
+        // `ALL` lists the kinds in declaration order, so a kind's discriminant is its slot.
+        self.refused[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    /// `(rule, count)` for every rule.
+    pub fn refusals(&self) -> impl Iterator<Item = (RuleKind, u64)> + '_ {
+        RuleKind::ALL
+            .into_iter()
+            .zip(&self.refused)
+            .map(|(kind, count)| (kind, count.load(Relaxed)))
     }
 }
 
@@ -275,6 +314,8 @@ pub struct Snapshot {
     pub redis_errors: Option<u64>,
     /// Egress mode's listener figures.
     pub egress: Option<Arc<EgressMetrics>>,
+    /// Every client with a key, by name.
+    pub clients: Vec<(String, Arc<ClientMetrics>)>,
 }
 
 /// One upstream's part in the fleet, for this replica.
@@ -403,6 +444,40 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Per client: requests, and refusals by the rule that refused them.
+    fn encode_clients(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.clients.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_client_requests",
+            "Requests that presented this client's key.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, metrics) in &self.clients {
+            family
+                .encode_family(&vec![("client", name.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&metrics.requests(), None)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "tokenproxy_client_refused",
+            "Requests of this client its policy refused (never forwarded), by rule.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, metrics) in &self.clients {
+            for (rule, count) in metrics.refusals() {
+                family
+                    .encode_family(&vec![("client", name.as_str()), ("rule", rule.label())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A counter family with one label: name, help, the label's name, `(value, count)` pairs.
 type CounterFamily = (
     &'static str,
@@ -504,8 +579,13 @@ impl Collector for Snapshot {
             "Requests refused before forwarding, by reason; not upstream errors.",
             "reason",
             |upstream| {
-                let refused = upstream.requests.refused_by_guard.load(Relaxed);
-                std::iter::once((Cow::Borrowed("browser_guard"), refused))
+                let requests = &upstream.requests;
+                [
+                    ("browser_guard", &requests.refused_by_guard),
+                    ("client_policy", &requests.refused_by_policy),
+                ]
+                .into_iter()
+                .map(|(reason, count)| (Cow::Borrowed(reason), count.load(Relaxed)))
             },
         )?;
         self.encode_counters(
@@ -575,6 +655,7 @@ impl Collector for Snapshot {
 
         self.encode_fleet(&mut encoder)?;
         self.encode_egress(&mut encoder)?;
+        self.encode_clients(&mut encoder)?;
 
         let mut family = encoder.encode_descriptor(
             "tokenproxy_build_info",

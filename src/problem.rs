@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::clients::PolicyRefusal;
 use crate::metrics::{Counted, UpstreamErrorKind};
 use crate::providers::ProviderError;
 use crate::transport::ProxyBody;
@@ -58,6 +59,8 @@ pub enum ProxyError {
     },
     #[error("this tokenproxy requires Proxy-Authorization: Bearer <client key>")]
     ClientKeyRequired,
+    #[error("{0}")]
+    ClientPolicy(PolicyRefusal),
     #[error("Host {host} is not one of this proxy's names; a sidecar lists its service name in server.allowed_hosts")]
     MisdirectedHost { host: String },
     #[error("cross-site request refused: {reason}")]
@@ -120,7 +123,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientKeyRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ProxyError::MisdirectedHost { .. } => StatusCode::MISDIRECTED_REQUEST,
-            ProxyError::CrossOrigin { .. } => StatusCode::FORBIDDEN,
+            ProxyError::CrossOrigin { .. } | ProxyError::ClientPolicy(_) => StatusCode::FORBIDDEN,
             ProxyError::NoToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::StaticToken { .. } => StatusCode::CONFLICT,
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTls { .. } => {
@@ -137,6 +140,42 @@ impl ProxyError {
         }
     }
 
+    /// What went wrong, as one word: the access log's `error`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::BadRequest { .. } => "bad_request",
+            ProxyError::PathAboveBase { .. } => "path_above_base",
+            ProxyError::InvalidHost(_) => "invalid_host",
+            ProxyError::UriTooLong { .. } => "uri_too_long",
+            ProxyError::UnsupportedTransferCoding { .. } => "unsupported_transfer_coding",
+            ProxyError::MalformedBody { .. } => "malformed_body",
+            ProxyError::BodyTimeout { .. } => "body_timeout",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::ClientKeyRequired => "client_key_required",
+            ProxyError::ClientPolicy(_) => "client_policy",
+            ProxyError::MisdirectedHost { .. } => "misdirected_host",
+            ProxyError::CrossOrigin { .. } => "cross_origin",
+            ProxyError::NoToken { .. } => "no_token",
+            ProxyError::StaticToken { .. } => "static_token",
+            ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamTls { .. } => "upstream_tls",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::ConnectTimeout { .. } => "connect_timeout",
+            ProxyError::EgressNotAllowed { .. } => "egress_not_allowed",
+            ProxyError::EgressKeyRequired => "egress_key_required",
+            ProxyError::EgressMisdirected { .. } => "egress_misdirected",
+            ProxyError::EgressCannotSign { .. } => "egress_cannot_sign",
+            ProxyError::EgressTunnelFailed { .. } => "egress_tunnel_failed",
+        }
+    }
+
+    /// A refusal (the guard, a client key, a client's policy, egress's allow list): the
+    /// access log says why, in the problem's words.
+    pub fn is_refusal(&self) -> bool {
+        self.proxy_status() == "http_request_denied"
+    }
+
     /// The RFC 9209 error type.
     fn proxy_status(&self) -> &'static str {
         match self {
@@ -151,6 +190,7 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::StaticToken { .. } => "http_request_error",
             ProxyError::ClientKeyRequired
+            | ProxyError::ClientPolicy(_)
             | ProxyError::MisdirectedHost { .. }
             | ProxyError::CrossOrigin { .. }
             | ProxyError::EgressNotAllowed { .. }
@@ -185,6 +225,7 @@ impl ProxyError {
             | ProxyError::EgressMisdirected { .. }
             | ProxyError::EgressCannotSign { .. }
             | ProxyError::EgressTunnelFailed { .. } => None,
+            ProxyError::ClientPolicy(refusal) => refusal.upstream.as_deref(),
             ProxyError::NoToken { upstream, .. }
             | ProxyError::PathAboveBase { upstream }
             | ProxyError::StaticToken { upstream, .. }
@@ -210,6 +251,7 @@ impl ProxyError {
             | ProxyError::BodyTimeout { .. }
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::ClientKeyRequired
+            | ProxyError::ClientPolicy(_)
             | ProxyError::MisdirectedHost { .. }
             | ProxyError::CrossOrigin { .. }
             | ProxyError::StaticToken { .. }
@@ -237,6 +279,7 @@ impl ProxyError {
     pub fn counted_as(&self) -> Option<Counted> {
         match self {
             ProxyError::CrossOrigin { .. } => Some(Counted::RefusedByGuard),
+            ProxyError::ClientPolicy(_) => Some(Counted::RefusedByPolicy),
             _ => self.upstream_error_kind().map(Counted::Upstream),
         }
     }
@@ -278,6 +321,10 @@ impl ProxyError {
         });
         if let Some(upstream) = self.upstream() {
             problem["upstream"] = upstream.into();
+        }
+        if let ProxyError::ClientPolicy(refusal) = &self {
+            problem["client"] = refusal.client.as_str().into();
+            problem["rule"] = refusal.rule.as_str().into();
         }
         let mut response = problem_response(status, &problem);
         let headers = response.headers_mut();

@@ -126,7 +126,7 @@ fn percent_decoded(path: &[u8]) -> Option<Vec<u8>> {
     (decoded.len() != path.len()).then_some(decoded)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     /// An admin endpoint; the path after `/-/`.
     Admin(&'a str),

@@ -27,6 +27,34 @@ pub struct Status {
     /// Egress mode (`[egress]`): the proxy address for `HTTPS_PROXY` and what it was asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressStatus>,
+    /// Every client with a key (`server.client_key`, `[clients.NAME]`); empty when no key
+    /// is asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<ClientStatus>,
+}
+
+/// One client: its policy and figures. Never its key or the key's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    pub name: String,
+    /// The policy in words: `bigid GET, HEAD; bigeval any method on /api/**`.
+    pub policy: String,
+    /// The upstreams it may use; `None` for every one.
+    pub upstreams: Option<Vec<String>>,
+    /// May use the `/-/` endpoints beyond health and readiness.
+    pub admin: bool,
+    /// Requests that presented its key.
+    pub requests: u64,
+    pub refused: PolicyRefusals,
+}
+
+/// A client's requests its policy refused, by the rule that refused them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRefusals {
+    pub upstream: u64,
+    pub method: u64,
+    pub path: u64,
+    pub admin: u64,
 }
 
 /// The egress listener's figures.
@@ -268,6 +296,17 @@ mod tests {
                 refused_not_allowed: 2,
                 refused_proxy_auth: 0,
             }),
+            clients: vec![ClientStatus {
+                name: "ci".to_owned(),
+                policy: "bigid GET, HEAD".to_owned(),
+                upstreams: Some(vec!["bigid".to_owned()]),
+                admin: false,
+                requests: 7,
+                refused: PolicyRefusals {
+                    method: 2,
+                    ..PolicyRefusals::default()
+                },
+            }],
         };
         assert_eq!(round_trip(&status), status);
         for state in TokenState::ALL {

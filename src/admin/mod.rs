@@ -11,12 +11,13 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::app::{App, Upstream};
-use crate::metrics;
+use crate::clients::{Client, RuleKind};
+use crate::metrics::{self, ClientMetrics};
 use crate::problem::{json_response, ProxyError};
 use crate::providers::{LoginMethod, Revocation};
 use crate::status::{
-    Action, EgressStatus, FleetStatus, LoginAnswer, Logout, LogoutAnswer, Refusals, RequestCounts,
-    Status, TokenAnswer, TokenStatus, UpstreamStatus,
+    Action, ClientStatus, EgressStatus, FleetStatus, LoginAnswer, Logout, LogoutAnswer,
+    PolicyRefusals, Refusals, RequestCounts, Status, TokenAnswer, TokenStatus, UpstreamStatus,
 };
 use crate::transport::ProxyBody;
 
@@ -164,6 +165,12 @@ fn metrics_snapshot(app: &App) -> metrics::Snapshot {
             .egress
             .as_ref()
             .map(|egress| std::sync::Arc::clone(&egress.metrics)),
+        clients: app
+            .clients
+            .iter()
+            .zip(&app.client_metrics)
+            .map(|(client, metrics)| (client.name.to_string(), std::sync::Arc::clone(metrics)))
+            .collect(),
     }
 }
 
@@ -401,5 +408,33 @@ pub fn status(app: &App) -> Status {
                 refused_proxy_auth: figures.refused_proxy_auth.load(Relaxed),
             }
         }),
+        clients: app
+            .clients
+            .iter()
+            .zip(&app.client_metrics)
+            .map(|(client, metrics)| client_status(client, metrics))
+            .collect(),
+    }
+}
+
+fn client_status(client: &Client, metrics: &ClientMetrics) -> ClientStatus {
+    let mut refused = PolicyRefusals::default();
+    for (rule, count) in metrics.refusals() {
+        *match rule {
+            RuleKind::Upstream => &mut refused.upstream,
+            RuleKind::Method => &mut refused.method,
+            RuleKind::Path => &mut refused.path,
+            RuleKind::Admin => &mut refused.admin,
+        } = count;
+    }
+    ClientStatus {
+        name: client.name.to_string(),
+        policy: client.policy(),
+        upstreams: client
+            .upstreams()
+            .map(|names| names.into_iter().map(str::to_owned).collect()),
+        admin: client.admin,
+        requests: metrics.requests(),
+        refused,
     }
 }

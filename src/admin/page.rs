@@ -14,7 +14,9 @@ use http_body_util::{BodyExt, Full};
 
 use crate::credential::TokenState;
 use crate::providers::LoginMethod;
-use crate::status::{Action, EgressStatus, Status, TokenStatus, UpstreamStatus};
+use crate::status::{
+    Action, ClientStatus, EgressStatus, PolicyRefusals, Status, TokenStatus, UpstreamStatus,
+};
 use crate::transport::ProxyBody;
 
 const STYLESHEET: &str = include_str!("page/status.css");
@@ -97,6 +99,8 @@ struct StatusPage<'a> {
     store: &'a str,
     /// Egress mode's listener and counts.
     egress: Option<&'a EgressStatus>,
+    /// Every client with a key, and its refusals in words.
+    clients: Vec<(&'a ClientStatus, String)>,
 }
 
 /// One upstream's row, and its login row if it can log in.
@@ -156,6 +160,11 @@ fn render(status: &Status) -> String {
     StatusPage {
         store: &status.store,
         egress: status.egress.as_ref(),
+        clients: status
+            .clients
+            .iter()
+            .map(|client| (client, refused_text(&client.refused)))
+            .collect(),
         ready: status.ready,
         snapshot: utc(now).1,
         version: &status.version,
@@ -179,6 +188,26 @@ fn render(status: &Status) -> String {
     }
     .render()
     .expect("the status page renders")
+}
+
+/// `3 (method 2, path 1)`, or `0`.
+fn refused_text(refused: &PolicyRefusals) -> String {
+    let by_rule = [
+        ("upstream", refused.upstream),
+        ("method", refused.method),
+        ("path", refused.path),
+        ("admin", refused.admin),
+    ];
+    let total: u64 = by_rule.iter().map(|(_, count)| count).sum();
+    let parts: Vec<String> = by_rule
+        .iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(rule, count)| format!("{rule} {count}"))
+        .collect();
+    match parts.is_empty() {
+        true => total.to_string(),
+        false => format!("{total} ({})", parts.join(", ")),
+    }
 }
 
 fn row(upstream: &UpstreamStatus, now: u64) -> Row<'_> {

@@ -2,6 +2,7 @@
 //! config or usage.
 
 mod ca;
+mod clients;
 mod commands;
 mod completions;
 mod daemon;
@@ -185,6 +186,41 @@ enum Command {
         #[command(flatten)]
         daemon: DaemonUrl,
     },
+    /// Named client keys, each limited to some upstreams, methods and paths.
+    Client {
+        #[command(subcommand)]
+        action: ClientCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Make a key for a new client, print it once, and add its hash to the config (comments
+    /// kept): KEY=$(tokenproxy client add ci --upstream bigid --read-only)
+    Add {
+        /// The client's name: a-z, 0-9, '-' and '_'.
+        name: String,
+        /// An upstream it may use (repeat for more; "*" for every one).
+        #[arg(long = "upstream", value_name = "NAME", required = true)]
+        upstreams: Vec<String>,
+        /// Only GET and HEAD.
+        #[arg(long, conflicts_with = "methods")]
+        read_only: bool,
+        /// A method it may send (repeat for more); default any.
+        #[arg(long = "method", value_name = "METHOD")]
+        methods: Vec<String>,
+        /// A path pattern it may reach, as forwarded (repeat for more): /api/v1/items/*,
+        /// /reports/**; default any.
+        #[arg(long = "path", value_name = "PATTERN")]
+        paths: Vec<String>,
+        /// May also use the /-/ endpoints (status, metrics, actions).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Show each client's name and policy; never a key.
+    List,
+    /// Remove a client from the config: its key stops working at the next reload.
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +342,59 @@ pub fn main() -> ExitCode {
             with_reach(cli.config.as_deref(), daemon, |reach| {
                 commands::header(reach, name, curl)
             })
+        }
+        Command::Client { action } => client(cli.config.as_deref(), action),
+    }
+}
+
+fn client(explicit: Option<&std::path::Path>, action: ClientCommand) -> ExitCode {
+    let edited = match action {
+        ClientCommand::List => {
+            return match load(explicit) {
+                Ok(config) => {
+                    print!("{}", clients::list(&config));
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+        ClientCommand::Add {
+            name,
+            upstreams,
+            read_only,
+            methods,
+            paths,
+            admin,
+        } => {
+            let methods = if read_only {
+                vec!["GET".to_owned(), "HEAD".to_owned()]
+            } else {
+                methods
+            };
+            let client = clients::NewClient {
+                name,
+                upstreams,
+                methods,
+                paths,
+                admin,
+            };
+            clients::add(explicit, &client).map(|key| {
+                eprintln!(
+                    "tokenproxy: added client {}; its key is shown only now (clients send it as Proxy-Authorization: Bearer <key>). A running tokenproxy takes it up within 2 s, or at once on SIGHUP.",
+                    client.name
+                );
+                println!("{key}");
+            })
+        }
+        ClientCommand::Remove { name } => clients::remove(explicit, &name).map(|path| {
+            eprintln!("tokenproxy: removed client {name} from {}", path.display());
+        }),
+    };
+    match edited {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tokenproxy: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

@@ -17,9 +17,13 @@ pub use crate::schema::{parse_duration, FieldError, RawAuth, RawDuration, RawSco
 pub use interpolate::{ProcessSources, Sources};
 use serde::Deserialize;
 
+use crate::access_log::{AccessLogSettings, Destination, Format};
+use crate::clients::Clients;
 use crate::fleet::{FleetSettings, WhenRedisDown};
 use crate::providers::AuthSpec;
-use crate::schema::{duration_or, header_pairs, RawConfig, RawEgress, RawStore, RawUpstream};
+use crate::schema::{
+    duration_or, header_pairs, RawAccessLog, RawConfig, RawEgress, RawStore, RawUpstream,
+};
 use crate::secret::Secret;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -112,6 +116,11 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// `[egress]`: parsed and checked; nothing listens on it yet.
     pub egress: Option<EgressConfig>,
+    /// Every caller with a key: `server.client_key` and `[clients.NAME]`. Empty: no key
+    /// is asked for.
+    pub clients: Clients,
+    /// `[access_log]`; `None` when it is off.
+    pub access_log: Option<AccessLogSettings>,
     /// What the command line set over the file; a reload applies it again.
     pub overrides: Overrides,
     /// Fields whose secret is written in the file itself, not `${ENV}` or `${file:}`.
@@ -127,6 +136,10 @@ pub struct Config {
 pub struct Overrides {
     pub listen: Option<String>,
 }
+
+/// Where the access log goes when the config has no `[access_log]`: `stderr`, a file path,
+/// or `off` (the container image sets `stderr`).
+pub const ACCESS_LOG_ENV: &str = "TOKENPROXY_ACCESS_LOG";
 
 /// One `egress.passthrough` entry: a host or `*.` pattern (lower case) and the one port it
 /// opens.
@@ -332,6 +345,13 @@ pub fn parse_with(
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if let Some(server) = server.as_table_mut() {
             server.insert("listen".into(), toml::Value::String(listen.clone()));
+        }
+    }
+    if let (Some(table), Some(to)) = (tree.as_table_mut(), sources.env(ACCESS_LOG_ENV)) {
+        if !to.is_empty() && !table.contains_key("access_log") {
+            let mut access_log = toml::Table::new();
+            access_log.insert("to".into(), toml::Value::String(to));
+            table.insert("access_log".into(), toml::Value::Table(access_log));
         }
     }
     // A value that came from the environment or a secret file may be a secret: whichever
@@ -551,10 +571,12 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         upstreams.push(validate_upstream(name, upstream, &server_config)?);
     }
     let egress = raw.egress.as_ref().map(validate_egress).transpose()?;
+    let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+    let clients = Clients::from_config(&raw.clients, &names, server_config.client_key.as_ref())?;
     check_routes_are_unique(&upstreams, listen, egress.as_ref())?;
-    check_wide_listeners_have_a_key(&server_config, &upstreams)?;
+    check_wide_listeners_have_a_key(&server_config, &clients, &upstreams)?;
     if let Some(egress) = &egress {
-        check_wide_egress_has_a_key(&server_config, egress)?;
+        check_wide_egress_has_a_key(&clients, egress)?;
         check_egress_targets_are_distinct(&upstreams)?;
     }
 
@@ -568,7 +590,43 @@ fn validate(raw: RawConfig, file: &str) -> Result<Config, FieldError> {
         overrides: Overrides::default(),
         literal_secrets: Vec::new(),
         readable_by_others: false,
+        clients,
+        access_log: raw
+            .access_log
+            .as_ref()
+            .map(access_log)
+            .transpose()?
+            .flatten(),
     })
+}
+
+/// `[access_log]`: `to` defaults to stderr and `format` to JSON; `to = "off"` is none.
+fn access_log(raw: &RawAccessLog) -> Result<Option<AccessLogSettings>, FieldError> {
+    let to = match raw.to.as_deref().map(str::trim) {
+        None | Some("stderr") => Destination::Stderr,
+        Some("off") => return Ok(None),
+        Some("") => {
+            return Err(FieldError::new(
+                "access_log.to",
+                "must be \"stderr\", \"off\" or a file path",
+            ))
+        }
+        Some(path) => Destination::File(PathBuf::from(path)),
+    };
+    let format = match raw.format.as_deref() {
+        None => Format::Json,
+        Some(text) => Format::parse(text).ok_or_else(|| {
+            FieldError::new(
+                "access_log.format",
+                format!("{text:?} is not one of \"json\", \"text\""),
+            )
+        })?,
+    };
+    Ok(Some(AccessLogSettings {
+        to,
+        format,
+        query: raw.query.unwrap_or(false),
+    }))
 }
 
 fn validate_upstream(
@@ -846,16 +904,17 @@ fn check_routes_are_unique(
 /// from a client: only the client key can.
 fn check_wide_listeners_have_a_key(
     server: &ServerConfig,
+    clients: &Clients,
     upstreams: &[UpstreamConfig],
 ) -> Result<(), FieldError> {
-    if server.client_key.is_some() || server.allow_unauthenticated_beyond_loopback {
+    if !clients.is_empty() || server.allow_unauthenticated_beyond_loopback {
         return Ok(());
     }
     match listeners(server, upstreams).find(|listen| !listen.ip().is_loopback()) {
         Some(listen) => Err(FieldError::new(
             "server.client_key",
             format!(
-                "required when listening beyond loopback ({listen}): browsers there send no Origin or Sec-Fetch-* headers, so any web page could spend the tokens; set a client key, or server.allow_unauthenticated_beyond_loopback = true"
+                "required when listening beyond loopback ({listen}): browsers there send no Origin or Sec-Fetch-* headers, so any web page could spend the tokens; set server.client_key or a [clients.NAME] key, or server.allow_unauthenticated_beyond_loopback = true"
             ),
         )),
         None => Ok(()),
@@ -863,11 +922,8 @@ fn check_wide_listeners_have_a_key(
 }
 
 /// The same rule for the egress listener, with its own explicit opt-out.
-fn check_wide_egress_has_a_key(
-    server: &ServerConfig,
-    egress: &EgressConfig,
-) -> Result<(), FieldError> {
-    if server.client_key.is_some()
+fn check_wide_egress_has_a_key(clients: &Clients, egress: &EgressConfig) -> Result<(), FieldError> {
+    if !clients.is_empty()
         || egress.allow_unauthenticated_beyond_loopback
         || egress.listen.ip().is_loopback()
     {
@@ -876,7 +932,7 @@ fn check_wide_egress_has_a_key(
     Err(FieldError::new(
         "server.client_key",
         format!(
-            "required when egress listens beyond loopback ({}): any machine or web page that can reach it could spend the tokens; set a client key, or egress.allow_unauthenticated_beyond_loopback = true",
+            "required when egress listens beyond loopback ({}): any machine or web page that can reach it could spend the tokens; set server.client_key or a [clients.NAME] key, or egress.allow_unauthenticated_beyond_loopback = true",
             egress.listen
         ),
     ))
@@ -946,7 +1002,7 @@ impl Config {
         let mut warnings = Vec::new();
         for listen in listeners(&self.server, &self.upstreams) {
             if !listen.ip().is_loopback() {
-                if self.server.client_key.is_none() {
+                if self.clients.is_empty() {
                     warnings.push(format!(
                         "listening on {listen}, beyond loopback, without server.client_key (server.allow_unauthenticated_beyond_loopback = true): other machines, and any web page a browser there opens, can spend these tokens"
                     ));
@@ -961,7 +1017,7 @@ impl Config {
         if let Some(egress) = self
             .egress
             .as_ref()
-            .filter(|egress| !egress.listen.ip().is_loopback() && self.server.client_key.is_none())
+            .filter(|egress| !egress.listen.ip().is_loopback() && self.clients.is_empty())
         {
             warnings.push(format!(
                 "egress listens on {}, beyond loopback, without server.client_key (egress.allow_unauthenticated_beyond_loopback = true): other machines can spend these tokens",

@@ -12,7 +12,11 @@ use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::{framing_admissible, request_host, respond, Connection};
+use super::{
+    caller, failed, framing_admissible, logged, note_caller, presented_key, request_host, respond,
+    Connection, Routed, UnknownKey,
+};
+use crate::access_log::{Facts, Via};
 use crate::app::App;
 use crate::problem::ProxyError;
 use crate::routes::{self, Route};
@@ -44,17 +48,54 @@ pub async fn handle(
     request: Request<Incoming>,
     tunnel: Option<&Tunnel>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let addr = connection.client_ip();
+    let response = logged(
+        &app,
+        addr,
+        Via::Egress,
+        request,
+        |request, mut facts| async {
+            let response = serve(&app, connection, request, tunnel, &mut facts).await;
+            (response, facts)
+        },
+    )
+    .await;
+    Ok(response)
+}
+
+async fn serve(
+    app: &App,
+    connection: Connection,
+    request: Request<Incoming>,
+    tunnel: Option<&Tunnel>,
+    facts: &mut Facts,
+) -> Response<ProxyBody> {
+    // Inside a tunnel the CONNECT presented the key (checked again against the clients of
+    // the moment: a reload may remove one); on the listener every request carries its own.
+    let key = || match tunnel {
+        Some(_) => connection.tunnel_key().copied(),
+        None => presented_key(request.headers()),
+    };
+    let caller = match caller(app, key) {
+        Ok(caller) => caller,
+        Err(UnknownKey) => {
+            if let Some(egress) = &app.egress {
+                use std::sync::atomic::Ordering::Relaxed;
+                egress.metrics.refused_proxy_auth.fetch_add(1, Relaxed);
+            }
+            return failed(facts, ProxyError::EgressKeyRequired);
+        }
+    };
+    note_caller(app, caller, facts);
     let destination = match destination(&request, tunnel) {
         Ok(destination) => destination,
-        Err(error) => return Ok(error.into_response()),
+        Err(error) => return failed(facts, error),
     };
     // A clone of the URI shares its bytes; the request itself moves on below.
     let uri = request.uri().clone();
     let Some(path) = routes::normalize_path(uri.path()) else {
-        return Ok(ProxyError::BadRequest {
-            reason: "the request target must be a path starting with /".into(),
-        }
-        .into_response());
+        let reason = "the request target must be a path starting with /".into();
+        return failed(facts, ProxyError::BadRequest { reason });
     };
     let Destination { https, host, port } = destination;
     let Some((index, rest)) = app.routes.by_target(https, &host, port, &path) else {
@@ -75,13 +116,18 @@ pub async fn handle(
                 }
             }
         };
-        return Ok(error.into_response());
+        return failed(facts, error);
     };
     app.upstreams[index].metrics.count_egress();
-    let route = Route::Upstream { index, path: rest };
-    // No host for the origin check: a page on the vendor's own site is no more the proxy's
-    // own than any other.
-    Ok(respond(&app, connection, request, route, &path, None).await)
+    let routed = Routed {
+        route: Route::Upstream { index, path: rest },
+        path: &path,
+        // No host for the origin check: a page on the vendor's own site is no more the
+        // proxy's own than any other.
+        host_value: None,
+        caller,
+    };
+    respond(app, connection, request, routed, facts).await
 }
 
 /// Where a request goes, as its client named it.

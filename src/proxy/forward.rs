@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{replay_body, replayable, ClientBodyError, Replay};
 use super::{headers, redirect, Connection};
+use crate::access_log::{Counted, Facts};
 use crate::app::Upstream;
 use crate::credential::Credential;
 use crate::problem::ProxyError;
@@ -42,6 +43,7 @@ pub(super) async fn forward(
     target: Uri,
     original_host: Option<HeaderValue>,
     mount: Option<&str>,
+    facts: &mut Facts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Connection {
         forwarded_for,
@@ -51,10 +53,15 @@ pub(super) async fn forward(
     } = connection;
     // Through the egress listener the client addressed the vendor itself: no hop to tell of.
     let forwarded = (!egress).then_some((forwarded_for, original_host));
-    let mut prepared = prepare(upstream, forwarded, request, target).await?;
+    let mut prepared = prepare(upstream, forwarded, request, target, facts).await?;
     // An upgraded connection is never reused, so upgrades take a pooled one.
     let affinity = prepared.client_upgrade.is_none().then_some(&*affinity);
-    let response = exchange(upstream, &mut prepared, affinity).await?;
+    let sent = facts.enabled.then(tokio::time::Instant::now);
+    let response = exchange(upstream, &mut prepared, affinity, facts).await;
+    if let Some(sent) = sent {
+        facts.upstream_time = Some(sent.elapsed());
+    }
+    let response = response?;
     Ok(finish(upstream, mount, response, prepared.client_upgrade))
 }
 
@@ -73,7 +80,10 @@ async fn prepare(
     forwarded: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
     mut request: Request<Incoming>,
     target: Uri,
+    facts: &mut Facts,
 ) -> Result<Prepared, ProxyError> {
+    // Read only for the access log: whether this request waits for a new token.
+    facts.token_refreshed |= facts.enabled && !upstream.tokens.has_valid_token();
     let credential = upstream
         .tokens
         .credential()
@@ -117,7 +127,15 @@ async fn prepare(
         None => replayable(body, upstream.config.retry_body_limit).await?,
     };
     let (body, replay) = match replay {
-        Replay::Kept(bytes) => (replay_body(&bytes), Some(bytes)),
+        Replay::Kept(bytes) => {
+            facts.bytes_in = bytes.len() as u64;
+            (replay_body(&bytes), Some(bytes))
+        }
+        Replay::Streaming(body) if facts.enabled => {
+            let tally = Arc::default();
+            facts.bytes_in_streamed = Some(Arc::clone(&tally));
+            (Counted { body, tally }.boxed_unsync(), None)
+        }
         Replay::Streaming(body) => (body, None),
     };
     Ok(Prepared {
@@ -195,6 +213,7 @@ async fn exchange(
     upstream: &Upstream,
     prepared: &mut Prepared,
     affinity: Option<&Affinity>,
+    facts: &mut Facts,
 ) -> Result<Response<Incoming>, ProxyError> {
     let name = &upstream.config.name;
     let refreshes = upstream.tokens.provider().refreshes();
@@ -233,6 +252,8 @@ async fn exchange(
                     return outcome.map_err(|failure| failure.into_error(name, upstream));
                 }
                 tracing::info!(upstream = %name, "401 from the upstream; retrying with a new token");
+                facts.token_refreshed = true;
+                facts.retried_401 = true;
                 swap_credential(
                     &mut prepared.parts.headers,
                     &prepared.credential,

@@ -17,13 +17,15 @@ mod headers;
 mod redirect;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
+use crate::access_log::{Facts, Via};
 use crate::app::{App, Upstream};
+use crate::clients::KeyDigest;
 use crate::problem::{HostProblem, ProxyError};
 use crate::routes::{self, Route};
 use crate::transport::{Affinity, ProxyBody};
@@ -39,14 +41,18 @@ pub struct Connection {
     pub local: Option<SocketAddr>,
     /// The upstream owning this listener, for per-upstream `listen` ports.
     pub dedicated: Option<Arc<str>>,
-    /// The client's IP as header text, formatted once per connection for
-    /// `X-Forwarded-For` (`None` for a Unix-socket client).
+    /// The client's IP (`None` for a Unix-socket client), and as header text, formatted
+    /// once per connection for `X-Forwarded-For`.
+    client_ip: Option<IpAddr>,
     forwarded_for: Option<HeaderValue>,
     /// The upstream connection its requests to a cleartext upstream reuse.
     affinity: Arc<Affinity>,
     /// It came through the egress listener: the client addressed the vendor itself, so
     /// no `X-Forwarded-*` describes a hop it did not see.
     egress: bool,
+    /// Inside an egress tunnel: the key its CONNECT presented, checked again for every
+    /// request in it against the clients of the moment (a reload may remove one).
+    tunnel_key: Option<KeyDigest>,
 }
 
 impl Connection {
@@ -62,9 +68,11 @@ impl Connection {
         Connection {
             local,
             dedicated,
+            client_ip: client.map(|client| client.ip()),
             forwarded_for,
             affinity: Arc::default(),
             egress: false,
+            tunnel_key: None,
         }
     }
 
@@ -75,6 +83,48 @@ impl Connection {
             ..Connection::new(client, local, None)
         }
     }
+
+    /// The connection of a tunnel whose CONNECT presented `key`.
+    pub fn in_tunnel(self, key: Option<KeyDigest>) -> Self {
+        Connection {
+            tunnel_key: key,
+            ..self
+        }
+    }
+
+    pub fn tunnel_key(&self) -> Option<&KeyDigest> {
+        self.tunnel_key.as_ref()
+    }
+
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+}
+
+/// Who sent a request: a client by its index in `App::clients`, or `None` when the
+/// config asks for no key.
+pub type Caller = Option<usize>;
+
+/// The presented key was missing or no client's.
+#[derive(Debug)]
+pub struct UnknownKey;
+
+/// The caller whose key `presented` reads, counted in its figures. With no client
+/// configured anyone may call, and no header is read.
+pub fn caller(
+    app: &App,
+    presented: impl FnOnce() -> Option<KeyDigest>,
+) -> Result<Caller, UnknownKey> {
+    if app.clients.is_empty() {
+        return Ok(None);
+    }
+    let index = presented()
+        .and_then(|digest| app.clients.identify(&digest))
+        .ok_or(UnknownKey)?;
+    if let Some((_, metrics)) = app.client(index) {
+        metrics.count_request();
+    }
+    Ok(Some(index))
 }
 
 /// Handles one request. Never fails: every error becomes a response here.
@@ -83,48 +133,131 @@ pub async fn handle(
     connection: Connection,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    if let Err(error) = admissible(&app, &request, connection.local.map(|local| local.port())) {
-        return Ok(error.into_response());
+    let addr = connection.client_ip;
+    let response = logged(
+        &app,
+        addr,
+        Via::Listen,
+        request,
+        |request, mut facts| async {
+            let response = serve(&app, connection, request, &mut facts).await;
+            (response, facts)
+        },
+    )
+    .await;
+    Ok(response)
+}
+
+/// Runs `serve` with an access-log line for the request when the log is on; when it is
+/// off, nothing is captured.
+pub async fn logged<Fut>(
+    app: &App,
+    addr: Option<IpAddr>,
+    via: Via,
+    mut request: Request<Incoming>,
+    serve: impl FnOnce(Request<Incoming>, Facts) -> Fut,
+) -> Response<ProxyBody>
+where
+    Fut: std::future::Future<Output = (Response<ProxyBody>, Facts)>,
+{
+    let Some(log) = &app.access_log else {
+        return serve(request, Facts::off()).await.0;
+    };
+    let pending = log.begin(&mut request, addr, via);
+    let (response, facts) = serve(request, Facts::on()).await;
+    pending
+        .finish(response, facts)
+        .map(http_body_util::BodyExt::boxed_unsync)
+}
+
+/// The proxy's own error as the answer, noted for the access log.
+pub fn failed(facts: &mut Facts, error: ProxyError) -> Response<ProxyBody> {
+    note_error(facts, &error);
+    error.into_response()
+}
+
+fn note_error(facts: &mut Facts, error: &ProxyError) {
+    if facts.enabled {
+        facts.error = Some(error.kind());
+        facts.fault = Some(error.fault().label());
+        if error.is_refusal() {
+            facts.reason = Some(error.to_string());
+        }
+    }
+}
+
+/// Names the caller in the access log.
+pub fn note_caller(app: &App, caller: Caller, facts: &mut Facts) {
+    if facts.enabled {
+        if let Some((client, _)) = caller.and_then(|index| app.client(index)) {
+            facts.client = Some(Arc::clone(&client.name));
+        }
+    }
+}
+
+async fn serve(
+    app: &App,
+    connection: Connection,
+    request: Request<Incoming>,
+    facts: &mut Facts,
+) -> Response<ProxyBody> {
+    if let Err(error) = admissible(app, &request, connection.local.map(|local| local.port())) {
+        return failed(facts, error);
     }
     let host_value = request_host(&request);
     let host = host_value.as_ref().and_then(|host| host.to_str().ok());
     if let Err(refusal) = guard::check_host(
-        &app,
+        app,
         &request,
         host,
         connection.local.map(|local| local.ip()),
     ) {
-        refusal.record(&app);
-        return Ok(refusal.into_error().into_response());
+        refusal.record(app);
+        return failed(facts, refusal.into_error());
     }
     // A clone of the URI shares its bytes; the request itself moves on below.
     let uri = request.uri().clone();
     let Some(path) = routes::normalize_path(uri.path()) else {
-        return Ok(ProxyError::BadRequest {
-            reason: "the request target must be a path starting with /".into(),
-        }
-        .into_response());
+        let reason = "the request target must be a path starting with /".into();
+        return failed(facts, ProxyError::BadRequest { reason });
     };
     // Before routing: a 404 without the key would tell which routes exist.
-    if let Err(error) = client_key_accepted(&app, &request, &path) {
-        return Ok(error.into_response());
-    }
+    let caller = match caller(app, || presented_key(request.headers())) {
+        Ok(caller) => caller,
+        // The probes answer anyone.
+        Err(UnknownKey) if matches!(&*path, "/-/health" | "/-/ready") => None,
+        Err(UnknownKey) => return failed(facts, ProxyError::ClientKeyRequired),
+    };
+    note_caller(app, caller, facts);
     let dedicated = match connection.dedicated.as_deref() {
         // The upstream owning this listener was removed by a reload.
         Some(name) => match app.index_of(name) {
             Some(index) => Some(index),
             None => {
-                return Ok(ProxyError::NoRoute {
-                    path: path.into_owned(),
-                }
-                .into_response())
+                let path = path.into_owned();
+                return failed(facts, ProxyError::NoRoute { path });
             }
         },
         None => None,
     };
     // What is routed is exactly what is forwarded: the normalized path.
     let route = app.routes.route(dedicated, host, &path);
-    Ok(respond(&app, connection, request, route, &path, host_value.as_ref()).await)
+    let routed = Routed {
+        route,
+        path: &path,
+        host_value: host_value.as_ref(),
+        caller,
+    };
+    respond(app, connection, request, routed, facts).await
+}
+
+/// Where a request goes, its normalized path, the host it named and who sent it.
+#[derive(Clone, Copy)]
+struct Routed<'a> {
+    route: Route<'a>,
+    path: &'a str,
+    host_value: Option<&'a HeaderValue>,
+    caller: Caller,
 }
 
 /// A routed request's answer, counted in its upstream's metrics.
@@ -132,30 +265,35 @@ async fn respond(
     app: &App,
     connection: Connection,
     request: Request<Incoming>,
-    route: Route<'_>,
-    path: &str,
-    host_value: Option<&HeaderValue>,
+    routed: Routed<'_>,
+    facts: &mut Facts,
 ) -> Response<ProxyBody> {
+    let route = routed.route;
     let routed_to = match route {
         Route::Upstream { index, .. } => Some(&app.upstreams[index]),
         _ => None,
     };
+    if facts.enabled {
+        facts.upstream = routed_to.map(|upstream| Arc::clone(&upstream.name));
+        // The status page polls: its reads are logged only when they fail.
+        facts.quiet = matches!(route, Route::Admin(_))
+            && matches!(*request.method(), Method::GET | Method::HEAD);
+    }
     // Counted from here to the response headers; the guard also counts a dropped request
     // out of the in-flight gauge.
     let in_flight = routed_to.map(|upstream| upstream.metrics.start());
-    let (response, error_kind) =
-        match answer(app, connection, request, route, path, host_value).await {
-            Ok((mut response, Some(verdict))) => {
-                guard::decorate(response.headers_mut(), &verdict);
-                (response, None)
-            }
-            // The proxy's own preflight answer: its CORS headers stay.
-            Ok((response, None)) => (response, None),
-            Err(error) => {
-                let counted = error.counted_as();
-                (error.into_response(), counted)
-            }
-        };
+    let (response, error_kind) = match answer(app, connection, request, routed, facts).await {
+        Ok((mut response, Some(verdict))) => {
+            guard::decorate(response.headers_mut(), &verdict);
+            (response, None)
+        }
+        // The proxy's own preflight answer: its CORS headers stay.
+        Ok((response, None)) => (response, None),
+        Err(error) => {
+            let counted = error.counted_as();
+            (failed(facts, error), counted)
+        }
+    };
     if let Some(in_flight) = in_flight {
         in_flight.finish(response.status(), error_kind);
     }
@@ -168,10 +306,16 @@ async fn answer(
     app: &App,
     connection: Connection,
     request: Request<Incoming>,
-    route: Route<'_>,
-    path: &str,
-    host_value: Option<&HeaderValue>,
+    routed: Routed<'_>,
+    facts: &mut Facts,
 ) -> Result<(Response<ProxyBody>, Option<guard::Verdict>), ProxyError> {
+    let Routed {
+        route,
+        path,
+        host_value,
+        caller,
+    } = routed;
+    within_policy(app, caller, &route, request.method())?;
     let host = host_value.and_then(|host| host.to_str().ok());
     let upstream_origins: &[String] = match route {
         Route::Upstream { index, .. } => &app.upstreams[index].config.allowed_origins,
@@ -213,18 +357,40 @@ async fn answer(
             // redirects; an egress client addressed the vendor itself, so its redirects
             // already point where it went.
             let mount = (!connection.egress).then(|| path.strip_suffix(rest).unwrap_or_default());
-            forward::forward(
-                upstream,
-                connection,
-                request,
-                target,
-                host_value.cloned(),
-                mount,
-            )
+            let host = host_value.cloned();
+            // Boxed: the forward's state machine is the bulk of a request's, and inline it
+            // would be copied with every future that holds it (10 KiB at each move).
+            Box::pin(forward::forward(
+                upstream, connection, request, target, host, mount, facts,
+            ))
             .await?
         }
     };
     Ok((response, Some(verdict)))
+}
+
+/// The caller's policy: the upstream, method and path it may use; the admin endpoints
+/// beyond the probes only for an admin client. A refusal is counted for the client.
+fn within_policy(
+    app: &App,
+    caller: Caller,
+    route: &Route<'_>,
+    method: &Method,
+) -> Result<(), ProxyError> {
+    let Some((client, metrics)) = caller.and_then(|index| app.client(index)) else {
+        return Ok(());
+    };
+    let checked = match *route {
+        Route::Upstream { index, path } => {
+            client.check(&app.upstreams[index].config.name, method, path)
+        }
+        Route::Admin("health" | "ready") | Route::NotFound => Ok(()),
+        Route::Admin(_) => client.check_admin(),
+    };
+    checked.map_err(|refusal| {
+        metrics.count_refusal(refusal.kind);
+        ProxyError::ClientPolicy(refusal)
+    })
 }
 
 /// Refuses what a reverse proxy must never act on: `CONNECT`, absolute-form targets naming
@@ -318,49 +484,30 @@ fn host_problem(version: Version, headers: &http::HeaderMap) -> Result<(), HostP
     }
 }
 
-/// With `server.client_key`, every request but the health and readiness probes must carry
-/// `Proxy-Authorization: Bearer <key>` (compared in constant time). `path` is normalized.
-fn client_key_accepted<B>(app: &App, request: &Request<B>, path: &str) -> Result<(), ProxyError> {
-    let Some(key) = &app.server.client_key else {
-        return Ok(());
-    };
-    if matches!(path, "/-/health" | "/-/ready") {
-        return Ok(());
-    }
-    if presents_key(request.headers(), key) {
-        Ok(())
-    } else {
-        Err(ProxyError::ClientKeyRequired)
-    }
-}
-
-/// Whether `Proxy-Authorization` carries `key`: `Bearer <key>`, or `Basic` with the key as
-/// the password (any user name), which is what clients send for a proxy URL
-/// `http://user:<key>@host:port`. Compared in constant time.
-pub fn presents_key(headers: &http::HeaderMap, key: &crate::secret::Secret) -> bool {
-    let Some(value) = headers
+/// The digest of the key `Proxy-Authorization` carries: `Bearer <key>`, or `Basic` with
+/// the key as the password (any user name), which is what clients send for a proxy URL
+/// `http://user:<key>@host:port`. Compared to the clients' keys in constant time.
+pub fn presented_key(headers: &http::HeaderMap) -> Option<KeyDigest> {
+    let value = headers
         .get(header::PROXY_AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-    else {
-        return false;
-    };
+        .and_then(|value| value.to_str().ok())?;
     let (scheme, credentials) = value.trim().split_once(' ').unwrap_or((value, ""));
     let credentials = credentials.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        return key.matches(credentials.as_bytes());
+        return Some(KeyDigest::of(credentials.as_bytes()));
     }
     if scheme.eq_ignore_ascii_case("basic") {
         use base64::Engine;
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(credentials) else {
-            return false;
-        };
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials)
+            .ok()?;
         let password = match decoded.iter().position(|byte| *byte == b':') {
             Some(colon) => &decoded[colon + 1..],
             None => &decoded[..],
         };
-        return key.matches(password);
+        return Some(KeyDigest::of(password));
     }
-    false
+    None
 }
 
 /// The host the client addressed: the request target's authority when it has one

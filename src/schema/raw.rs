@@ -16,6 +16,48 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawUpstream>,
     /// Egress mode (`HTTPS_PROXY`); absent means off.
     pub egress: Option<RawEgress>,
+    /// Named client keys, each with what it may do.
+    #[serde(default)]
+    pub clients: BTreeMap<String, RawClient>,
+    /// The access log; absent means off (unless `$TOKENPROXY_ACCESS_LOG` says otherwise).
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `"stderr"`, `"off"`, or a file path.
+    pub to: Option<String>,
+    /// `"json"` or `"text"`.
+    pub format: Option<String>,
+    pub query: Option<bool>,
+}
+
+/// `[clients.NAME]`: one client's key and policy.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    /// The key's SHA-256, in hex: what `tokenproxy client add` writes.
+    pub key_sha256: Option<String>,
+    /// The key itself, best as `${file:...}`.
+    pub key: Option<String>,
+    /// Upstream names, or `["*"]` for every one.
+    pub upstreams: Option<Vec<String>>,
+    /// Methods allowed on every upstream of the client (default any).
+    pub methods: Option<Vec<String>>,
+    /// Path patterns allowed on every upstream of the client (default any).
+    pub paths: Option<Vec<String>>,
+    /// Per upstream, `methods` and `paths` that replace the client's own.
+    pub rules: Option<BTreeMap<String, RawClientRule>>,
+    /// May use the `/-/` endpoints beyond health and readiness.
+    pub admin: Option<bool>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientRule {
+    pub methods: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
 }
 
 #[derive(Default, Deserialize)]

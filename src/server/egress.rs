@@ -22,6 +22,8 @@ use super::{
     drain, framing, http_builder, next_connection, spawn_admitted, tracked_service, Limits,
     Listener, SharedApp,
 };
+use crate::access_log::{Facts, Via};
+use crate::app::App;
 use crate::egress::{self, Decision, Interceptor};
 use crate::problem::ProxyError;
 use crate::proxy::egress::Tunnel;
@@ -83,51 +85,82 @@ pub(super) async fn accept_loop(
     .await;
 }
 
-/// One request on the listener itself: the client key, then CONNECT or absolute form.
+/// One request on the listener itself: absolute form, or CONNECT after the client key.
 async fn on_listener(
     shared: Arc<Shared>,
     connection: Connection,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let app = shared.app.load_full();
-    let Some(egress) = &app.egress else {
+    if app.egress.is_none() {
         return ProxyError::BadRequest {
             reason: "egress is off in the current config; a restart closes this listener".into(),
         }
         .into_response();
-    };
-    if let Some(key) = &app.server.client_key {
-        if !proxy::presents_key(request.headers(), key) {
-            egress.metrics.refused_proxy_auth.fetch_add(1, Relaxed);
-            return ProxyError::EgressKeyRequired.into_response();
-        }
     }
     if request.method() != Method::CONNECT {
         let Ok(response) = proxy::egress::handle(app, connection, request, None).await;
         return response;
     }
+    let addr = connection.client_ip();
+    proxy::logged(
+        &app,
+        addr,
+        Via::Egress,
+        request,
+        |request, mut facts| async {
+            let response = connect(&shared, &app, connection, request, &mut facts).await;
+            (response, facts)
+        },
+    )
+    .await
+}
+
+/// A CONNECT: the client key, then a tunnel to a vendor (intercepted), to a passthrough
+/// host (blind), or 403.
+async fn connect(
+    shared: &Arc<Shared>,
+    app: &App,
+    connection: Connection,
+    mut request: Request<Incoming>,
+    facts: &mut Facts,
+) -> Response<ProxyBody> {
+    let Some(egress) = &app.egress else {
+        unreachable!("checked by on_listener");
+    };
+    let key = proxy::presented_key(request.headers());
+    let Ok(caller) = proxy::caller(app, || key) else {
+        egress.metrics.refused_proxy_auth.fetch_add(1, Relaxed);
+        return proxy::failed(facts, ProxyError::EgressKeyRequired);
+    };
+    proxy::note_caller(app, caller, facts);
     let Some(authority) = request.uri().authority().cloned() else {
-        return ProxyError::BadRequest {
-            reason: "CONNECT needs a host:port target".into(),
-        }
-        .into_response();
+        let reason = "CONNECT needs a host:port target".into();
+        return proxy::failed(facts, ProxyError::BadRequest { reason });
     };
     let tunnel = Tunnel::new(&authority);
-    match egress::decide(&app, &tunnel.host, tunnel.port) {
+    match egress::decide(app, &tunnel.host, tunnel.port) {
         Decision::Intercept => {
             let tls = match shared.interceptor.server_config(&tunnel.host) {
                 Ok(tls) => tls,
                 Err(error) => {
-                    return ProxyError::EgressCannotSign {
+                    let error = ProxyError::EgressCannotSign {
                         host: tunnel.host.to_string(),
                         reason: error.to_string(),
-                    }
-                    .into_response()
+                    };
+                    return proxy::failed(facts, error);
                 }
             };
             egress.metrics.intercepted.fetch_add(1, Relaxed);
             let upgrade = hyper::upgrade::on(&mut request);
-            tokio::spawn(intercept(shared, upgrade, tls, tunnel, connection));
+            let connection = connection.in_tunnel(key);
+            tokio::spawn(intercept(
+                Arc::clone(shared),
+                upgrade,
+                tls,
+                tunnel,
+                connection,
+            ));
             tunnel_opened()
         }
         Decision::Passthrough => {
@@ -137,22 +170,21 @@ async fn on_listener(
                     .await;
             let vendor = match dialed {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return tunnel_failed(&tunnel, error.to_string()),
+                Ok(Err(error)) => return tunnel_failed(facts, &tunnel, error.to_string()),
                 Err(_) => {
-                    return tunnel_failed(&tunnel, format!("no connection within {timeout:?}"))
+                    let reason = format!("no connection within {timeout:?}");
+                    return tunnel_failed(facts, &tunnel, reason);
                 }
             };
             egress.metrics.passthrough.fetch_add(1, Relaxed);
             let upgrade = hyper::upgrade::on(&mut request);
-            tokio::spawn(pass_through(shared, upgrade, vendor));
+            tokio::spawn(pass_through(Arc::clone(shared), upgrade, vendor));
             tunnel_opened()
         }
         Decision::Deny => {
             egress.metrics.refused_not_allowed.fetch_add(1, Relaxed);
-            ProxyError::EgressNotAllowed {
-                authority: format!("{}:{}", tunnel.host, tunnel.port),
-            }
-            .into_response()
+            let authority = format!("{}:{}", tunnel.host, tunnel.port);
+            proxy::failed(facts, ProxyError::EgressNotAllowed { authority })
         }
     }
 }
@@ -161,12 +193,9 @@ fn tunnel_opened() -> Response<ProxyBody> {
     Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync())
 }
 
-fn tunnel_failed(tunnel: &Tunnel, reason: String) -> Response<ProxyBody> {
-    ProxyError::EgressTunnelFailed {
-        authority: format!("{}:{}", tunnel.host, tunnel.port),
-        reason,
-    }
-    .into_response()
+fn tunnel_failed(facts: &mut Facts, tunnel: &Tunnel, reason: String) -> Response<ProxyBody> {
+    let authority = format!("{}:{}", tunnel.host, tunnel.port);
+    proxy::failed(facts, ProxyError::EgressTunnelFailed { authority, reason })
 }
 
 /// A tunnel to a vendor: tokenproxy is the TLS server (the CA's leaf for the vendor's

@@ -363,6 +363,9 @@ impl Server {
         for accept_loop in self.accept_loops {
             let _ = accept_loop.await;
         }
+        if let Some(access_log) = &self.app.load().access_log {
+            access_log.flush().await;
+        }
         // Fleet mode: hand the leases this replica holds over at once, not at their expiry.
         if let Some(fleet) = &self.fleet {
             for upstream in &self.app.load().upstreams {
@@ -506,7 +509,9 @@ where
     service_fn(move |request: Request<Incoming>| {
         let in_flight = activity.request();
         let connect = request.method() == http::Method::CONNECT;
-        let answer = handle(request);
+        // Boxed once here: hyper stores and moves the service future, and a proxied
+        // request's state machine is several KiB that would be copied at every move.
+        let answer = Box::pin(handle(request));
         async move {
             let response = answer.await;
             let status = response.status();
