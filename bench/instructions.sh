@@ -10,7 +10,9 @@
 # Prints instructions per request for each, the ratio, and the functions whose own
 # (exclusive) instructions per request differ most between the two.
 #
-# Usage: bash bench/instructions.sh [TOKENPROXY_BINARY]   (INSTR_SECONDS=10, INSTR_TOP=25)
+# Usage: bash bench/instructions.sh [TOKENPROXY_BINARY]   (INSTR_SECONDS=10, INSTR_TOP=25;
+#   INSTR_KEEP_TMP=1 keeps the callgrind outputs; INSTR_FLOOR_OUT=DIR/floor.out reuses a kept
+#   floor run while iterating on tokenproxy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -98,7 +100,14 @@ EOF
 }
 
 requests_tp=$(measure tokenproxy "$TP" "")
-requests_floor=$(measure floor "$FLOOR" "FLOOR_AFFINITY=1")
+if [ "${INSTR_FLOOR_OUT:-}" ]; then
+  # While iterating on tokenproxy: the floor's figures from an earlier run, kept with
+  # INSTR_KEEP_TMP=1 (FILE.out and the request count as FILE.requests).
+  cp "$INSTR_FLOOR_OUT" "$TMP/floor.out"; requests_floor=$(cat "${INSTR_FLOOR_OUT%.out}.requests")
+else
+  requests_floor=$(measure floor "$FLOOR" "FLOOR_AFFINITY=1")
+  echo "$requests_floor" >"$TMP/floor.requests"
+fi
 for name in tokenproxy floor; do
   callgrind_annotate --threshold=100 --inclusive=no "$TMP/$name.out" >"$TMP/$name.txt" 2>/dev/null
 done

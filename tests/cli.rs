@@ -272,6 +272,16 @@ fn config_listening(dir: &std::path::Path, listen: &str) {
     std::fs::write(dir.join("tokenproxy.toml"), text).unwrap();
 }
 
+/// Waits until a child's captured stderr holds `words`: the thread reading the pipe may
+/// still be at it when the child has exited.
+async fn said_eventually(stderr: &Lines, words: &str) {
+    let what = format!("{words:?} in the output");
+    wait_until(std::time::Duration::from_secs(5), &what, async || {
+        stderr.lock().unwrap().join("\n").contains(words)
+    })
+    .await;
+}
+
 /// Waits for `child` off the runtime; its exit code.
 async fn exit_code(mut child: std::process::Child) -> Option<i32> {
     tokio::task::spawn_blocking(move || child.wait().unwrap())
@@ -327,25 +337,20 @@ async fn run_listens_where_the_flag_or_the_variable_says_and_names_both_when_tak
     assert_eq!(exit_code(child).await, Some(1));
     let (child, stderr) = run_with(&dir, &["--listen", &taken_addr], &[]);
     assert_eq!(exit_code(child).await, Some(1));
-    let said = stderr.lock().unwrap().join("\n");
     for words in [
         "in use",
         "--listen ADDR",
         "TOKENPROXY_LISTEN",
         "server.listen",
     ] {
-        assert!(said.contains(words), "{words:?} not in: {said}");
+        said_eventually(&stderr, words).await;
     }
     drop(taken);
 
     // What the flag sets is checked like the file: beyond loopback needs a client key.
     let (child, stderr) = run_with(&dir, &["--listen", "0.0.0.0:0"], &[]);
     assert_eq!(exit_code(child).await, Some(2));
-    assert!(stderr
-        .lock()
-        .unwrap()
-        .join("\n")
-        .contains("server.client_key: required"));
+    said_eventually(&stderr, "server.client_key: required").await;
     let (child, _) = run_with(&dir, &["--listen", "nowhere"], &[]);
     assert_eq!(exit_code(child).await, Some(2));
 }

@@ -140,7 +140,9 @@ pub async fn handle(
         Via::Listen,
         request,
         |request, mut facts| async {
-            let response = serve(&app, connection, request, &mut facts).await;
+            // Boxed: a request's state machine is kilobytes, and every future around it
+            // (the access log's, the service's) would hold, and move, a copy of it.
+            let response = Box::pin(serve(&app, connection, request, &mut facts)).await;
             (response, facts)
         },
     )
