@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# tokenproxy benchmark: tokenproxy against nginx and HAProxy doing the same job, side by side.
+# tokenproxy benchmark: tokenproxy against nginx, HAProxy, Caddy and mitmproxy doing the same
+# job, side by side, over cleartext (bench/https.sh: the same with an HTTPS origin).
 #
 # What it measures (one run, every target interleaved round-robin per scenario, so machine
 # drift hits all alike):
@@ -9,22 +10,26 @@
 #                         proxy_http_version 1.1, Connection "")
 #             haproxy     the same (http-request set-header, http-reuse always,
 #                         option http-keep-alive)
+#             caddy       reverse_proxy with header_up, upstream keep-alive (GOMAXPROCS=1)
+#             mitmproxy   mitmdump --mode reverse:http://origin -s bench/mitm_inject.py
 #             tokenproxy  release build, `run --config`: a `static` upstream with the same
 #                         token and headers = { Organization = "acme" }, [store] path = "memory"
 #             Proxies are reached at /o/small and /o/large; each strips /o before forwarding.
 #   load      1, 16 and 128 connections x small and 64 KiB bodies: req/s, p50, p99
-#             (`wrk --latency`), ratio to direct and to nginx, RSS of each target's processes
-#             (/proc/PID/status VmRSS, sampled while the load runs, the last sample is shown).
+#             (`wrk --latency`), ratio to direct, nginx and Caddy, CPU time per request and RSS
+#             of each target's processes (/proc/PID/stat and status; RSS sampled while the load
+#             runs, the last sample is shown).
 #   also      RSS at idle of each proxy; tokenproxy's RSS while a 1 GiB upload and a 1 GiB
 #             download stream through it; tokenproxy start-up time, exec to /-/ready = 200
 #             (10 runs, median); req/s and p99 at 16 connections (small) while the token is
 #             refreshed every second (client_credentials, expires_in 1 from
 #             bench/token_server.py), against the same with a static token, with the number
 #             of token requests made.
-#   targets   from issue 7, checked at the end (PASS/FAIL): see bench/README.md.
+#   targets   from issue 23, checked at the end (PASS/FAIL): see bench/README.md.
 #
 # Fair on a 2-core machine: one worker for every server (nginx worker_processes 1, haproxy
-# nbthread 1, tokenproxy TOKIO_WORKER_THREADS=1, origin nginx worker_processes 1); all
+# nbthread 1, caddy GOMAXPROCS=1, mitmproxy one Python thread, tokenproxy
+# TOKIO_WORKER_THREADS=1, origin nginx worker_processes 1); all
 # servers pinned to CPU 0 and wrk (one thread) to CPU 1 with taskset, so the load generator
 # never steals the proxies' CPU. Access logs off everywhere; keep-alive on both sides of every
 # proxy; all on loopback. The header printed at the start says what was chosen.
@@ -38,14 +43,15 @@
 #   TOKENPROXY_BIN=path  use this binary instead of `cargo build --release --locked`
 #   BENCH_KEEP_TMP=1     keep the temp dir (configs, logs, wrk outputs)
 # Output: plain-text tables on stdout (also bench/out/report.txt) and bench/out/results.json.
-# Needs: Debian/Ubuntu apt for nginx, haproxy, wrk (installed only when missing), curl,
-# python3, a Rust toolchain. Every server is started and stopped by PID on free loopback
+# Needs: Debian/Ubuntu apt for nginx, haproxy, caddy, wrk (installed only when missing), curl,
+# python3 (mitmproxy goes into bench/.venv from PyPI), a Rust toolchain. Every server is started and stopped by PID on free loopback
 # ports, in a temp dir; a trap stops everything on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BENCH=$ROOT/bench
-export PATH="$PATH:/usr/sbin:/sbin"
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"
 
 BENCH_SECONDS=${BENCH_SECONDS:-10}
 BENCH_QUICK=${BENCH_QUICK:-0}
@@ -58,158 +64,20 @@ TOKEN_TTL=1
 STARTUP_RUNS=10
 OUT=$BENCH/out
 
-say() { printf '%s\n' "$*"; }
-die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+need nginx haproxy caddy wrk curl python3 taskset:util-linux
+need_mitmproxy
+bench_tmp tokenproxy-bench
+tokenproxy_binary
+pinning
 
-# ------------------------------------------------------------------ what it needs
-missing=()
-command -v nginx >/dev/null || missing+=(nginx)
-command -v haproxy >/dev/null || missing+=(haproxy)
-command -v wrk >/dev/null || missing+=(wrk)
-command -v curl >/dev/null || missing+=(curl)
-command -v python3 >/dev/null || missing+=(python3)
-command -v taskset >/dev/null || missing+=(util-linux)
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing: ${missing[*]}"
-  if [ "$(id -u)" -eq 0 ]; then apt=(apt-get); elif command -v sudo >/dev/null; then apt=(sudo apt-get)
-  else die "missing ${missing[*]}: run as root or install them (apt-get install -y ${missing[*]})"; fi
-  "${apt[@]}" install -y "${missing[@]}" >/dev/null 2>&1 \
-    || { "${apt[@]}" update >/dev/null && "${apt[@]}" install -y "${missing[@]}" >/dev/null; } \
-    || die "apt-get install ${missing[*]} failed"
-fi
-command -v cargo >/dev/null || [ -n "${TOKENPROXY_BIN:-}" ] || die "cargo not found (a Rust toolchain is needed)"
-
-# ------------------------------------------------------------------ temp dir and cleanup
-TMP=$(mktemp -d /tmp/tokenproxy-bench.XXXXXX)
-chmod 755 "$TMP"   # nginx workers may run as another user and must read the origin's files
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for _ in $(seq 40); do
-    local alive=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive -eq 0 ] && break
-    sleep 0.05
-  done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "${BENCH_KEEP_TMP:-0}" = 1 ]; then say "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# ------------------------------------------------------------------ build
-if [ -n "${TOKENPROXY_BIN:-}" ]; then
-  cp "$TOKENPROXY_BIN" "$TMP/tokenproxy"
-else
-  say "building: cargo build --release --locked"
-  cargo build --release --locked --quiet
-  cp target/release/tokenproxy "$TMP/tokenproxy"   # a copy: a rebuild during the run changes nothing
-fi
-TP=$TMP/tokenproxy
-
-# ------------------------------------------------------------------ CPU pinning
-if [ "$BENCH_PIN" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  SRV=(taskset -c "$BENCH_SERVER_CPU"); CLI=(taskset -c "$BENCH_CLIENT_CPU")
-  PINNING="servers (origin, proxies, token server) on CPU $BENCH_SERVER_CPU, wrk and curl on CPU $BENCH_CLIENT_CPU (taskset)"
-else
-  SRV=(); CLI=()
-  PINNING="none (BENCH_PIN=0, no taskset or a single CPU)"
-fi
-
-# ------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------ ports, token, bodies
 # shellcheck disable=SC2207
-PORTS=($(python3 "$BENCH/lib.py" ports 9))
+PORTS=($(python3 "$BENCH/lib.py" ports 11))
 P_ORIGIN=${PORTS[0]} P_NGINX=${PORTS[1]} P_HAPROXY=${PORTS[2]} P_TP=${PORTS[3]}
 P_TOKEN=${PORTS[4]} P_TPREF=${PORTS[5]} P_STREAM=${PORTS[6]} P_TPSTREAM=${PORTS[7]} P_TPSTART=${PORTS[8]}
-
-# start NAME CMD... : runs CMD in the background (stdout and stderr to $TMP/NAME.log), records its PID.
-start() {
-  local name=$1; shift
-  "$@" >"$TMP/$name.log" 2>&1 &
-  PIDS+=($!)
-  eval "PID_${name//-/_}=$!"
-}
-# stop PID: TERM, then KILL after 2 s.
-stop() {
-  kill -TERM "$1" 2>/dev/null || return 0
-  for _ in $(seq 40); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
-# wait_http NAME PID URL: until URL answers 200 (10 s at most) or the process dies.
-wait_http() {
-  for _ in $(seq 200); do
-    curl -sf -o /dev/null --max-time 1 "$3" && return 0
-    kill -0 "$2" 2>/dev/null || { cat "$TMP/$1.log" >&2; die "$1 exited at start (log above)"; }
-    sleep 0.05
-  done
-  cat "$TMP/$1.log" >&2; die "$1 did not answer 200 at $3 within 10 s"
-}
-# rss_kib PID: VmRSS of PID plus its children (nginx: master + worker), in KiB.
-rss_kib() {
-  local total=0 p v
-  for p in "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); do
-    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
-    total=$((total + ${v:-0}))
-  done
-  echo "$total"
-}
-threads() { awk '/^Threads:/ {print $2}' "/proc/$1/status"; }
-put() { python3 "$BENCH/lib.py" put "$TMP/meta.json" "$1" "$2"; }
-
-RUN=0
-# load SECTION TARGET URL CONNS BODY PID [KEY=VALUE...]: one bounded wrk run, recorded.
-load() {
-  local section=$1 target=$2 url=$3 conns=$4 body=$5 pid=$6; shift 6
-  RUN=$((RUN + 1))
-  local out=$TMP/wrk-$RUN-$target-$body-$conns.txt last=0 peak=0 s count0=0
-  [ -n "${COUNT_URL:-}" ] && count0=$(curl -sf "$COUNT_URL")
-  "${CLI[@]}" timeout $((BENCH_SECONDS + 30)) \
-    wrk -t1 -c"$conns" -d"${BENCH_SECONDS}s" --timeout 5s --latency "$url" >"$out" 2>&1 &
-  local wrk_pid=$!
-  PIDS+=("$wrk_pid")
-  while kill -0 "$wrk_pid" 2>/dev/null; do
-    s=$(rss_kib "$pid"); last=$s; [ "$s" -gt "$peak" ] && peak=$s
-    sleep 0.25
-  done
-  wait "$wrk_pid" || { cat "$out" >&2; die "wrk failed against $target ($url)"; }
-  [ -n "${COUNT_URL:-}" ] && set -- "$@" token_requests=$(($(curl -sf "$COUNT_URL") - count0))
-  python3 "$BENCH/lib.py" record "$TMP/load.jsonl" section="$section" target="$target" \
-    conns="$conns" body="$body" rss_kib="$last" rss_peak_kib="$peak" seconds="$BENCH_SECONDS" \
-    "$@" wrk="$out"
-}
-
-# ------------------------------------------------------------------ the token and the bodies
-TOKEN=$(python3 -c 'import secrets,string; a=string.ascii_letters+string.digits; print("".join(secrets.choice(a) for _ in range(800)))')
-mkdir -p "$TMP/www" "$TMP/ngx"
-chmod 1777 "$TMP/ngx"
-python3 -c 'import sys; sys.stdout.write(("tokenproxy-bench " * 8)[:99] + "\n")' >"$TMP/www/small"
-head -c 65536 /dev/zero | tr '\0' 'x' >"$TMP/www/large"
-chmod 644 "$TMP/www/"*; chmod 755 "$TMP/www"
-
-ngx_common() {
-  local name=$1
-  cat <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/$name.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  default_type application/octet-stream;
-  sendfile on;
-  tcp_nodelay on;
-  keepalive_timeout 120s;
-  keepalive_requests 1000000;
-  client_body_temp_path $TMP/ngx/$name-body;
-  proxy_temp_path $TMP/ngx/$name-proxy;
-  fastcgi_temp_path $TMP/ngx/$name-fastcgi;
-  uwsgi_temp_path $TMP/ngx/$name-uwsgi;
-  scgi_temp_path $TMP/ngx/$name-scgi;
-EOF
-}
+P_CADDY=${PORTS[9]} P_MITM=${PORTS[10]}
+make_token
+make_bodies
 
 # ------------------------------------------------------------------ origin
 { ngx_common origin; cat <<EOF
@@ -246,53 +114,15 @@ EOF
 } >"$TMP/nginx.conf"
 
 # ------------------------------------------------------------------ HAProxy
-cat >"$TMP/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 4096
+haproxy_cfg "$P_HAPROXY" "127.0.0.1:$P_ORIGIN" >"$TMP/haproxy.cfg"
 
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-  option http-keep-alive
-  http-reuse always
-
-frontend fe
-  bind 127.0.0.1:$P_HAPROXY
-  default_backend origin
-
-backend origin
-  http-request replace-path ^/o(/.*) \1
-  http-request set-header Authorization "Bearer $TOKEN"
-  http-request set-header Organization acme
-  server origin 127.0.0.1:$P_ORIGIN
-EOF
+# ------------------------------------------------------------------ Caddy
+caddyfile "$P_CADDY" "127.0.0.1:$P_ORIGIN" >"$TMP/Caddyfile"
 
 # ------------------------------------------------------------------ tokenproxy configs
-printf '%s' "$TOKEN" >"$TMP/token"; chmod 600 "$TMP/token"
-tp_static_config() {   # PORT TARGET_PORT
-  cat <<EOF
-[server]
-listen = "127.0.0.1:$1"
-
-[store]
-path = "memory"
-
-[upstreams.o]
-target = "http://127.0.0.1:$2/"
-
-[upstreams.o.auth]
-kind = "static"
-token = "$TOKEN"
-headers = { Organization = "acme" }
-EOF
-}
-tp_static_config "$P_TP" "$P_ORIGIN" >"$TMP/tokenproxy.toml"
-tp_static_config "$P_TPSTART" "$P_ORIGIN" >"$TMP/tokenproxy-start.toml"
-tp_static_config "$P_TPSTREAM" "$P_STREAM" >"$TMP/tokenproxy-stream.toml"
+tp_config "$P_TP" "http://127.0.0.1:$P_ORIGIN/" >"$TMP/tokenproxy.toml"
+tp_config "$P_TPSTART" "http://127.0.0.1:$P_ORIGIN/" >"$TMP/tokenproxy-start.toml"
+tp_config "$P_TPSTREAM" "http://127.0.0.1:$P_STREAM/" >"$TMP/tokenproxy-stream.toml"
 cat >"$TMP/tokenproxy-refresh.toml" <<EOF
 [server]
 listen = "127.0.0.1:$P_TPREF"
@@ -310,6 +140,7 @@ client_id = "bench"
 client_secret = "bench-secret"
 headers = { Organization = "acme" }
 EOF
+chmod 600 "$TMP"/tokenproxy*.toml   # they hold the token
 "$TP" check --config "$TMP/tokenproxy.toml" >/dev/null || die "tokenproxy rejects the static config"
 "$TP" check --config "$TMP/tokenproxy-refresh.toml" >/dev/null || die "tokenproxy rejects the client_credentials config"
 nginx -t -q -p "$TMP" -e "$TMP/nginx-test.err" -c "$TMP/nginx.conf" 2>"$TMP/nginx-test.log" \
@@ -322,38 +153,39 @@ TP_ENV=(env TOKIO_WORKER_THREADS=1)
 start origin "${SRV[@]}" nginx -p "$TMP" -e "$TMP/origin.err" -c "$TMP/origin.conf"
 start nginx "${SRV[@]}" nginx -p "$TMP" -e "$TMP/nginx.err" -c "$TMP/nginx.conf"
 start haproxy "${SRV[@]}" haproxy -db -f "$TMP/haproxy.cfg"
+start_caddy "$TMP/Caddyfile"
+start_mitmproxy "$P_MITM" "http://127.0.0.1:$P_ORIGIN"
 start tokenproxy "${SRV[@]}" "${TP_ENV[@]}" "$TP" run --config "$TMP/tokenproxy.toml"
 wait_http origin "$PID_origin" "http://127.0.0.1:$P_ORIGIN/small"
 wait_http nginx "$PID_nginx" "http://127.0.0.1:$P_NGINX/o/small"
 wait_http haproxy "$PID_haproxy" "http://127.0.0.1:$P_HAPROXY/o/small"
+wait_http caddy "$PID_caddy" "http://127.0.0.1:$P_CADDY/o/small"
+wait_http mitmproxy "$PID_mitmproxy" "http://127.0.0.1:$P_MITM/o/small"
 wait_http tokenproxy "$PID_tokenproxy" "http://127.0.0.1:$P_TP/-/ready"
 
-TARGETS=(direct nginx haproxy tokenproxy)
+TARGETS=(direct nginx haproxy caddy mitmproxy tokenproxy)
 declare -A BASE=([direct]="http://127.0.0.1:$P_ORIGIN" [nginx]="http://127.0.0.1:$P_NGINX/o"
-                 [haproxy]="http://127.0.0.1:$P_HAPROXY/o" [tokenproxy]="http://127.0.0.1:$P_TP/o")
-declare -A PIDOF=([direct]=$PID_origin [nginx]=$PID_nginx [haproxy]=$PID_haproxy [tokenproxy]=$PID_tokenproxy)
+                 [haproxy]="http://127.0.0.1:$P_HAPROXY/o" [caddy]="http://127.0.0.1:$P_CADDY/o"
+                 [mitmproxy]="http://127.0.0.1:$P_MITM/o" [tokenproxy]="http://127.0.0.1:$P_TP/o")
+declare -A PIDOF=([direct]=$PID_origin [nginx]=$PID_nginx [haproxy]=$PID_haproxy [caddy]=$PID_caddy
+                  [mitmproxy]=$PID_mitmproxy [tokenproxy]=$PID_tokenproxy)
 
 # Every target serves the same bytes, and every proxy injects the same headers.
-for t in "${TARGETS[@]}"; do
-  cmp -s <(curl -sf "${BASE[$t]}/small") "$TMP/www/small" || die "$t: /small differs from the origin's"
-  cmp -s <(curl -sf "${BASE[$t]}/large") "$TMP/www/large" || die "$t: /large differs from the origin's"
-  [ "$t" = direct ] && continue
-  [ "$(curl -sf "${BASE[$t]}/check")" = "Bearer $TOKEN|acme" ] || die "$t does not inject Authorization and Organization as expected"
-done
+check_targets
 
 # ------------------------------------------------------------------ header
 sleep 1
 cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
-git_rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- src Cargo.toml Cargo.lock 2>/dev/null || echo '+dirty')"
-v_nginx=$(nginx -v 2>&1 | sed 's/.*nginx\///')
-v_haproxy=$(haproxy -v | awk 'NR==1 {print $3}')
-v_wrk=$({ wrk -v 2>&1 || true; } | awk 'NR==1 {print $2}')
+git_rev=$(tp_rev)
+v_peers=$(versions)
 tp_threads=$(threads "$PID_tokenproxy")
 say "tokenproxy benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 say "machine     $(nproc) CPUs, ${cpu_model:-unknown CPU}, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
-say "versions    tokenproxy $git_rev, nginx $v_nginx, haproxy $v_haproxy, wrk $v_wrk"
+say "versions    tokenproxy $git_rev, $v_peers"
 say "workers     one per server: nginx worker_processes 1 (origin and proxy), haproxy nbthread 1,"
+say "            caddy GOMAXPROCS=1, mitmproxy (one Python thread),"
 say "            tokenproxy TOKIO_WORKER_THREADS=1 ($tp_threads OS threads in the process at idle)"
+say "load avg    $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min) at the start"
 say "pinning     $PINNING"
 say "load        wrk -t1 --latency -d${BENCH_SECONDS}s, rounds $BENCH_ROUNDS, targets round-robin per scenario (order rotates per round)"
 say "token       800 bytes, Authorization: Bearer + Organization: acme, injected by every proxy (checked)"
@@ -361,13 +193,14 @@ say "quick       $([ "$BENCH_QUICK" = 1 ] && echo 'yes: 16 connections, small bo
 
 put date "\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\""
 put machine "$(python3 -c 'import json,sys; print(json.dumps({"cpus": int(sys.argv[1]), "cpu": sys.argv[2], "kernel": sys.argv[3]}))' "$(nproc)" "$cpu_model" "$(uname -sr)")"
-put versions "{\"tokenproxy\": \"$git_rev\", \"nginx\": \"$v_nginx\", \"haproxy\": \"$v_haproxy\", \"wrk\": \"$v_wrk\"}"
+put versions "{\"tokenproxy\": \"$git_rev\", \"peers\": \"$v_peers\"}"
+put loadavg_start "\"$(cut -d' ' -f1-3 /proc/loadavg)\""
 put settings "{\"bench_seconds\": $BENCH_SECONDS, \"rounds\": $BENCH_ROUNDS, \"quick\": $([ "$BENCH_QUICK" = 1 ] && echo true || echo false), \"pinning\": \"$PINNING\", \"tokenproxy_threads_at_idle\": $tp_threads, \"tokio_worker_threads\": 1}"
-put targets '["direct", "nginx", "haproxy", "tokenproxy"]'
+put targets "[$(printf '"%s",' "${TARGETS[@]}" | sed 's/,$//')]"
 put token_ttl "$TOKEN_TTL"
 
 declare -A IDLE_START
-for t in nginx haproxy tokenproxy; do IDLE_START[$t]=$(rss_kib "${PIDOF[$t]}"); done
+for t in nginx haproxy caddy mitmproxy tokenproxy; do IDLE_START[$t]=$(rss_kib "${PIDOF[$t]}"); done
 IDLE_START[origin]=$(rss_kib "$PID_origin")
 
 # ------------------------------------------------------------------ start-up time
@@ -385,23 +218,12 @@ for t in "${TARGETS[@]}"; do
   "${CLI[@]}" timeout 20 wrk -t1 -c16 -d1s "${BASE[$t]}/small" >/dev/null 2>&1 || die "warm-up of $t failed"
 done
 
-if [ "$BENCH_QUICK" = 1 ]; then BODIES=(small); CONNS=(16); else BODIES=(small large); CONNS=(1 16 128); fi
-for body in "${BODIES[@]}"; do
-  for conns in "${CONNS[@]}"; do
-    say ""
-    say "load: $body body, $conns connections"
-    for ((round = 0; round < BENCH_ROUNDS; round++)); do
-      for ((i = 0; i < ${#TARGETS[@]}; i++)); do
-        t=${TARGETS[$(((i + round) % ${#TARGETS[@]}))]}
-        load load "$t" "${BASE[$t]}/$body" "$conns" "$body" "${PIDOF[$t]}" round="$round"
-      done
-    done
-  done
-done
+if [ "$BENCH_QUICK" = 1 ]; then rounds load small 16; else rounds load "small large" "1 16 128"; fi
+put loadavg_end "\"$(cut -d' ' -f1-3 /proc/loadavg)\""
 
 sleep 1
 idle_json="{"
-for t in nginx haproxy tokenproxy origin; do
+for t in nginx haproxy caddy mitmproxy tokenproxy origin; do
   pid=${PIDOF[$t]:-$PID_origin}
   idle_json+="\"$t\": {\"start\": ${IDLE_START[$t]}, \"after_load\": $(rss_kib "$pid")},"
 done
