@@ -19,6 +19,9 @@ use crate::app::App;
 use crate::problem::ProxyError;
 use crate::transport::ProxyBody;
 
+/// A name built once: looking a header up by text parses the name at every request.
+static SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
+
 /// Why the guard refused a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -102,7 +105,7 @@ pub fn check_origin(
     host: Option<&str>,
     upstream_origins: &[String],
 ) -> Result<Verdict, Refusal> {
-    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let fetch_site = headers.get(&SEC_FETCH_SITE).and_then(|v| v.to_str().ok());
     let Some(origin) = headers.get(header::ORIGIN) else {
         return match fetch_site {
             Some(site @ ("cross-site" | "same-site")) => {
