@@ -193,7 +193,7 @@ print(r["rps"], r["p50_us"], r["p99_us"], round(ticks / int(sys.argv[4]) * 1e6 /
 EOF
 }
 
-say "tokenproxy egress vs nginx TLS reverse proxy; $(date -u +%FT%TZ); $(git rev-parse --short HEAD); $(nproc) CPUs; ${SECONDS_PER_RUN}s runs, $ROUNDS rounds, medians"
+say "tokenproxy egress vs nginx TLS reverse proxy; $(date -u +%FT%TZ); ${TOKENPROXY_REV:-$(git rev-parse --short HEAD)}; $(nproc) CPUs; ${SECONDS_PER_RUN}s runs, $ROUNDS rounds, medians"
 printf '%-6s %5s %-10s %10s %9s %9s %12s\n' body conns target 'req/s' 'p50 ms' 'p99 ms' 'CPU µs/req'
 for path in /small /large; do
   for connections in 16 128; do

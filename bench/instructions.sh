@@ -111,7 +111,7 @@ fi
 for name in tokenproxy floor; do
   callgrind_annotate --threshold=100 --inclusive=no "$TMP/$name.out" >"$TMP/$name.txt" 2>/dev/null
 done
-python3 - "$TMP" "$requests_tp" "$requests_floor" "$TOP" "$(git rev-parse --short HEAD)" <<'EOF'
+python3 - "$TMP" "$requests_tp" "$requests_floor" "$TOP" "${TOKENPROXY_REV:-$(git rev-parse --short HEAD)}" <<'EOF'
 import re, sys
 tmp, requests, top, commit = sys.argv[1], {"tokenproxy": int(sys.argv[2]), "floor": int(sys.argv[3])}, int(sys.argv[4]), sys.argv[5]
 def load(name):
