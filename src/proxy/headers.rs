@@ -84,7 +84,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         // `keep-alive`, the usual token, is hop-by-hop and already gone; any other is
         // looked up by text (no name is built for a header that is not there).
         let already_gone = token.eq_ignore_ascii_case("upgrade")
-            || HOP_BY_HOP.iter().any(|name| token.eq_ignore_ascii_case(name));
+            || HOP_BY_HOP
+                .iter()
+                .any(|name| token.eq_ignore_ascii_case(name));
         if !already_gone {
             headers.remove(token);
         }
