@@ -25,36 +25,18 @@
 #                                BENCH_KEEP_TMP=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BENCH=$ROOT/bench
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"
 
 SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
-say() { printf '%s\n' "$*"; }
-die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
-
-missing=()
-for tool in nginx openssl python3 curl taskset; do
-  command -v "$tool" >/dev/null || missing+=("$tool")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  packages=("${missing[@]/taskset/util-linux}")
-  if [ "$(id -u)" -eq 0 ]; then apt=(apt-get); elif command -v sudo >/dev/null; then apt=(sudo apt-get)
-  else die "missing ${missing[*]}: run as root or install them"; fi
-  "${apt[@]}" update -qq && "${apt[@]}" install -y -qq "${packages[@]}" >/dev/null
-fi
-
-TMP=$(mktemp -d /tmp/tokenproxy-egress-bench.XXXXXX)
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "${BENCH_KEEP_TMP:-0}" = 1 ]; then say "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
+need nginx openssl python3 curl taskset:util-linux
+bench_tmp tokenproxy-egress-bench
 
 # ------------------------------------------------------------------ builds
-if [ -n "${TOKENPROXY_BIN:-}" ]; then cp "$TOKENPROXY_BIN" "$TMP/tokenproxy"
-else cargo build --release --locked --quiet && cp target/release/tokenproxy "$TMP/tokenproxy"; fi
+tokenproxy_binary
 cargo build --release --quiet --manifest-path bench/tlsload/Cargo.toml
 LOAD=bench/tlsload/target/release/tokenproxy-bench-tlsload
 SRV=(taskset -c 0); CLI=(taskset -c 1)
@@ -72,36 +54,12 @@ openssl x509 -req -in "$TMP/origin.csr" -CA "$TMP/vendor-ca.pem" -CAkey "$TMP/ve
   -CAcreateserial -days 2 -extfile "$TMP/san.ext" -out "$TMP/origin.pem" 2>/dev/null
 chmod 644 "$TMP"/*.pem "$TMP"/*.key
 
-TOKEN=$(python3 -c 'import secrets,string; a=string.ascii_letters+string.digits; print("".join(secrets.choice(a) for _ in range(800)))')
-mkdir -p "$TMP/www" "$TMP/ngx"; chmod 1777 "$TMP/ngx"
-python3 -c 'import sys; sys.stdout.write(("tokenproxy-bench " * 8)[:99] + "\n")' >"$TMP/www/small"
-head -c 65536 /dev/zero | tr '\0' 'x' >"$TMP/www/large"
-chmod 644 "$TMP/www/"*; chmod 755 "$TMP/www"
+make_token
+make_bodies
 
+# nginx_conf NAME BODY: ngx_common's head, TLS 1.3 only, then BODY.
 nginx_conf() {
-  local name=$1 body=$2
-  cat >"$TMP/$name.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/$name.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  default_type application/octet-stream;
-  sendfile on;
-  tcp_nodelay on;
-  keepalive_timeout 120s;
-  keepalive_requests 1000000;
-  ssl_protocols TLSv1.3;
-  ssl_session_cache shared:$name:1m;
-  client_body_temp_path $TMP/ngx/$name-body;
-  proxy_temp_path $TMP/ngx/$name-proxy;
-  fastcgi_temp_path $TMP/ngx/$name-fastcgi;
-  uwsgi_temp_path $TMP/ngx/$name-uwsgi;
-  scgi_temp_path $TMP/ngx/$name-scgi;
-$body
-}
-EOF
+  { ngx_common "$1"; printf '  ssl_protocols TLSv1.3;\n  ssl_session_cache shared:%s:1m;\n%s\n}\n' "$1" "$2"; } >"$TMP/$1.conf"
 }
 nginx_conf origin "  server {
     listen 127.0.0.1:$P_ORIGIN ssl http2;
@@ -154,11 +112,11 @@ headers = { Organization = "acme" }
 kind = "static"
 token = "$TOKEN"
 EOF
-"$TMP/tokenproxy" --config "$TMP/tokenproxy.toml" ca init >/dev/null
+"$TP" --config "$TMP/tokenproxy.toml" ca init >/dev/null
 
 "${SRV[@]}" nginx -c "$TMP/origin.conf" -e "$TMP/origin.err" & PIDS+=($!)
 "${SRV[@]}" nginx -c "$TMP/front.conf" -e "$TMP/front.err" & PIDS+=($!)
-TOKIO_WORKER_THREADS=1 RUST_LOG=warn "${SRV[@]}" "$TMP/tokenproxy" --config "$TMP/tokenproxy.toml" run 2>"$TMP/tokenproxy.log" & TP_PID=$!; PIDS+=($TP_PID)
+TOKIO_WORKER_THREADS=1 RUST_LOG=warn "${SRV[@]}" "$TP" --config "$TMP/tokenproxy.toml" run 2>"$TMP/tokenproxy.log" & TP_PID=$!; PIDS+=($TP_PID)
 for _ in $(seq 100); do
   curl -fsS -o /dev/null "http://127.0.0.1:$P_MAIN/-/ready" 2>/dev/null && [ -s "$TMP/front.pid" ] && break
   sleep 0.1
@@ -171,7 +129,6 @@ via_nginx=$(curl -fsS --resolve "origin.example:$P_NGINX:127.0.0.1" --cacert "$T
 [ "$via_egress" = "Bearer $TOKEN|acme" ] || die "egress injected something else: ${via_egress:0:60}"
 [ "$via_nginx" = "Bearer $TOKEN|acme" ] || die "nginx injected something else: ${via_nginx:0:60}"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 
 # One run: prints "rps p50 p99 cpu_us_per_request".
