@@ -20,17 +20,6 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    /// Whether `presented` is this secret, without revealing through timing how much of
-    /// it matched.
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        let secret = self.0.as_bytes();
-        let mut difference = presented.len() ^ secret.len();
-        for (index, byte) in secret.iter().enumerate() {
-            difference |= usize::from(presented.get(index).copied().unwrap_or(0) ^ byte);
-        }
-        difference == 0
-    }
 }
 
 impl fmt::Debug for Secret {
@@ -60,14 +49,5 @@ mod tests {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret:?} {secret}"), "[redacted] [redacted]");
         assert_eq!(secret.expose(), "hunter2");
-    }
-
-    #[test]
-    fn matches_only_the_whole_value() {
-        let secret = Secret::new("hunter2");
-        assert!(secret.matches(b"hunter2"));
-        for other in [&b"hunter"[..], b"hunter22", b"", b"Hunter2"] {
-            assert!(!secret.matches(other));
-        }
     }
 }
