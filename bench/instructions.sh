@@ -11,60 +11,30 @@
 # (exclusive) instructions per request differ most between the two.
 #
 # Usage: bash bench/instructions.sh [TOKENPROXY_BINARY]   (INSTR_SECONDS=10, INSTR_TOP=25;
-#   INSTR_KEEP_TMP=1 keeps the callgrind outputs; INSTR_FLOOR_OUT=DIR/floor.out reuses a kept
+#   BENCH_KEEP_TMP=1 keeps the callgrind outputs; INSTR_FLOOR_OUT=DIR/floor.out reuses a kept
 #   floor run while iterating on tokenproxy)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+ROOT=$(pwd)
+BENCH=$ROOT/bench
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"
 SECONDS_PER_RUN=${INSTR_SECONDS:-10}
 TOP=${INSTR_TOP:-25}
-die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
-missing=()
-for tool in valgrind nginx wrk python3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ]; then apt=(apt-get); elif command -v sudo >/dev/null; then apt=(sudo apt-get)
-  else die "missing ${missing[*]}: run as root or install them"; fi
-  "${apt[@]}" update -qq && "${apt[@]}" install -y -qq "${missing[@]}" >/dev/null
-fi
+need valgrind nginx wrk python3 curl
 
 if [ -n "${1:-}" ]; then TP=$1; else cargo build --release --locked --quiet; TP=target/release/tokenproxy; fi
 cargo build --release --quiet --manifest-path bench/floor/Cargo.toml
 FLOOR=bench/floor/target/release/tokenproxy-bench-floor
 
-TMP=$(mktemp -d /tmp/tokenproxy-instr.XXXXXX)
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "${INSTR_KEEP_TMP:-0}" = 1 ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
+bench_tmp tokenproxy-instr
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 P_ORIGIN=$(free_port)
-
-mkdir -p "$TMP/www" "$TMP/ngx"; chmod 1777 "$TMP/ngx"; chmod 755 "$TMP/www"
-python3 -c 'import sys; sys.stdout.write(("tokenproxy-bench " * 8)[:99] + "\n")' >"$TMP/www/small"
-chmod 644 "$TMP/www/small"
-cat >"$TMP/origin.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/origin.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_timeout 120s;
-  keepalive_requests 1000000;
-  client_body_temp_path $TMP/ngx/body;
-  proxy_temp_path $TMP/ngx/proxy;
-  fastcgi_temp_path $TMP/ngx/fastcgi;
-  uwsgi_temp_path $TMP/ngx/uwsgi;
-  scgi_temp_path $TMP/ngx/scgi;
-  server { listen 127.0.0.1:$P_ORIGIN; root $TMP/www; }
-}
-EOF
+make_token
+make_bodies
+{ ngx_common origin; printf '  server { listen 127.0.0.1:%s; root %s/www; }\n}\n' "$P_ORIGIN" "$TMP"; } >"$TMP/origin.conf"
 nginx -c "$TMP/origin.conf" -e "$TMP/origin.err" & PIDS+=($!)
-TOKEN=$(python3 -c 'import secrets,string; a=string.ascii_letters+string.digits; print("".join(secrets.choice(a) for _ in range(800)))')
 
 # One proxy under callgrind: prints "requests instructions".
 measure() {
@@ -102,7 +72,7 @@ EOF
 requests_tp=$(measure tokenproxy "$TP" "")
 if [ "${INSTR_FLOOR_OUT:-}" ]; then
   # While iterating on tokenproxy: the floor's figures from an earlier run, kept with
-  # INSTR_KEEP_TMP=1 (FILE.out and the request count as FILE.requests).
+  # BENCH_KEEP_TMP=1 (FILE.out and the request count as FILE.requests).
   cp "$INSTR_FLOOR_OUT" "$TMP/floor.out"; requests_floor=$(cat "${INSTR_FLOOR_OUT%.out}.requests")
 else
   requests_floor=$(measure floor "$FLOOR" "FLOOR_AFFINITY=1")
