@@ -2,7 +2,7 @@
 # Instructions per proxied request, counted by valgrind's callgrind: a figure machine noise
 # cannot blur. tokenproxy and bench/floor (the least a hyper proxy does; FLOOR_AFFINITY=1, one
 # upstream connection per client connection, the design tokenproxy uses for cleartext
-# upstreams) each proxy the same requests to the same nginx origin: `wrk -t1 -c4` against
+# upstreams) each proxy the same requests to the same nginx origin: `wrk -t1 -c4` (INSTR_CONNECTIONS) against
 # /o/small (100 B) for INSTR_SECONDS. Collection is on only around the load
 # (--instr-atstart=no, then callgrind_control -i on/off), so start-up is not counted; both
 # run with TOKIO_WORKER_THREADS=1 (one thread does the work).
@@ -21,6 +21,7 @@ BENCH=$ROOT/bench
 # shellcheck source=bench/common.sh
 . "$BENCH/common.sh"
 SECONDS_PER_RUN=${INSTR_SECONDS:-10}
+CONNECTIONS=${INSTR_CONNECTIONS:-4}
 TOP=${INSTR_TOP:-25}
 need valgrind nginx wrk python3 curl
 
@@ -61,9 +62,9 @@ EOF
     sleep 0.1
   done
   # Warm: connections, pools and lazily built state exist before counting starts.
-  wrk -t1 -c4 -d2s "http://127.0.0.1:$port/o/small" >/dev/null
+  wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$port/o/small" >/dev/null
   callgrind_control -i on "$pid" >/dev/null
-  out=$(wrk -t1 -c4 -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:$port/o/small")
+  out=$(wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:$port/o/small")
   callgrind_control -i off "$pid" >/dev/null
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   printf '%s\n' "$out" | awk '/requests in/ {print $1}'
@@ -81,9 +82,9 @@ fi
 for name in tokenproxy floor; do
   callgrind_annotate --threshold=100 --inclusive=no "$TMP/$name.out" >"$TMP/$name.txt" 2>/dev/null
 done
-python3 - "$TMP" "$requests_tp" "$requests_floor" "$TOP" "${TOKENPROXY_REV:-$(git rev-parse --short HEAD)}" <<'EOF'
+python3 - "$TMP" "$requests_tp" "$requests_floor" "$TOP" "${TOKENPROXY_REV:-$(git rev-parse --short HEAD)}" "$CONNECTIONS" <<'EOF'
 import re, sys
-tmp, requests, top, commit = sys.argv[1], {"tokenproxy": int(sys.argv[2]), "floor": int(sys.argv[3])}, int(sys.argv[4]), sys.argv[5]
+tmp, requests, top, commit, connections = sys.argv[1], {"tokenproxy": int(sys.argv[2]), "floor": int(sys.argv[3])}, int(sys.argv[4]), sys.argv[5], sys.argv[6]
 def load(name):
     total, functions = 0, {}
     for line in open(f"{tmp}/{name}.txt"):
@@ -101,7 +102,7 @@ def load(name):
     return total / requests[name], functions
 tp_total, tp = load("tokenproxy")
 floor_total, floor = load("floor")
-print(f"instructions per request (callgrind, wrk -t1 -c4 to /o/small, commit {commit})")
+print(f"instructions per request (callgrind, wrk -t1 -c{connections} to /o/small, commit {commit})")
 print(f"  tokenproxy {tp_total:>10,.0f}   ({requests['tokenproxy']} requests)")
 print(f"  floor      {floor_total:>10,.0f}   ({requests['floor']} requests)")
 print(f"  ratio      {tp_total / floor_total:>10.2f}   (target <= 1.20)")
