@@ -167,3 +167,73 @@ async fn a_request_in_flight_longer_than_the_timeouts_is_not_cut() {
     .await;
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// Reads one whole response (head and `Content-Length` body) from a kept-alive connection.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if received.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_head_on_a_kept_alive_connection_is_cut_after_header_read_timeout() {
+    let (proxy, _upstream) = proxy_with(
+        "header_read_timeout = \"600ms\"\nidle_timeout = \"30s\"\nfirst_request_timeout = \"30s\"",
+    )
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    let request = b"GET /echo/a HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    stream.write_all(request).await.unwrap();
+    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // Idle for longer than header_read_timeout: an idle connection answers to idle_timeout
+    // only, so the next request is served on it.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    stream.write_all(request).await.unwrap();
+    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    // A head trickled a byte every 100 ms never ends: cut about 600 ms after it began,
+    // although bytes keep coming.
+    let started = Instant::now();
+    let trickle = async {
+        for byte in b"GET /echo/slow HTTP/1.1\r\nHost: localhost\r\nX-Long: "
+            .iter()
+            .cycle()
+        {
+            if stream.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if started.elapsed() > Duration::from_secs(5) {
+                return;
+            }
+        }
+    };
+    trickle.await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "the slow head was not cut: {elapsed:?}"
+    );
+    assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
+}

@@ -3,6 +3,9 @@
 //! `TimedOut` error, and hyper closes the connection:
 //! - first request: from accept (the wait for a slot included) until a request reaches the
 //!   proxy: silence and partial HTTP/2 prefaces;
+//! - head: an HTTP/1 request head that has begun to arrive and not ended within
+//!   `header_read_timeout` (slowloris). Kept here rather than by hyper, which makes and
+//!   drops a timer for every request;
 //! - body: an HTTP/1 request body that has had no new byte for `body_timeout`;
 //! - idle: no request in flight for `idle_timeout` (HTTP/2 pings do not count);
 //! - write: a write that has made no progress for `write_timeout` (the client stopped reading).
@@ -27,6 +30,7 @@ use super::framing::StrictHttp1;
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub first_request: Duration,
+    pub head: Duration,
     pub body: Duration,
     pub idle: Duration,
     pub write: Duration,
@@ -168,6 +172,8 @@ pub struct Deadlines<S> {
     activity: Arc<Activity>,
     timeouts: Timeouts,
     switched: bool,
+    /// When the head now arriving began to (as first seen by a read).
+    head_since: Option<Instant>,
     read: Clock,
     write: Clock,
 }
@@ -179,6 +185,7 @@ impl<S> Deadlines<S> {
             activity,
             timeouts,
             switched: false,
+            head_since: None,
             read: Clock::default(),
             write: Clock::default(),
         }
@@ -187,7 +194,7 @@ impl<S> Deadlines<S> {
     /// When a read that started waiting at `since` fails, if it may fail at all.
     fn read_deadline(&self, since: Instant) -> Option<Instant> {
         let activity = &self.activity;
-        if self.switched {
+        let deadline = if self.switched {
             None
         } else if !activity.started.load(Ordering::Relaxed) {
             Some(activity.accepted + self.timeouts.first_request)
@@ -195,6 +202,13 @@ impl<S> Deadlines<S> {
             Some(since + self.timeouts.body)
         } else {
             activity.idle_deadline(self.timeouts.idle)
+        };
+        match self.head_since {
+            Some(head_since) if !self.switched => {
+                let head = head_since + self.timeouts.head;
+                Some(deadline.map_or(head, |deadline| deadline.min(head)))
+            }
+            _ => deadline,
         }
     }
 
@@ -226,6 +240,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
             this.inner.switch_protocols();
         }
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        // A head that arrives whole in one read (the usual case) never starts the clock.
+        if result.is_ready() {
+            if this.inner.inside_head() {
+                this.head_since.get_or_insert_with(Instant::now);
+            } else {
+                this.head_since = None;
+            }
+        }
         if result.is_pending() {
             let since = this.read.waiting_since();
             let deadline = this.read_deadline(since);

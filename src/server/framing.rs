@@ -64,6 +64,8 @@ pub struct StrictHttp1<T> {
     chunked: bool,
     /// Bytes seen at the start of the connection, to recognise the HTTP/2 preface.
     seen: usize,
+    /// Part of a request head has arrived, and not yet its blank line.
+    in_head: bool,
 }
 
 impl<T> StrictHttp1<T> {
@@ -76,6 +78,7 @@ impl<T> StrictHttp1<T> {
             content_length: None,
             chunked: false,
             seen: 0,
+            in_head: false,
         }
     }
 
@@ -96,6 +99,12 @@ impl<T> StrictHttp1<T> {
                 | State::ChunkDataEnd
                 | State::Head { trailers: true }
         )
+    }
+
+    /// True while an HTTP/1 request head has begun to arrive and not yet ended: the time
+    /// `header_read_timeout` bounds.
+    pub fn inside_head(&self) -> bool {
+        self.in_head && self.state == (State::Head { trailers: false })
     }
 
     /// Follows the framing over `data`. Lines are found with a search for LF, not byte by
@@ -137,6 +146,7 @@ impl<T> StrictHttp1<T> {
                     };
                 }
                 State::Head { .. } | State::ChunkSize | State::ChunkDataEnd => {
+                    self.in_head |= self.state == (State::Head { trailers: false });
                     let rest = &data[index..];
                     let Some(at) = rest.iter().position(|byte| *byte == b'\n') else {
                         self.take_line_bytes(index, data);
@@ -148,10 +158,17 @@ impl<T> StrictHttp1<T> {
                     } else {
                         self.previous
                     };
-                    self.take_line_bytes(index, &data[..newline]);
                     // A bare LF, or framing two parsers could read differently: hyper
-                    // answers 400; nothing after it matters.
-                    if before != b'\r' || self.end_line() {
+                    // answers 400; nothing after it matters. A line that arrived whole (the
+                    // usual case) is looked into where it is, without a copy.
+                    let ambiguous = before != b'\r'
+                        || if self.line.is_empty() && at > 0 {
+                            self.line_ended(&data[index..newline - 1])
+                        } else {
+                            self.take_line_bytes(index, &data[..newline]);
+                            self.end_line()
+                        };
+                    if ambiguous {
                         self.state = State::Poisoned(POISON.len());
                         return Verdict::CutAt(newline);
                     }
@@ -192,6 +209,7 @@ impl<T> StrictHttp1<T> {
                     if !trailers && self.chunked && self.content_length.is_some() {
                         return true;
                     }
+                    self.in_head = false;
                     self.state = if trailers {
                         self.next_message()
                     } else {
@@ -221,6 +239,10 @@ impl<T> StrictHttp1<T> {
     }
 
     fn header_line(&mut self, line: &[u8]) {
+        // Only `Content-Length` and `Transfer-Encoding` matter (no space may precede a name).
+        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
+            return;
+        }
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             return;
         };

@@ -428,7 +428,6 @@ pub enum Listener {
 struct Limits {
     connections: Arc<tokio::sync::Semaphore>,
     max_header_bytes: usize,
-    header_read_timeout: Duration,
     h2_keepalive_interval: Duration,
     timeouts: Timeouts,
     drain: Duration,
@@ -439,10 +438,10 @@ impl Limits {
         Limits {
             connections: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
             max_header_bytes: config.server.max_header_bytes,
-            header_read_timeout: config.server.header_read_timeout,
             h2_keepalive_interval: config.server.h2_keepalive_interval,
             timeouts: Timeouts {
                 first_request: config.server.first_request_timeout,
+                head: config.server.header_read_timeout,
                 body: config.server.body_timeout,
                 idle: config.server.idle_timeout,
                 write: config.server.write_timeout,
@@ -558,8 +557,9 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        // Slow or idle clients may not hold a connection open forever (slowloris).
-        .header_read_timeout(limits.header_read_timeout)
+        // Slow heads (slowloris) meet `Deadlines`' head clock instead: hyper's own makes and
+        // drops a timer for every request.
+        .header_read_timeout(None)
         // Header blocks over the limit get 431.
         .max_buf_size(limits.max_header_bytes);
     builder
