@@ -73,6 +73,10 @@ fn is_single_dot(segment: &str) -> bool {
 /// twice (an origin behind one more decoding hop: `%252F`); deeper encodings are data, which
 /// bounds the work per request. `group%2Fproject` has no `..` and passes at every level.
 pub fn climbs_above_base(path: &str) -> bool {
+    // Without a dot or an escape there is no `..` at any level: the usual path.
+    if !path.bytes().any(|byte| matches!(byte, b'.' | b'%')) {
+        return false;
+    }
     let mut level = Cow::Borrowed(path.as_bytes());
     for _decodings in 0..3 {
         if climbs(&level) {

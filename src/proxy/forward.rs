@@ -1,6 +1,7 @@
 //! Forwarding one request to its upstream, in three named phases:
-//! 1. `prepare`: the credential, the rewritten head (target, hop-by-hop out, the client's
-//!    credentials out, token and `X-Forwarded-*` in) and the body, kept when small;
+//! 1. `prepare`: with the credential and the body (kept when small; both had without
+//!    waiting in the usual case), the rewritten head (target, hop-by-hop out, the client's
+//!    credentials out, token and `X-Forwarded-*` in);
 //! 2. `exchange`: send, and send again where `retry` says so (a reset before any answer
 //!    to an idempotent request; a 401 answered with a replaced token);
 //! 3. `finish`: the answer's hop-by-hop headers out, a `Location` into the target
@@ -17,6 +18,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::body::{replay_body, replayable, ClientBodyError, Replay};
+use super::response_timer::ResponseTimer;
 use super::{headers, redirect, Connection};
 use crate::access_log::{Counted, Facts};
 use crate::app::Upstream;
@@ -39,7 +41,7 @@ struct Prepared {
 pub(super) async fn forward(
     upstream: &Arc<Upstream>,
     connection: Connection,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     target: Uri,
     original_host: Option<HeaderValue>,
     mount: Option<&str>,
@@ -48,16 +50,50 @@ pub(super) async fn forward(
     let Connection {
         forwarded_for,
         affinity,
+        response_timer,
         egress,
         ..
     } = connection;
+    // The common case is decided without waiting: a valid token, no body to read. The
+    // waits are boxed, so this future (moved at every await around it) stays small.
+    let credential = match upstream.tokens.valid_now() {
+        Some(credential) => credential,
+        None => {
+            facts.token_refreshed |= facts.enabled;
+            Box::pin(upstream.tokens.credential())
+                .await
+                .map_err(|unavailable| no_token(upstream, unavailable))?
+        }
+    };
+    let upgrade = if request.version() == Version::HTTP_11 {
+        headers::upgrade_protocol(request.headers())
+    } else {
+        None
+    };
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    let (parts, body) = request.into_parts();
+    // A small body is kept so the request can be sent again (a 401 with a stale token, a
+    // connection reset); anything else streams through untouched.
+    let body = if upgrade.is_some() {
+        Replay::Streaming(body.map_err(Into::into).boxed_unsync())
+    } else if http_body::Body::is_end_stream(&body) {
+        Replay::Kept(Bytes::new())
+    } else {
+        Box::pin(replayable(body, upstream.config.retry_body_limit)).await?
+    };
     // Through the egress listener the client addressed the vendor itself: no hop to tell of.
     let forwarded = (!egress).then_some((forwarded_for, original_host));
-    let mut prepared = prepare(upstream, forwarded, request, target, facts).await?;
+    let head = Head {
+        parts,
+        target,
+        upgrade,
+        forwarded,
+    };
+    let mut prepared = prepare(upstream, head, body, credential, client_upgrade, facts);
     // An upgraded connection is never reused, so upgrades take a pooled one.
     let affinity = prepared.client_upgrade.is_none().then_some(&*affinity);
     let sent = facts.enabled.then(tokio::time::Instant::now);
-    let response = exchange(upstream, &mut prepared, affinity, facts).await;
+    let response = exchange(upstream, &mut prepared, affinity, &response_timer, facts).await;
     if let Some(sent) = sent {
         facts.upstream_time = Some(sent.elapsed());
     }
@@ -73,37 +109,38 @@ fn no_token(upstream: &Upstream, unavailable: TokenUnavailable) -> ProxyError {
     }
 }
 
-/// Phase 1: the credential, the head as the vendor gets it, and the body.
-/// `forwarded`: the client's address and the host it used, for `X-Forwarded-*`.
-async fn prepare(
-    upstream: &Upstream,
-    forwarded: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
-    mut request: Request<Incoming>,
+/// The client's request head and what `prepare` rewrites it with.
+struct Head {
+    parts: http::request::Parts,
     target: Uri,
+    /// The protocol of an `Upgrade` request, carried to the vendor.
+    upgrade: Option<HeaderValue>,
+    /// The client's address and the host it used, for `X-Forwarded-*` (`None`: no hop to
+    /// tell of).
+    forwarded: Option<(Option<HeaderValue>, Option<HeaderValue>)>,
+}
+
+/// Phase 1: the head as the vendor gets it, with the credential, and the body.
+fn prepare(
+    upstream: &Upstream,
+    head: Head,
+    body: Replay,
+    credential: Arc<Credential>,
+    client_upgrade: Option<OnUpgrade>,
     facts: &mut Facts,
-) -> Result<Prepared, ProxyError> {
-    // Read only for the access log: whether this request waits for a new token.
-    facts.token_refreshed |= facts.enabled && !upstream.tokens.has_valid_token();
-    let credential = upstream
-        .tokens
-        .credential()
-        .await
-        .map_err(|unavailable| no_token(upstream, unavailable))?;
-
-    let upgrade = if request.version() == Version::HTTP_11 {
-        headers::upgrade_protocol(request.headers())
-    } else {
-        None
-    };
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
-
-    let (mut parts, body) = request.into_parts();
+) -> Prepared {
+    let Head {
+        mut parts,
+        target,
+        upgrade,
+        forwarded,
+    } = head;
     parts.uri = target;
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     headers::strip_hop_by_hop(headers);
-    if let Some(protocol) = &upgrade {
-        headers::set_upgrade(headers, protocol.clone());
+    if let Some(protocol) = upgrade {
+        headers::set_upgrade(headers, protocol);
     }
     // The client's own credentials never reach the vendor, nor can it override ours.
     headers.remove(header::HOST);
@@ -120,13 +157,7 @@ async fn prepare(
         headers.append(name.clone(), value.clone());
     }
 
-    // A small body is kept so the request can be sent again (a 401 with a stale token, a
-    // connection reset); anything else streams through untouched.
-    let replay = match upgrade {
-        Some(_) => Replay::Streaming(body.map_err(Into::into).boxed_unsync()),
-        None => replayable(body, upstream.config.retry_body_limit).await?,
-    };
-    let (body, replay) = match replay {
+    let (body, replay) = match body {
         Replay::Kept(bytes) => {
             facts.bytes_in = bytes.len() as u64;
             (replay_body(&bytes), Some(bytes))
@@ -138,13 +169,13 @@ async fn prepare(
         }
         Replay::Streaming(body) => (body, None),
     };
-    Ok(Prepared {
+    Prepared {
         parts,
         body: Some(body),
         replay,
         credential,
         client_upgrade,
-    })
+    }
 }
 
 /// What the attempts so far were.
@@ -213,6 +244,7 @@ async fn exchange(
     upstream: &Upstream,
     prepared: &mut Prepared,
     affinity: Option<&Affinity>,
+    timer: &ResponseTimer,
     facts: &mut Facts,
 ) -> Result<Response<Incoming>, ProxyError> {
     let name = &upstream.config.name;
@@ -223,7 +255,7 @@ async fn exchange(
             Some(body) => body,
             None => replay_body(prepared.replay.as_ref().unwrap_or(&Bytes::new())),
         };
-        let outcome = send(upstream, &prepared.parts, body, affinity).await;
+        let outcome = send(upstream, &prepared.parts, body, affinity, timer).await;
         attempts.sent += 1;
         let kept_body = prepared.replay.is_some();
         let ended = Ended::of(&outcome);
@@ -350,6 +382,7 @@ async fn send(
     parts: &http::request::Parts,
     body: ProxyBody,
     affinity: Option<&Affinity>,
+    timer: &ResponseTimer,
 ) -> Result<Response<Incoming>, SendFailure> {
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
@@ -359,7 +392,10 @@ async fn send(
     // by header rehashes.
     *request.headers_mut() = parts.headers.clone();
     let timeout = upstream.config.response_header_timeout;
-    match tokio::time::timeout(timeout, upstream.transport.send(request, affinity)).await {
+    match timer
+        .bound(timeout, upstream.transport.send(request, affinity))
+        .await
+    {
         Err(_elapsed) => Err(SendFailure::Timeout(timeout)),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(SendError::Connect(error))) => Err(SendFailure::Connect(error)),

@@ -63,38 +63,53 @@ pub fn sandbox(headers: &mut HeaderMap) {
 /// `Upgrade`. An upgrade the proxy passes through is put back by the caller.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // The usual request has none and the usual response only `Connection: keep-alive`: one
-    // pass finds those present, and only they are removed.
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name.as_str()))
-        .cloned()
-        .collect();
-    if present.is_empty() {
+    // pass over the names notes those present (a bit each), and nothing is allocated
+    // unless `Connection` names a header that is not hop-by-hop anyway.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(index) = hop_by_hop_index(name.as_str()) {
+            present |= 1 << index;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let connection: Vec<HeaderValue> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .cloned()
+    let named: Vec<HeaderName> = connection_tokens(headers.get_all(header::CONNECTION))
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("upgrade")
+                && !HOP_BY_HOP.iter().any(|hop| token.eq_ignore_ascii_case(hop))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
-    for name in &present {
-        headers.remove(name);
-    }
-    for token in connection_tokens(&connection) {
-        // `keep-alive`, the usual token, is hop-by-hop and already gone; any other is
-        // looked up by text (no name is built for a header that is not there).
-        let already_gone = token.eq_ignore_ascii_case("upgrade")
-            || HOP_BY_HOP
-                .iter()
-                .any(|name| token.eq_ignore_ascii_case(name));
-        if !already_gone {
-            headers.remove(token);
+    for (index, name) in HOP_BY_HOP_NAMES.iter().enumerate() {
+        if present & (1 << index) != 0 {
+            headers.remove(name);
         }
+    }
+    for name in &named {
+        headers.remove(name);
     }
 }
 
-fn is_hop_by_hop(name: &str) -> bool {
-    name == "upgrade" || HOP_BY_HOP.contains(&name)
+/// [`HOP_BY_HOP`] and `Upgrade`, as names, in the order of [`hop_by_hop_index`].
+static HOP_BY_HOP_NAMES: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Where a lowercase name is in [`HOP_BY_HOP_NAMES`], if it is hop-by-hop.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    if name == "upgrade" {
+        return Some(8);
+    }
+    HOP_BY_HOP.iter().position(|hop| *hop == name)
 }
 
 /// Marks a request or response as an upgrade to `protocol`.

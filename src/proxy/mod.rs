@@ -15,6 +15,7 @@ mod forward;
 mod guard;
 mod headers;
 mod redirect;
+mod response_timer;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +30,7 @@ use crate::clients::KeyDigest;
 use crate::problem::{HostProblem, ProxyError};
 use crate::routes::{self, Route};
 use crate::transport::{Affinity, ProxyBody};
+use response_timer::ResponseTimer;
 
 /// Longest request target (path and query) forwarded; longer ones get 414.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -47,6 +49,8 @@ pub struct Connection {
     forwarded_for: Option<HeaderValue>,
     /// The upstream connection its requests to a cleartext upstream reuse.
     affinity: Arc<Affinity>,
+    /// The timer its requests' response-header timeouts reuse.
+    response_timer: Arc<ResponseTimer>,
     /// It came through the egress listener: the client addressed the vendor itself, so
     /// no `X-Forwarded-*` describes a hop it did not see.
     egress: bool,
@@ -71,6 +75,7 @@ impl Connection {
             client_ip: client.map(|client| client.ip()),
             forwarded_for,
             affinity: Arc::default(),
+            response_timer: Arc::default(),
             egress: false,
             tunnel_key: None,
         }

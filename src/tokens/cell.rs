@@ -223,7 +223,8 @@ impl<S: TokenSource> TokenCell<S> {
         self.current.load_full()
     }
 
-    pub(super) fn valid_now(&self) -> Option<Arc<Credential>> {
+    /// The current credential if it is valid now; never waits.
+    pub fn valid_now(&self) -> Option<Arc<Credential>> {
         let current = self.current.load();
         match current.as_ref() {
             Some(credential) if credential.is_valid_at(Instant::now()) => {

@@ -21,6 +21,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::TrySendError;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -193,20 +194,52 @@ pub(super) async fn send(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *request.uri_mut() = Uri::from(origin_form);
 
+    // The common case: the held connection (or a free idle one) is ready, and the request
+    // goes out at once. Everything else is boxed, so this future, which every request's
+    // future holds and moves, stays small.
+    let ready = affinity
+        .take(idle, &authority)
+        .or_else(|| idle.take(&authority));
     let mut reuse = true;
+    if let Some(held) = ready {
+        match send_on(affinity, held, request).await {
+            Ok(response) => return Ok(response),
+            Err(mut error) => match error.take_message() {
+                Some(unsent) => {
+                    request = unsent;
+                    reuse = false;
+                }
+                None => return Err(SendError::Broken(error.into_error().into())),
+            },
+        }
+    }
+    let slowly = Box::pin(send_slowly(
+        connector, idle, affinity, &authority, request, reuse,
+    ));
+    slowly.await
+}
+
+/// `send` when no ready connection was at hand, or the one at hand closed before the
+/// request went out (`reuse` false: only a new connection will do).
+async fn send_slowly(
+    connector: &super::Connector,
+    idle: &Arc<IdleConnections>,
+    affinity: &Affinity,
+    authority: &Authority,
+    mut request: Request<ProxyBody>,
+    mut reuse: bool,
+) -> Result<Response<Incoming>, SendError> {
     loop {
         let reused = if reuse {
             affinity
-                .take(idle, &authority)
-                .or_else(|| idle.take(&authority))
+                .take(idle, authority)
+                .or_else(|| idle.take(authority))
         } else {
             None
         };
         let mut held = match reused {
             Some(held) => held,
-            // Boxed: the connect state (resolver, connect attempts) is large, and only the
-            // first request of a client connection, at most, needs it.
-            None => Box::pin(connect(connector, idle, &authority)).await?,
+            None => connect(connector, idle, authority).await?,
         };
         if let Err(error) = held.sender.ready().await {
             if reuse {
@@ -215,14 +248,8 @@ pub(super) async fn send(
             }
             return Err(SendError::Broken(error.into()));
         }
-        request
-            .headers_mut()
-            .insert(header::HOST, held.host.clone());
-        match held.sender.try_send_request(request).await {
-            Ok(response) => {
-                affinity.keep(held);
-                return Ok(response);
-            }
+        match send_on(affinity, held, request).await {
+            Ok(response) => return Ok(response),
             Err(mut error) => match error.take_message() {
                 Some(unsent) if reuse => {
                     request = unsent;
@@ -232,6 +259,21 @@ pub(super) async fn send(
             },
         }
     }
+}
+
+/// Sends `request` on `held`, which the client connection keeps once an answer came. A
+/// request that never went out comes back in the error.
+async fn send_on(
+    affinity: &Affinity,
+    mut held: Held,
+    mut request: Request<ProxyBody>,
+) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
+    request
+        .headers_mut()
+        .insert(header::HOST, held.host.clone());
+    let response = held.sender.try_send_request(request).await?;
+    affinity.keep(held);
+    Ok(response)
 }
 
 async fn connect(
