@@ -512,6 +512,17 @@ async fn a_refused_fleet_refresh_token_ends_the_login_on_every_replica_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_refresh_of_the_holder_is_answered_at_once_on_every_replica() {
     let (redis, sim, _, replicas) = warm_fleet("failed", 2, Duration::from_secs(3600)).await;
+    // Under load a 2-s lease can change hands while the replicas warm up, and a replica
+    // learns it at its next renewal: wait until one of them knows it follows.
+    eventually("one replica follows", || async {
+        for replica in &replicas {
+            if fleet_status(replica).await["fleet"]["this_replica"] == false {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
     let mut follower = None;
     for replica in &replicas {
         if fleet_status(replica).await["fleet"]["this_replica"] == false {
