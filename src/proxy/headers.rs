@@ -2,18 +2,19 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Hop-by-hop headers (RFC 9110 7.6.1, plus the obsolete ones still seen in the wild).
-/// They describe one connection, so they are never passed on. Names, not `HeaderName`s:
-/// comparing the few names of a message as text is the cheapest check on the hot path.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+/// Hop-by-hop headers (RFC 9110 7.6.1, plus the obsolete ones still seen in the wild) and
+/// `Upgrade`. They describe one connection, so they are never passed on (an upgrade the
+/// proxy passes through is put back).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -67,7 +68,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // unless `Connection` names a header that is not hop-by-hop anyway.
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(index) = hop_by_hop_index(name.as_str()) {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
             present |= 1 << index;
         }
     }
@@ -76,12 +77,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     let named: Vec<HeaderName> = connection_tokens(headers.get_all(header::CONNECTION))
         .filter(|token| {
-            !token.eq_ignore_ascii_case("upgrade")
-                && !HOP_BY_HOP.iter().any(|hop| token.eq_ignore_ascii_case(hop))
+            !HOP_BY_HOP
+                .iter()
+                .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
         })
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
-    for (index, name) in HOP_BY_HOP_NAMES.iter().enumerate() {
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << index) != 0 {
             headers.remove(name);
         }
@@ -89,27 +91,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &named {
         headers.remove(name);
     }
-}
-
-/// [`HOP_BY_HOP`] and `Upgrade`, as names, in the order of [`hop_by_hop_index`].
-static HOP_BY_HOP_NAMES: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Where a lowercase name is in [`HOP_BY_HOP_NAMES`], if it is hop-by-hop.
-fn hop_by_hop_index(name: &str) -> Option<usize> {
-    if name == "upgrade" {
-        return Some(8);
-    }
-    HOP_BY_HOP.iter().position(|hop| *hop == name)
 }
 
 /// Marks a request or response as an upgrade to `protocol`.

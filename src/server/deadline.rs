@@ -193,10 +193,11 @@ impl<S> Deadlines<S> {
 
     /// When a read that started waiting at `since` fails, if it may fail at all.
     fn read_deadline(&self, since: Instant) -> Option<Instant> {
+        if self.switched {
+            return None;
+        }
         let activity = &self.activity;
-        let deadline = if self.switched {
-            None
-        } else if !activity.started.load(Ordering::Relaxed) {
+        let deadline = if !activity.started.load(Ordering::Relaxed) {
             Some(activity.accepted + self.timeouts.first_request)
         } else if self.inner.reading_body() {
             Some(since + self.timeouts.body)
@@ -204,11 +205,11 @@ impl<S> Deadlines<S> {
             activity.idle_deadline(self.timeouts.idle)
         };
         match self.head_since {
-            Some(head_since) if !self.switched => {
+            Some(head_since) => {
                 let head = head_since + self.timeouts.head;
                 Some(deadline.map_or(head, |deadline| deadline.min(head)))
             }
-            _ => deadline,
+            None => deadline,
         }
     }
 
