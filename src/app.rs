@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+use http::HeaderValue;
+
 use crate::access_log::{AccessLog, OpenError};
 use crate::clients::{Client, Clients};
 use crate::config::{Config, PassthroughRule, ServerConfig, UpstreamConfig};
@@ -23,6 +25,10 @@ pub struct Upstream {
     pub transport: Transport,
     /// Request counts and latencies (kept across reloads, by name).
     pub metrics: Arc<RequestMetrics>,
+    /// The `Host` a cleartext target gets, set with the rest of the request head so the
+    /// map has room for it. `None` for HTTPS: hyper's client names the host for HTTP/1.1,
+    /// and HTTP/2 carries `:authority` instead.
+    pub cleartext_host: Option<HeaderValue>,
 }
 
 pub struct App {
@@ -110,6 +116,7 @@ impl App {
                     tokens: Arc::clone(&old.tokens),
                     transport: old.transport.clone(),
                     metrics,
+                    cleartext_host: cleartext_host(upstream),
                 }));
                 continue;
             }
@@ -168,6 +175,7 @@ impl App {
                 tokens: Arc::new(tokens),
                 transport,
                 metrics,
+                cleartext_host: cleartext_host(upstream),
             }));
         }
         let store_backend = match (fleet, store.path()) {
@@ -275,4 +283,10 @@ impl App {
             .iter()
             .all(|upstream| upstream.tokens.has_valid_token())
     }
+}
+
+fn cleartext_host(upstream: &UpstreamConfig) -> Option<HeaderValue> {
+    let target = &upstream.target;
+    (target.scheme == http::uri::Scheme::HTTP)
+        .then(|| crate::transport::host_header(&target.authority))
 }

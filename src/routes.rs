@@ -17,7 +17,17 @@ pub fn normalize_path(path: &str) -> Option<Cow<'_, str>> {
     if !path.starts_with('/') {
         return None;
     }
-    // Nearly every path is already normal: no copy then.
+    // Nearly every path is already normal: no copy then. Without a dot, a `%` or an empty
+    // segment it is, and one pass over the bytes tells.
+    let mut previous = 0u8;
+    let plain = path.bytes().all(|byte| {
+        let plain_byte = byte != b'.' && byte != b'%' && !(byte == b'/' && previous == b'/');
+        previous = byte;
+        plain_byte
+    });
+    if plain {
+        return Some(Cow::Borrowed(path));
+    }
     let mut rest = path[1..].split('/').peekable();
     let mut normal = true;
     while let Some(segment) = rest.next() {
@@ -294,6 +304,12 @@ mod tests {
         assert_eq!(n("/a%20b/c%2Fd"), "/a%20b/c%2Fd");
         assert_eq!(normalize_path("*"), None);
         assert!(matches!(normalize_path("/a/b/"), Some(Cow::Borrowed(_))));
+        assert!(matches!(
+            normalize_path("/v1/x.json"),
+            Some(Cow::Borrowed(_))
+        ));
+        assert!(matches!(normalize_path("/a%20b/"), Some(Cow::Borrowed(_))));
+        assert!(matches!(normalize_path("/a/b//"), Some(Cow::Owned(_))));
         assert!(matches!(normalize_path("/a//b"), Some(Cow::Owned(_))));
         assert_eq!(n("/a/%2E"), "/a/");
         assert_eq!(n("/a/b/.%2E"), "/a/");

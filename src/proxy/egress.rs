@@ -5,7 +5,6 @@
 //! check knows no "own origin" (every `Origin` must be allowed), and no `X-Forwarded-*` is
 //! added.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::uri::Authority;
@@ -13,8 +12,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::{
-    caller, failed, framing_admissible, logged, note_caller, presented_key, request_host, respond,
-    Connection, Routed, UnknownKey,
+    answer, caller, count_in_flight, failed, framing_admissible, logged, note_caller,
+    presented_key, request_host, respond, Connection, Routed, UnknownKey,
 };
 use crate::access_log::{Facts, Via};
 use crate::app::App;
@@ -44,28 +43,27 @@ impl Tunnel {
 /// every error becomes a response here.
 pub async fn handle(
     app: Arc<App>,
-    connection: Connection,
+    connection: Arc<Connection>,
     request: Request<Incoming>,
     tunnel: Option<&Tunnel>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Response<ProxyBody> {
     let addr = connection.client_ip();
-    let response = logged(
+    logged(
         &app,
         addr,
         Via::Egress,
         request,
         |request, mut facts| async {
-            let response = serve(&app, connection, request, tunnel, &mut facts).await;
+            let response = serve(&app, &connection, request, tunnel, &mut facts).await;
             (response, facts)
         },
     )
-    .await;
-    Ok(response)
+    .await
 }
 
 async fn serve(
     app: &App,
-    connection: Connection,
+    connection: &Connection,
     request: Request<Incoming>,
     tunnel: Option<&Tunnel>,
     facts: &mut Facts,
@@ -127,7 +125,12 @@ async fn serve(
         host_value: None,
         caller,
     };
-    respond(app, connection, request, routed, facts).await
+    let in_flight = count_in_flight(app, &routed, &request, facts);
+    let answered = match answer(app, connection, request, routed, facts) {
+        Ok((answering, verdict)) => answering.await.map(|response| (response, verdict)),
+        Err(error) => Err(error),
+    };
+    respond(in_flight, answered, facts)
 }
 
 /// Where a request goes, as its client named it.

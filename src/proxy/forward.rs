@@ -18,7 +18,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::body::{replay_body, replayable, ClientBodyError, Replay};
-use super::response_timer::ResponseTimer;
+use super::response_timer::{Elapsed, ResponseTimer};
 use super::{headers, redirect, Connection};
 use crate::access_log::{Counted, Facts};
 use crate::app::Upstream;
@@ -40,7 +40,7 @@ struct Prepared {
 
 pub(super) async fn forward(
     upstream: &Arc<Upstream>,
-    connection: Connection,
+    connection: &Connection,
     mut request: Request<Incoming>,
     target: Uri,
     original_host: Option<HeaderValue>,
@@ -82,7 +82,7 @@ pub(super) async fn forward(
         Box::pin(replayable(body, upstream.config.retry_body_limit)).await?
     };
     // Through the egress listener the client addressed the vendor itself: no hop to tell of.
-    let forwarded = (!egress).then_some((forwarded_for, original_host));
+    let forwarded = (!egress).then(|| (forwarded_for.clone(), original_host));
     let head = Head {
         parts,
         target,
@@ -91,9 +91,9 @@ pub(super) async fn forward(
     };
     let mut prepared = prepare(upstream, head, body, credential, client_upgrade, facts);
     // An upgraded connection is never reused, so upgrades take a pooled one.
-    let affinity = prepared.client_upgrade.is_none().then_some(&*affinity);
+    let affinity = prepared.client_upgrade.is_none().then_some(&**affinity);
     let sent = facts.enabled.then(tokio::time::Instant::now);
-    let response = exchange(upstream, &mut prepared, affinity, &response_timer, facts).await;
+    let response = exchange(upstream, &mut prepared, affinity, response_timer, facts).await;
     if let Some(sent) = sent {
         facts.upstream_time = Some(sent.elapsed());
     }
@@ -149,7 +149,10 @@ fn prepare(
         headers.remove(name);
     }
     // Room for what is added, in one step.
-    headers.reserve(3 + upstream.config.headers.len() + credential.headers.len());
+    headers.reserve(4 + upstream.config.headers.len() + credential.headers.len());
+    if let Some(host) = &upstream.cleartext_host {
+        headers.insert(header::HOST, host.clone());
+    }
     if let Some((forwarded_for, original_host)) = forwarded {
         headers::add_forwarded(headers, forwarded_for, original_host);
     }
@@ -255,7 +258,12 @@ async fn exchange(
             Some(body) => body,
             None => replay_body(prepared.replay.as_ref().unwrap_or(&Bytes::new())),
         };
-        let outcome = send(upstream, &prepared.parts, body, affinity, timer).await;
+        let request = outgoing(&mut prepared.parts, body);
+        let timeout = upstream.config.response_header_timeout;
+        let sent = timer
+            .bound(timeout, upstream.transport.send(request, affinity))
+            .await;
+        let outcome = SendFailure::of(sent, timeout);
         attempts.sent += 1;
         let kept_body = prepared.replay.is_some();
         let ended = Ended::of(&outcome);
@@ -363,6 +371,19 @@ enum SendFailure {
 }
 
 impl SendFailure {
+    /// How an attempt bounded by the response-header timeout (`timeout`) ended.
+    fn of(
+        sent: Result<Result<Response<Incoming>, SendError>, Elapsed>,
+        timeout: std::time::Duration,
+    ) -> Result<Response<Incoming>, SendFailure> {
+        match sent {
+            Err(Elapsed) => Err(SendFailure::Timeout(timeout)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(SendError::Connect(error))) => Err(SendFailure::Connect(error)),
+            Ok(Err(SendError::Broken(error))) => Err(SendFailure::Reset(error)),
+        }
+    }
+
     fn into_error(self, name: &str, upstream: &Upstream) -> ProxyError {
         match self {
             SendFailure::Timeout(after) => ProxyError::UpstreamTimeout {
@@ -375,32 +396,18 @@ impl SendFailure {
     }
 }
 
-/// One attempt: the prepared request (credential included), bounded by the
-/// response-header timeout.
-async fn send(
-    upstream: &Upstream,
-    parts: &http::request::Parts,
-    body: ProxyBody,
-    affinity: Option<&Affinity>,
-    timer: &ResponseTimer,
-) -> Result<Response<Incoming>, SendFailure> {
+/// One attempt's request: the prepared one (credential included) with `body`.
+fn outgoing(parts: &mut http::request::Parts, body: ProxyBody) -> Request<ProxyBody> {
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
-    // Kept for a retry. A clone of the map copies its tables whole; re-inserting header
-    // by header rehashes.
-    *request.headers_mut() = parts.headers.clone();
-    let timeout = upstream.config.response_header_timeout;
-    match timer
-        .bound(timeout, upstream.transport.send(request, affinity))
-        .await
-    {
-        Err(_elapsed) => Err(SendFailure::Timeout(timeout)),
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(SendError::Connect(error))) => Err(SendFailure::Connect(error)),
-        Ok(Err(SendError::Broken(error))) => Err(SendFailure::Reset(error)),
-    }
+    // A copy is kept for a retry (a clone copies the tables whole; re-inserting header by
+    // header rehashes). The map itself goes out: hyper reuses it for the response's head,
+    // and a clone has no room to spare.
+    let kept = parts.headers.clone();
+    *request.headers_mut() = std::mem::replace(&mut parts.headers, kept);
+    request
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection.

@@ -68,21 +68,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // unless `Connection` names a header that is not hop-by-hop anyway.
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+        if let Some(index) = hop_by_hop_index(name) {
             present |= 1 << index;
         }
     }
     if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = connection_tokens(headers.get_all(header::CONNECTION))
-        .filter(|token| {
-            !HOP_BY_HOP
-                .iter()
-                .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
-        })
-        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-        .collect();
+    // `Connection: keep-alive`, as most responses have it, names no other header: its
+    // options are parsed only when it lists something else.
+    let only_keep_alive = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .all(|value| value.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
+    let named: Vec<HeaderName> = if only_keep_alive {
+        Vec::new()
+    } else {
+        connection_tokens(headers.get_all(header::CONNECTION))
+            .filter(|token| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect()
+    };
     for (index, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << index) != 0 {
             headers.remove(name);
@@ -91,6 +101,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &named {
         headers.remove(name);
     }
+}
+
+/// Where `name` is in `HOP_BY_HOP`. Most names are ruled out by their length alone, which
+/// spares the usual response's eight headers some seventy comparisons.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    // The lengths of the names in `HOP_BY_HOP`.
+    if !matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) {
+        return None;
+    }
+    HOP_BY_HOP.iter().position(|hop| hop == name)
 }
 
 /// Marks a request or response as an upgrade to `protocol`.
@@ -140,6 +160,16 @@ pub fn add_forwarded(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_length_filter_lets_every_hop_by_hop_name_through_and_no_other() {
+        for (index, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(index), "{name}");
+        }
+        for name in ["host", "content-length", "x-upgrade", "tes", "proxy"] {
+            assert_eq!(hop_by_hop_index(&HeaderName::from_static(name)), None);
+        }
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
@@ -173,6 +203,19 @@ mod tests {
         names.sort_unstable();
         assert_eq!(names, ["accept", "x-kept"]);
         assert_eq!(headers.get_all("accept").iter().count(), 2);
+
+        // The usual response: nothing else named; and a second value that names one.
+        let mut usual = map(&[("connection", "Keep-Alive"), ("etag", "1")]);
+        strip_hop_by_hop(&mut usual);
+        assert_eq!(usual.keys().collect::<Vec<_>>(), ["etag"]);
+        let mut second = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-second"),
+            ("x-second", "1"),
+            ("etag", "1"),
+        ]);
+        strip_hop_by_hop(&mut second);
+        assert_eq!(second.keys().collect::<Vec<_>>(), ["etag"]);
     }
 
     #[test]

@@ -14,11 +14,13 @@ pub mod egress;
 mod forward;
 mod guard;
 mod headers;
+mod host;
 mod redirect;
 mod response_timer;
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
@@ -27,7 +29,8 @@ use hyper::body::Incoming;
 use crate::access_log::{Facts, Via};
 use crate::app::{App, Upstream};
 use crate::clients::KeyDigest;
-use crate::problem::{HostProblem, ProxyError};
+use crate::metrics::InFlight;
+use crate::problem::ProxyError;
 use crate::routes::{self, Route};
 use crate::transport::{Affinity, ProxyBody};
 use response_timer::ResponseTimer;
@@ -90,10 +93,10 @@ impl Connection {
     }
 
     /// The connection of a tunnel whose CONNECT presented `key`.
-    pub fn in_tunnel(self, key: Option<KeyDigest>) -> Self {
+    pub fn in_tunnel(&self, key: Option<KeyDigest>) -> Self {
         Connection {
             tunnel_key: key,
-            ..self
+            ..self.clone()
         }
     }
 
@@ -133,26 +136,24 @@ pub fn caller(
 }
 
 /// Handles one request. Never fails: every error becomes a response here.
+///
+/// The request path is few futures deep on purpose: each `async fn` between hyper and the
+/// forward copies the request (and the futures below it) when it starts and when it
+/// awaits, so the checks before and after the wait are plain functions.
 pub async fn handle(
     app: Arc<App>,
-    connection: Connection,
-    request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let addr = connection.client_ip;
-    let response = logged(
-        &app,
-        addr,
-        Via::Listen,
-        request,
-        |request, mut facts| async {
-            // Boxed: a request's state machine is kilobytes, and every future around it
-            // (the access log's, the service's) would hold, and move, a copy of it.
-            let response = Box::pin(serve(&app, connection, request, &mut facts)).await;
-            (response, facts)
-        },
-    )
-    .await;
-    Ok(response)
+    connection: Arc<Connection>,
+    mut request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let Some(log) = &app.access_log else {
+        return serve(&app, &connection, request, &mut Facts::off()).await;
+    };
+    let pending = log.begin(&mut request, connection.client_ip, Via::Listen);
+    let mut facts = Facts::on();
+    let response = serve(&app, &connection, request, &mut facts).await;
+    pending
+        .finish(response, facts)
+        .map(http_body_util::BodyExt::boxed_unsync)
 }
 
 /// Runs `serve` with an access-log line for the request when the log is on; when it is
@@ -204,7 +205,7 @@ pub fn note_caller(app: &App, caller: Caller, facts: &mut Facts) {
 
 async fn serve(
     app: &App,
-    connection: Connection,
+    connection: &Connection,
     request: Request<Incoming>,
     facts: &mut Facts,
 ) -> Response<ProxyBody> {
@@ -255,7 +256,12 @@ async fn serve(
         host_value: host_value.as_ref(),
         caller,
     };
-    respond(app, connection, request, routed, facts).await
+    let in_flight = count_in_flight(app, &routed, &request, facts);
+    let answered = match answer(app, connection, request, routed, facts) {
+        Ok((answering, verdict)) => answering.await.map(|response| (response, verdict)),
+        Err(error) => Err(error),
+    };
+    respond(in_flight, answered, facts)
 }
 
 /// Where a request goes, its normalized path, the host it named and who sent it.
@@ -267,29 +273,39 @@ struct Routed<'a> {
     caller: Caller,
 }
 
-/// A routed request's answer, counted in its upstream's metrics.
-async fn respond(
-    app: &App,
-    connection: Connection,
-    request: Request<Incoming>,
-    routed: Routed<'_>,
+/// An answer under way: the admin endpoint's or the forward's, which `serve` waits for.
+pub(crate) type Answering<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a>>;
+
+/// Notes a routed request for the access log and counts it in flight in its upstream's
+/// metrics, up to its response headers (a dropped request is counted out by the guard).
+fn count_in_flight<'a, B>(
+    app: &'a App,
+    routed: &Routed<'_>,
+    request: &Request<B>,
     facts: &mut Facts,
-) -> Response<ProxyBody> {
-    let route = routed.route;
-    let routed_to = match route {
+) -> Option<InFlight<'a>> {
+    let routed_to = match routed.route {
         Route::Upstream { index, .. } => Some(&app.upstreams[index]),
         _ => None,
     };
     if facts.enabled {
         facts.upstream = routed_to.map(|upstream| Arc::clone(&upstream.name));
         // The status page polls: its reads are logged only when they fail.
-        facts.quiet = matches!(route, Route::Admin(_))
+        facts.quiet = matches!(routed.route, Route::Admin(_))
             && matches!(*request.method(), Method::GET | Method::HEAD);
     }
-    // Counted from here to the response headers; the guard also counts a dropped request
-    // out of the in-flight gauge.
-    let in_flight = routed_to.map(|upstream| upstream.metrics.start());
-    let (response, error_kind) = match answer(app, connection, request, routed, facts).await {
+    routed_to.map(|upstream| upstream.metrics.start())
+}
+
+/// The answer as the client gets it: CORS headers for an allowed origin, or the proxy's
+/// own failure as problem+json; counted in the upstream's metrics.
+fn respond(
+    in_flight: Option<InFlight<'_>>,
+    answered: Result<(Response<ProxyBody>, Option<guard::Verdict>), ProxyError>,
+    facts: &mut Facts,
+) -> Response<ProxyBody> {
+    let (response, error_kind) = match answered {
         Ok((mut response, Some(verdict))) => {
             guard::decorate(response.headers_mut(), &verdict);
             (response, None)
@@ -307,15 +323,16 @@ async fn respond(
     response
 }
 
-/// Everything after routing: the origin check, then the admin endpoint or the forward.
-/// The verdict comes back for the CORS decoration (`None`: a preflight answered here).
-async fn answer(
-    app: &App,
-    connection: Connection,
+/// Everything after routing: the policy and origin checks, then the admin endpoint or the
+/// forward, started for `serve` to wait for. The verdict comes with it, for the CORS
+/// decoration (`None`: a preflight answered here).
+fn answer<'a>(
+    app: &'a App,
+    connection: &'a Connection,
     request: Request<Incoming>,
-    routed: Routed<'_>,
-    facts: &mut Facts,
-) -> Result<(Response<ProxyBody>, Option<guard::Verdict>), ProxyError> {
+    routed: Routed<'a>,
+    facts: &'a mut Facts,
+) -> Result<(Answering<'a>, Option<guard::Verdict>), ProxyError> {
     let Routed {
         route,
         path,
@@ -342,15 +359,16 @@ async fn answer(
     if let guard::Verdict::Allowed(origin) = &verdict {
         if guard::is_preflight(&request) {
             // Answered here: a preflight is never forwarded, so never carries a token.
-            return Ok((guard::preflight_response(&request, origin.clone()), None));
+            let response = guard::preflight_response(&request, origin.clone());
+            return Ok((Box::pin(std::future::ready(Ok(response))), None));
         }
     }
-    let response = match route {
+    let answering: Answering<'a> = match route {
         Route::Admin(admin_path) => {
-            let admin_path = admin_path.to_owned();
-            // Boxed: proxied requests' futures need not carry the admin endpoints' state.
             let same_origin = verdict == guard::Verdict::SameOrigin;
-            Box::pin(crate::admin::handle(app, &admin_path, same_origin, request)).await
+            Box::pin(async move {
+                Ok(crate::admin::handle(app, admin_path, same_origin, request).await)
+            })
         }
         Route::NotFound => {
             return Err(ProxyError::NoRoute {
@@ -365,15 +383,12 @@ async fn answer(
             // already point where it went.
             let mount = (!connection.egress).then(|| path.strip_suffix(rest).unwrap_or_default());
             let host = host_value.cloned();
-            // Boxed: the forward's state machine is the bulk of a request's, and inline it
-            // would be copied with every future that holds it (10 KiB at each move).
             Box::pin(forward::forward(
                 upstream, connection, request, target, host, mount, facts,
             ))
-            .await?
         }
     };
-    Ok((response, Some(verdict)))
+    Ok((answering, Some(verdict)))
 }
 
 /// The caller's policy: the upstream, method and path it may use; the admin endpoints
@@ -469,26 +484,9 @@ fn framing_admissible<B>(request: &Request<B>) -> Result<(), ProxyError> {
         });
     }
     if request.version() < Version::HTTP_2 {
-        host_problem(request.version(), headers).map_err(ProxyError::InvalidHost)?;
+        host::host_problem(request.version(), headers).map_err(ProxyError::InvalidHost)?;
     }
     Ok(())
-}
-
-/// RFC 9112 3.2: one `Host` holding a host and an optional port (empty is allowed), and an
-/// HTTP/1.1 request must have it.
-fn host_problem(version: Version, headers: &http::HeaderMap) -> Result<(), HostProblem> {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) if version == Version::HTTP_11 => Err(HostProblem::Missing),
-        (None, _) => Ok(()),
-        (Some(_), Some(_)) => Err(HostProblem::Repeated),
-        (Some(host), None) => {
-            let valid = host.is_empty()
-                || (!host.as_bytes().contains(&b'@')
-                    && http::uri::Authority::try_from(host.as_bytes()).is_ok());
-            valid.then_some(()).ok_or(HostProblem::Malformed)
-        }
-    }
 }
 
 /// The digest of the key `Proxy-Authorization` carries: `Bearer <key>`, or `Basic` with

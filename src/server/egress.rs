@@ -6,21 +6,21 @@
 //! anything is dialed.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::deadline::{Activity, Deadlines};
+use super::drain::Drain;
 use super::{
-    drain, framing, http_builder, next_connection, spawn_admitted, tracked_service, Limits,
-    Listener, SharedApp,
+    framing, http_builder, next_connection, spawn_admitted, tracked_service, within_drain_time,
+    Limits, Listener, SharedApp,
 };
 use crate::access_log::{Facts, Via};
 use crate::app::App;
@@ -36,15 +36,8 @@ struct Shared {
     interceptor: Arc<Interceptor>,
     limits: Limits,
     /// Tunnels are served after their CONNECT's connection is handed over, so they are
-    /// watched for the drain on their own (taken out at shutdown).
-    tunnels: Mutex<GracefulShutdown>,
-}
-
-impl Shared {
-    fn tunnels_lock(&self) -> std::sync::MutexGuard<'_, GracefulShutdown> {
-        // A poisoned lock only means a task panicked while holding it; the drain still works.
-        self.tunnels.lock().unwrap_or_else(|e| e.into_inner())
-    }
+    /// watched for the drain on their own.
+    tunnels: Drain,
 }
 
 pub(super) async fn accept_loop(
@@ -54,32 +47,31 @@ pub(super) async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     limits: Limits,
 ) {
-    let graceful = GracefulShutdown::new();
+    let connections = Drain::new();
     let shared = Arc::new(Shared {
         app,
         interceptor,
         limits: limits.clone(),
-        tunnels: Mutex::new(GracefulShutdown::new()),
+        tunnels: Drain::new(),
     });
     // Clients speak HTTP/1.1 to a proxy; HTTP/2 begins inside a tunnel.
     let builder = http_builder(&limits).http1_only();
     while let Some((stream, client, local)) = next_connection(&listener, &mut shutdown).await {
         let accepted = tokio::time::Instant::now();
         let activity = Activity::new(accepted);
-        let connection = Connection::egress(client, local);
+        let connection = Arc::new(Connection::egress(client, local));
         let shared_here = Arc::clone(&shared);
         let service = tracked_service(&activity, move |request| {
-            on_listener(Arc::clone(&shared_here), connection.clone(), request)
+            on_listener(Arc::clone(&shared_here), Arc::clone(&connection), request)
         });
         let io = Deadlines::new(framing::StrictHttp1::new(stream), activity, limits.timeouts);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        let connection = graceful.watch(connection.into_owned());
+        let connection = connections.watch(connection.into_owned());
         spawn_admitted(connection, &limits, accepted);
     }
     drop(listener);
-    let tunnels = std::mem::replace(&mut *shared.tunnels_lock(), GracefulShutdown::new());
-    drain(
-        async { tokio::join!(graceful.shutdown(), tunnels.shutdown()) },
+    within_drain_time(
+        async { tokio::join!(connections.shutdown(), shared.tunnels.shutdown()) },
         &limits,
     )
     .await;
@@ -88,7 +80,7 @@ pub(super) async fn accept_loop(
 /// One request on the listener itself: absolute form, or CONNECT after the client key.
 async fn on_listener(
     shared: Arc<Shared>,
-    connection: Connection,
+    connection: Arc<Connection>,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let app = shared.app.load_full();
@@ -99,8 +91,7 @@ async fn on_listener(
         .into_response();
     }
     if request.method() != Method::CONNECT {
-        let Ok(response) = proxy::egress::handle(app, connection, request, None).await;
-        return response;
+        return proxy::egress::handle(app, connection, request, None).await;
     }
     let addr = connection.client_ip();
     proxy::logged(
@@ -109,7 +100,7 @@ async fn on_listener(
         Via::Egress,
         request,
         |request, mut facts| async {
-            let response = connect(&shared, &app, connection, request, &mut facts).await;
+            let response = connect(&shared, &app, &connection, request, &mut facts).await;
             (response, facts)
         },
     )
@@ -121,7 +112,7 @@ async fn on_listener(
 async fn connect(
     shared: &Arc<Shared>,
     app: &App,
-    connection: Connection,
+    connection: &Connection,
     mut request: Request<Incoming>,
     facts: &mut Facts,
 ) -> Response<ProxyBody> {
@@ -226,17 +217,16 @@ async fn intercept(
     };
     let activity = Activity::new(tokio::time::Instant::now());
     let app = Arc::clone(&shared.app);
+    let connection = Arc::new(connection);
     let service = tracked_service(&activity, move |request| {
-        let (app, connection, tunnel) = (app.load_full(), connection.clone(), tunnel.clone());
-        async move {
-            let Ok(response) = proxy::egress::handle(app, connection, request, Some(&tunnel)).await;
-            response
-        }
+        let (app, connection, tunnel) = (app.load_full(), Arc::clone(&connection), tunnel.clone());
+        async move { proxy::egress::handle(app, connection, request, Some(&tunnel)).await }
     });
     let io = Deadlines::new(framing::StrictHttp1::new(stream), activity, limits.timeouts);
     let builder = http_builder(limits);
-    let watcher = shared.tunnels_lock().watcher();
-    let served = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    let served = shared
+        .tunnels
+        .watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     if let Err(error) = served.await {
         tracing::debug!(error = %error, "egress tunnel ended with an error");
     }

@@ -4,6 +4,7 @@
 //! on the config they started with.
 
 mod deadline;
+mod drain;
 mod egress;
 pub mod framing;
 mod run;
@@ -19,7 +20,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,6 +35,7 @@ use crate::tokens::{spawn_follower, spawn_refresher};
 use crate::transport::ProxyBody;
 use crate::transport::Transports;
 use deadline::{Activity, Deadlines, Timeouts};
+use drain::Drain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -458,28 +459,24 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     limits: Limits,
 ) {
-    let graceful = GracefulShutdown::new();
+    let drain_on_shutdown = Drain::new();
     let builder = http_builder(&limits);
     while let Some((stream, client, local)) = next_connection(&listener, &mut shutdown).await {
         // Accepted at once, so the listen backlog never holds a client behind silent ones.
         let accepted = tokio::time::Instant::now();
         let activity = Activity::new(accepted);
         let app = Arc::clone(&app);
-        let connection_info = Connection::new(client, local, dedicated.clone());
+        let connection_info = Arc::new(Connection::new(client, local, dedicated.clone()));
         let service = tracked_service(&activity, move |request| {
-            let answer = proxy::handle(app.load_full(), connection_info.clone(), request);
-            async move {
-                let Ok(response) = answer.await;
-                response
-            }
+            proxy::handle(app.load_full(), Arc::clone(&connection_info), request)
         });
         let io = Deadlines::new(framing::StrictHttp1::new(stream), activity, limits.timeouts);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        let connection = graceful.watch(connection.into_owned());
+        let connection = drain_on_shutdown.watch(connection.into_owned());
         spawn_admitted(connection, &limits, accepted);
     }
     drop(listener);
-    drain(graceful.shutdown(), &limits).await;
+    within_drain_time(drain_on_shutdown.shutdown(), &limits).await;
 }
 
 /// The service of one connection: `handle` answers each request, which is tracked for the
@@ -544,7 +541,7 @@ fn spawn_admitted<E: std::fmt::Display>(
 }
 
 /// Waits for `drained` (connections finishing) up to the drain time.
-async fn drain(drained: impl std::future::Future, limits: &Limits) {
+async fn within_drain_time(drained: impl std::future::Future, limits: &Limits) {
     if tokio::time::timeout(limits.drain, drained).await.is_err() {
         tracing::warn!(drain = ?limits.drain, "drain time over; closing the remaining connections");
     }

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 pub use resolve::{AddressOverride, Resolve};
 use rustls::RootCertStore;
@@ -66,26 +67,65 @@ pub enum SendError {
     Broken(BoxError),
 }
 
-impl Transport {
-    /// Forwards `request` (absolute-form). From a client connection (`affinity`), a
-    /// cleartext request goes over the upstream connection that client connection holds;
-    /// HTTPS and everything else over the shared pool.
-    pub async fn send(
-        &self,
-        request: Request<ProxyBody>,
-        affinity: Option<&Affinity>,
-    ) -> Result<Response<Incoming>, SendError> {
-        match affinity {
-            Some(affinity) if request.uri().scheme() == Some(&Scheme::HTTP) => {
-                affinity::send(&self.http, &self.idle, affinity, request).await
-            }
-            _ => self.client.request(request).await.map_err(|error| {
+/// `Host` as a client sends it to a cleartext origin: the port only when it is not 80.
+pub fn host_header(authority: &http::uri::Authority) -> http::HeaderValue {
+    let host = match authority.port_u16() {
+        Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    // An authority is valid header text.
+    http::HeaderValue::from_str(&host)
+        .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"))
+}
+
+pin_project_lite::pin_project! {
+    /// [`Transport::send`] under way.
+    #[project = SendingProjection]
+    pub enum Sending<H> {
+        /// On the upstream connection the client connection holds.
+        Held { #[pin] future: H },
+        /// Through the shared pool.
+        Pooled { #[pin] future: ResponseFuture },
+    }
+}
+
+impl<H> Future for Sending<H>
+where
+    H: Future<Output = Result<Response<Incoming>, SendError>>,
+{
+    type Output = Result<Response<Incoming>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            SendingProjection::Held { future } => future.poll(cx),
+            SendingProjection::Pooled { future } => future.poll(cx).map_err(|error| {
                 if error.is_connect() {
                     SendError::Connect(error.into())
                 } else {
                     SendError::Broken(error.into())
                 }
             }),
+        }
+    }
+}
+
+impl Transport {
+    /// Forwards `request` (absolute-form). From a client connection (`affinity`), a
+    /// cleartext request goes over the upstream connection that client connection holds;
+    /// HTTPS and everything else over the shared pool. A plain function returning the
+    /// future, not an `async` one: one layer less for the request path to copy through.
+    pub fn send<'a>(
+        &'a self,
+        request: Request<ProxyBody>,
+        affinity: Option<&'a Affinity>,
+    ) -> Sending<impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a> {
+        match affinity {
+            Some(affinity) if request.uri().scheme() == Some(&Scheme::HTTP) => Sending::Held {
+                future: affinity::send(&self.http, &self.idle, affinity, request),
+            },
+            _ => Sending::Pooled {
+                future: self.client.request(request),
+            },
         }
     }
 
@@ -528,5 +568,19 @@ mod shown_tests {
             connect_failure(&dns),
             "failed to lookup address information: Name or service not known"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_leaves_out_the_default_port() {
+        let host = |authority: &str| host_header(&authority.parse().unwrap());
+        assert_eq!(host("api.example:80"), "api.example");
+        assert_eq!(host("api.example"), "api.example");
+        assert_eq!(host("127.0.0.1:8081"), "127.0.0.1:8081");
+        assert_eq!(host("[::1]:80"), "[::1]");
     }
 }
