@@ -392,6 +392,7 @@ async fn static_headers_are_added_and_cannot_be_overridden_by_the_client() {
     let response = send(
         Request::get(proxy.url("/echo/x"))
             .header("x-team", "spoofed")
+            .header("x-team", "spoofed again")
             .body(empty())
             .unwrap(),
     )

@@ -142,22 +142,27 @@ fn prepare(
     if let Some(protocol) = upgrade {
         headers::set_upgrade(headers, protocol);
     }
-    // The client's own credentials never reach the vendor, nor can it override ours.
-    headers.remove(header::HOST);
-    headers.remove(header::AUTHORIZATION);
-    for (name, _) in credential.headers.iter().chain(&upstream.config.headers) {
-        headers.remove(name);
-    }
     // Room for what is added, in one step.
     headers.reserve(4 + upstream.config.headers.len() + credential.headers.len());
-    if let Some(host) = &upstream.cleartext_host {
-        headers.insert(header::HOST, host.clone());
-    }
+    match &upstream.cleartext_host {
+        Some(host) => headers.insert(header::HOST, host.clone()),
+        None => headers.remove(header::HOST),
+    };
     if let Some((forwarded_for, original_host)) = forwarded {
         headers::add_forwarded(headers, forwarded_for, original_host);
     }
-    for (name, value) in upstream.config.headers.iter().chain(&credential.headers) {
-        headers.append(name.clone(), value.clone());
+    // The client's own credentials never reach the vendor, nor can it override ours: the
+    // first of our values for a name replaces the client's, a second one joins it.
+    let ours = || upstream.config.headers.iter().chain(&credential.headers);
+    if !ours().any(|(name, _)| name == header::AUTHORIZATION) {
+        headers.remove(header::AUTHORIZATION);
+    }
+    for (index, (name, value)) in ours().enumerate() {
+        if ours().take(index).any(|(earlier, _)| earlier == name) {
+            headers.append(name.clone(), value.clone());
+        } else {
+            headers.insert(name.clone(), value.clone());
+        }
     }
 
     let (body, replay) = match body {

@@ -130,24 +130,27 @@ pub fn add_forwarded(
 ) {
     headers.remove(header::FORWARDED);
     if let Some(client) = client {
-        let earlier = headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|earlier| !earlier.is_empty());
-        let value = match earlier {
+        // One lookup: the entry is read and replaced in place.
+        match headers.entry(X_FORWARDED_FOR.clone()) {
             // The usual case: no proxy before us, so the value is just the client.
-            None => client,
-            Some(earlier) => {
-                let mut joined = Vec::with_capacity(earlier.len() + 2 + client.len());
-                joined.extend_from_slice(earlier.as_bytes());
-                joined.extend_from_slice(b", ");
-                joined.extend_from_slice(client.as_bytes());
-                // Visible text joined by a comma stays valid header text.
-                HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).unwrap_or(client)
+            header::Entry::Vacant(vacant) => {
+                vacant.insert(client);
             }
-        };
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+            header::Entry::Occupied(mut occupied) => {
+                let earlier = occupied.get().to_str().unwrap_or("").trim();
+                let value = if earlier.is_empty() {
+                    client
+                } else {
+                    let mut joined = Vec::with_capacity(earlier.len() + 2 + client.len());
+                    joined.extend_from_slice(earlier.as_bytes());
+                    joined.extend_from_slice(b", ");
+                    joined.extend_from_slice(client.as_bytes());
+                    // Visible text joined by a comma stays valid header text.
+                    HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).unwrap_or(client)
+                };
+                occupied.insert(value);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     match original_host {

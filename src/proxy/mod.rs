@@ -454,16 +454,14 @@ fn admissible<B>(
 /// vector), codings hyper would pass on undone, overlong targets, and a bad `Host`.
 fn framing_admissible<B>(request: &Request<B>) -> Result<(), ProxyError> {
     let headers = request.headers();
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.contains_key(header::CONTENT_LENGTH)
-    {
+    let codings = headers.get_all(header::TRANSFER_ENCODING);
+    if codings.iter().next().is_some() && headers.contains_key(header::CONTENT_LENGTH) {
         return Err(ProxyError::BadRequest {
             reason: "a request may not have both Content-Length and Transfer-Encoding".into(),
         });
     }
     // hyper removes only `chunked`; another coding would reach the vendor undone and unnamed.
-    if let Some(coding) = headers
-        .get_all(header::TRANSFER_ENCODING)
+    if let Some(coding) = codings
         .iter()
         .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
         .map(<[u8]>::trim_ascii)
