@@ -91,6 +91,51 @@ impl Drop for InFlight {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A request's answer under way. Once it comes, its body keeps the request in flight,
+    /// and a switch to a tunnel (a 101, or a 200 to CONNECT) is noted. A plain future, not
+    /// an `async` block: hyper places it once, and an `async` block would copy the answer's
+    /// future again when it first awaits it.
+    pub struct TrackedAnswer<F> {
+        #[pin]
+        answer: F,
+        in_flight: Option<InFlight>,
+        connect: bool,
+    }
+}
+
+impl<F> TrackedAnswer<F> {
+    pub fn new(answer: F, in_flight: InFlight, connect: bool) -> Self {
+        TrackedAnswer {
+            answer,
+            in_flight: Some(in_flight),
+            connect,
+        }
+    }
+}
+
+impl<F, B> Future for TrackedAnswer<F>
+where
+    F: Future<Output = http::Response<B>>,
+{
+    type Output = Result<http::Response<Tracked<B>>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Poll::Ready(response) = this.answer.poll(cx) else {
+            return Poll::Pending;
+        };
+        let in_flight = this.in_flight.take().expect("polled after it was ready");
+        let status = response.status();
+        if status == http::StatusCode::SWITCHING_PROTOCOLS
+            || (*this.connect && status == http::StatusCode::OK)
+        {
+            in_flight.switched_protocols();
+        }
+        Poll::Ready(Ok(response.map(|body| in_flight.track(body))))
+    }
+}
+
 /// A response body that keeps its request in flight until hyper is done with it.
 pub struct Tracked<B> {
     body: B,

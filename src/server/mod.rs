@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -505,17 +505,9 @@ where
     service_fn(move |request: Request<Incoming>| {
         let in_flight = activity.request();
         let connect = request.method() == http::Method::CONNECT;
-        // Boxed once here: hyper stores and moves the service future, and a proxied
-        // request's state machine is several KiB that would be copied at every move.
-        let answer = Box::pin(handle(request));
-        async move {
-            let response = answer.await;
-            let status = response.status();
-            if status == StatusCode::SWITCHING_PROTOCOLS || (connect && status == StatusCode::OK) {
-                in_flight.switched_protocols();
-            }
-            Ok(response.map(|body| in_flight.track(body)))
-        }
+        // Not boxed: hyper keeps the future in a slot of its own, which it allocates once
+        // per connection, and never moves it there.
+        deadline::TrackedAnswer::new(handle(request), in_flight, connect)
     })
 }
 
