@@ -275,7 +275,9 @@ struct Routed<'a> {
 }
 
 /// An answer under way: the admin endpoint's or the forward's, which `serve` waits for.
-pub(crate) type Answering<'a> =
+/// Boxed: the forward's state machine (2.5 KiB) is the bulk of a request's, and inline
+/// every future around it would hold it and copy it.
+type Answering<'a> =
     Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a>>;
 
 /// Notes a routed request for the access log and counts it in flight in its upstream's
