@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, HeaderValue, Request, Response, Uri};
+use http::{header, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::client::conn::TrySendError;
@@ -36,8 +36,6 @@ const REAP_INTERVAL: Duration = Duration::from_secs(30);
 /// An upstream HTTP/1 connection.
 struct Held {
     authority: Authority,
-    /// The `Host` every request on it carries.
-    host: HeaderValue,
     sender: SendRequest<ProxyBody>,
     idle_since: Instant,
     /// The idle list it goes back to (weak: the list holds connections, not the reverse).
@@ -272,15 +270,13 @@ async fn send_slowly(
 /// request path awaits hyper's future directly, one layer less to copy it through.
 fn send_on(
     held: &mut Held,
-    mut request: Request<ProxyBody>,
+    request: Request<ProxyBody>,
 ) -> impl std::future::Future<Output = Result<Response<Incoming>, TrySendError<Request<ProxyBody>>>> + Send
 {
-    // Usually set already, with the rest of the head (`Upstream::cleartext_host`).
-    if !request.headers().contains_key(header::HOST) {
-        request
-            .headers_mut()
-            .insert(header::HOST, held.host.clone());
-    }
+    debug_assert!(
+        request.headers().contains_key(header::HOST),
+        "the caller names the host (see `Transport::send`)"
+    );
     held.sender.try_send_request(request)
 }
 
@@ -313,7 +309,6 @@ async fn connect(
         }
     });
     Ok(Held {
-        host: super::host_header(authority),
         authority: authority.clone(),
         sender,
         idle_since: Instant::now(),
