@@ -7,7 +7,8 @@
 #   2. bench/run.sh           cleartext: the same peers and direct; idle RSS, 1 GiB up and down,
 #                             1-s token refresh under load, exec to ready
 #   3. bench/egress.sh        egress mode (CONNECT) against nginx as a TLS reverse proxy
-#   4. bench/instructions.sh  instructions per request under callgrind, tokenproxy / bench/floor
+#   4. bench/instructions.sh  instructions per request under callgrind, tokenproxy / bench/floor,
+#                             then (INSTR_ORIGIN=https) tokenproxy against HAProxy over TLS
 #
 # Installs what is missing: nginx, haproxy, caddy, wrk, valgrind (apt), mitmproxy (PyPI, into
 # bench/.venv). tokenproxy is built once (`cargo build --release --locked`) unless
@@ -58,13 +59,15 @@ if [ "$ALL_QUICK" = 1 ]; then
   step cleartext 900 env BENCH_SECONDS=2 BENCH_ROUNDS=1 BENCH_QUICK=1 bash "$BENCH/run.sh"
   step egress 900 env BENCH_SECONDS=2 BENCH_ROUNDS=1 bash "$BENCH/egress.sh"
   step instructions 900 env INSTR_SECONDS=3 bash "$BENCH/instructions.sh" "$TP"
+  step instructions-https 900 env INSTR_SECONDS=3 INSTR_ORIGIN=https bash "$BENCH/instructions.sh" "$TP"
 else
   step https 1200 env BENCH_SECONDS="$ALL_SECONDS" BENCH_ROUNDS="$ALL_ROUNDS" bash "$BENCH/https.sh"
   step cleartext 1500 env BENCH_SECONDS="$ALL_SECONDS" BENCH_ROUNDS="$ALL_ROUNDS" bash "$BENCH/run.sh"
   step egress 900 env BENCH_SECONDS="$ALL_SECONDS" BENCH_ROUNDS="$ALL_ROUNDS" bash "$BENCH/egress.sh"
   step instructions 900 bash "$BENCH/instructions.sh" "$TP"
+  step instructions-https 900 env INSTR_ORIGIN=https bash "$BENCH/instructions.sh" "$TP"
 fi
-cp "$OUT/egress.log" "$OUT/egress.txt"; cp "$OUT/instructions.log" "$OUT/instructions.txt"
+for name in egress instructions instructions-https; do cp "$OUT/$name.log" "$OUT/$name.txt"; done
 
 python3 "$BENCH/lib.py" summary "$OUT" "$started" "$load_start" "$(cut -d' ' -f1-3 /proc/loadavg)" \
   "$TOKENPROXY_REV" | tee "$OUT/all.txt"

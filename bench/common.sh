@@ -167,6 +167,20 @@ make_bodies() {
   chmod 644 "$TMP/www/"*; chmod 755 "$TMP/www"
 }
 
+# make_vendor_ca: the vendor's test CA ($CA = $TMP/ca.pem) and the origin's certificate for
+# origin.example signed by it ($TMP/origin.pem, $TMP/origin.key), P-256, valid 2 days.
+make_vendor_ca() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench vendor CA" \
+    -keyout "$TMP/ca.key" -out "$TMP/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=origin.example" \
+    -keyout "$TMP/origin.key" -out "$TMP/origin.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:origin.example\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$TMP/san.ext"
+  openssl x509 -req -in "$TMP/origin.csr" -CA "$TMP/ca.pem" -CAkey "$TMP/ca.key" -CAcreateserial \
+    -days 2 -extfile "$TMP/san.ext" -out "$TMP/origin.pem" 2>/dev/null
+  chmod 644 "$TMP"/*.pem "$TMP"/*.key
+  CA=$TMP/ca.pem
+}
+
 # ngx_common NAME: the head of an nginx config (one worker, no access log, keep-alive), up to
 # the open `http {`.
 ngx_common() {

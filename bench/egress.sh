@@ -45,14 +45,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 P_ORIGIN=$(free_port); P_NGINX=$(free_port); P_EGRESS=$(free_port); P_MAIN=$(free_port)
 
 # ------------------------------------------------------------------ the vendor's CA and certificates
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench vendor CA" \
-  -keyout "$TMP/vendor-ca.key" -out "$TMP/vendor-ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=origin.example" \
-  -keyout "$TMP/origin.key" -out "$TMP/origin.csr" 2>/dev/null
-printf 'subjectAltName=DNS:origin.example\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$TMP/san.ext"
-openssl x509 -req -in "$TMP/origin.csr" -CA "$TMP/vendor-ca.pem" -CAkey "$TMP/vendor-ca.key" \
-  -CAcreateserial -days 2 -extfile "$TMP/san.ext" -out "$TMP/origin.pem" 2>/dev/null
-chmod 644 "$TMP"/*.pem "$TMP"/*.key
+make_vendor_ca
 
 make_token
 make_bodies
@@ -89,7 +82,7 @@ nginx_conf front "  upstream origin {
       proxy_ssl_server_name on;
       proxy_ssl_name origin.example;
       proxy_ssl_verify on;
-      proxy_ssl_trusted_certificate $TMP/vendor-ca.pem;
+      proxy_ssl_trusted_certificate $CA;
       proxy_ssl_session_reuse on;
       proxy_buffers 16 8k;
     }
@@ -106,7 +99,7 @@ ca_dir = "$TMP/egress-ca"
 [upstreams.origin]
 target = "https://origin.example:$P_ORIGIN/"
 address = "127.0.0.1"
-ca_file = "$TMP/vendor-ca.pem"
+ca_file = "$CA"
 headers = { Organization = "acme" }
 [upstreams.origin.auth]
 kind = "static"
@@ -125,7 +118,7 @@ FRONT_WORKER=$(pgrep -P "$(cat "$TMP/front.pid")" | head -1)
 
 # Both inject the same headers: the origin's /check shows what it got.
 via_egress=$(curl -fsS -x "http://127.0.0.1:$P_EGRESS" --cacert "$TMP/egress-ca/ca.pem" "https://origin.example:$P_ORIGIN/check")
-via_nginx=$(curl -fsS --resolve "origin.example:$P_NGINX:127.0.0.1" --cacert "$TMP/vendor-ca.pem" "https://origin.example:$P_NGINX/check")
+via_nginx=$(curl -fsS --resolve "origin.example:$P_NGINX:127.0.0.1" --cacert "$CA" "https://origin.example:$P_NGINX/check")
 [ "$via_egress" = "Bearer $TOKEN|acme" ] || die "egress injected something else: ${via_egress:0:60}"
 [ "$via_nginx" = "Bearer $TOKEN|acme" ] || die "nginx injected something else: ${via_nginx:0:60}"
 
@@ -137,7 +130,7 @@ run() {
   if [ "$target" = egress ]; then
     pid=$TP_PID; args=(--dial "127.0.0.1:$P_EGRESS" --proxy --host "origin.example:$P_ORIGIN" --ca "$TMP/egress-ca/ca.pem")
   else
-    pid=$FRONT_WORKER; args=(--dial "127.0.0.1:$P_NGINX" --host "origin.example:$P_NGINX" --ca "$TMP/vendor-ca.pem")
+    pid=$FRONT_WORKER; args=(--dial "127.0.0.1:$P_NGINX" --host "origin.example:$P_NGINX" --ca "$CA")
   fi
   before=$(cpu_ticks "$pid")
   out=$("${CLI[@]}" "$LOAD" "${args[@]}" --path "$path" --connections "$connections" --seconds "$SECONDS_PER_RUN")

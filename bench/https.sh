@@ -59,15 +59,7 @@ P_H2=${PORTS[0]} P_H1=${PORTS[1]} P_STATUS=${PORTS[2]} P_NGINX=${PORTS[3]} P_HAP
 P_CADDY=${PORTS[5]} P_MITM=${PORTS[6]} P_TP=${PORTS[7]} P_TPH1=${PORTS[8]}
 
 # ------------------------------------------------------------------ the vendor's CA, token, bodies
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench vendor CA" \
-  -keyout "$TMP/ca.key" -out "$TMP/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=origin.example" \
-  -keyout "$TMP/origin.key" -out "$TMP/origin.csr" 2>/dev/null
-printf 'subjectAltName=DNS:origin.example\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$TMP/san.ext"
-openssl x509 -req -in "$TMP/origin.csr" -CA "$TMP/ca.pem" -CAkey "$TMP/ca.key" -CAcreateserial \
-  -days 2 -extfile "$TMP/san.ext" -out "$TMP/origin.pem" 2>/dev/null
-chmod 644 "$TMP"/*.pem "$TMP"/*.key
-CA=$TMP/ca.pem
+make_vendor_ca
 make_token
 make_bodies
 

@@ -549,12 +549,98 @@ def summary(out_dir, started, load_start, load_end, revision):
                              for c in https.get("targets_checked", [])]
                  + [("cleartext: " + c["target"], c["pass"], c["figures"]) for c in clear.get("targets", [])])
     for name, title in (("egress.txt", "Egress mode against an nginx TLS reverse proxy (bench/egress.sh)"),
-                        ("instructions.txt", "Instructions per request (bench/instructions.sh)")):
+                        ("instructions.txt", "Instructions per request (bench/instructions.sh)"),
+                        ("instructions-https.txt",
+                         "Instructions per request over TLS (INSTR_ORIGIN=https bench/instructions.sh)")):
         path = os.path.join(out_dir, name)
         if os.path.exists(path):
             print()
             print(f"== {title} ==")
             print(open(path).read().rstrip())
+
+
+def callgrind_functions(path, requests):
+    """Own (exclusive) instructions per request from a callgrind_annotate listing: the program
+    total, {function: instructions} and {crate or library: instructions}."""
+    total, functions, libraries = 0, {}, {}
+    for line in open(path):
+        match = re.match(r"\s*([\d,]+) \([^)]*\)\s+(.*)", line)
+        if not match:
+            continue
+        count, where = int(match.group(1).replace(",", "")) / requests, match.group(2)
+        if "PROGRAM TOTALS" in where:
+            total = count
+            continue
+        # "file:function [binary]" (the binary only where it changes): the function without the
+        # hash Rust adds.
+        file, _, rest = where.partition(":")
+        function, _, binary = rest.rpartition(" [")
+        function = re.sub(r"::h[0-9a-f]{16}$", "", function or binary)
+        library = library_of(function, file, os.path.basename(binary.rstrip("]")) if function != binary else "")
+        functions[function] = functions.get(function, 0) + count
+        libraries[library] = libraries.get(library, 0) + count
+    return total, functions, libraries
+
+
+def library_of(function, file, binary):
+    """Whose code it is: the crate of a Rust function (its path's first segment; core, alloc
+    and std as "std"); for C and assembly, the crate whose sources hold it (ring's, with line
+    tables), else "libc" for glibc's sources, else the binary."""
+    name = re.sub(r"^(<|&|\*|\(|mut |dyn |const )+", "", function)
+    if "::" in name:
+        crate = re.match(r"[A-Za-z_][A-Za-z0-9_]*", name)
+        crate = crate.group(0) if crate else name.split("::")[0]
+        return "std" if crate in ("core", "alloc", "std") else crate
+    registry = re.search(r"/registry/src/[^/]+/([A-Za-z0-9_-]+?)-\d+\.\d+", file)
+    if registry:
+        return registry.group(1).replace("-", "_")
+    if name.startswith("ring_core_"):
+        return "ring"
+    if file.startswith("./") or binary.startswith("libc.so"):
+        return "libc"
+    return binary or "other"
+
+
+def instructions(tmp, origin, top, commit, connections):
+    """bench/instructions.sh: instructions per request of each measured proxy, then (http) the
+    functions that differ most from bench/floor or (https) each one's split by crate or
+    library and tokenproxy's top functions."""
+    requests = {}
+    for line in open(os.path.join(tmp, "requests.txt")):
+        name, count = line.split()
+        requests[name] = int(count)
+    measured = {name: callgrind_functions(os.path.join(tmp, name + ".txt"), count)
+                for name, count in requests.items()}
+    names = list(requests)
+    where = "the cleartext origin" if origin == "http" else "the TLS 1.3 origin"
+    print(f"instructions per request (callgrind, wrk -t1 -c{connections} to /o/small through {where},"
+          f" commit {commit})")
+    for name in names:
+        print(f"  {name:<14} {measured[name][0]:>10,.0f}   ({requests[name]} requests)")
+    first, last = names[0], names[-1]
+    target = "   (target <= 1.20)" if origin == "http" else ""
+    print(f"  {first} / {last}  {measured[first][0] / measured[last][0]:.2f}{target}")
+    if origin == "http":
+        tp, floor = measured[first][1], measured[last][1]
+        print(f"\nfunctions by difference of own instructions per request ({first} - {last}), top {top}:")
+        rows = sorted(set(tp) | set(floor), key=lambda k: -(tp.get(k, 0) - floor.get(k, 0)))[:top]
+        for key in rows:
+            print(f"  {tp.get(key, 0) - floor.get(key, 0):>+9,.0f}  {tp.get(key, 0):>8,.0f} {floor.get(key, 0):>8,.0f}"
+                  f"  {key[:110]}")
+        return
+    libraries = {}
+    for name in names:
+        for library, count in measured[name][2].items():
+            libraries.setdefault(library, {})[name] = count
+    print("\nown instructions per request by crate (Rust) or library (C):")
+    rows = sorted(libraries, key=lambda lib: -max(libraries[lib].values()))[:top]
+    table(["crate or library"] + names,
+          [[lib] + [f0(libraries[lib].get(name, 0)) for name in names] for lib in rows],
+          ["<"] + [">"] * len(names))
+    functions = measured[first][1]
+    print(f"\n{first}: top {top} functions by own instructions per request:")
+    for function in sorted(functions, key=lambda f: -functions[f])[:top]:
+        print(f"  {functions[function]:>8,.0f}  {function[:110]}")
 
 
 def main():
@@ -574,6 +660,8 @@ def main():
         report(sys.argv[2], sys.argv[3])
     elif cmd == "https-report":
         https_report(sys.argv[2], sys.argv[3])
+    elif cmd == "instructions":
+        instructions(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6])
     elif cmd == "summary":
         summary(*sys.argv[2:7])
     else:
