@@ -7,11 +7,14 @@
 #   bash bench/ab.sh OLD_BINARY NEW_BINARY            # e.g. a build of main against yours
 #   AB_PATH=/large AB_CONNS=128 bash bench/ab.sh A B   # 64 KiB bodies, 128 connections
 #
+#   AB_ORIGIN=https bash bench/ab.sh A B               # the vendor behind TLS 1.3 (h2 by ALPN)
+#
 # Settings: AB_ROUNDS (5), AB_SECONDS (5 per run), AB_CONNS (16), AB_PATH (/small),
 # AB_ENV_A / AB_ENV_B (extra environment, e.g. "TOKIO_WORKER_THREADS=2"), AB_STORE_A /
 # AB_STORE_B (the lines of each config's [store] table; default path = "memory"), AB_AUTH
 # (the lines of the upstream's auth table for both; default the static token; see
-# bench/fleet.sh). Both proxies run
+# bench/fleet.sh), AB_ORIGIN (http; https: nginx serves TLS 1.3 with h2 and http/1.1 offered,
+# a certificate for origin.example from a test CA, and both configs use ca_file). Both proxies run
 # with TOKIO_WORKER_THREADS=1 and, like bench/run.sh, servers on CPU 0 and wrk on CPU 1.
 # Needs nginx, wrk, taskset (bench/run.sh installs them). Loopback only; every run bounded.
 set -euo pipefail
@@ -22,13 +25,18 @@ ROUNDS=${AB_ROUNDS:-5}
 SECONDS_PER_RUN=${AB_SECONDS:-5}
 CONNS=${AB_CONNS:-16}
 URL_PATH=${AB_PATH:-/small}
+ORIGIN=${AB_ORIGIN:-http}
+case $ORIGIN in http | https) ;; *) echo "AB_ORIGIN must be http or https" >&2; exit 2 ;; esac
+BENCH=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/common.sh
+. "$BENCH/common.sh"   # make_vendor_ca; its cleanup is replaced below
 
 TMP=$(mktemp -d /tmp/tokenproxy-ab.XXXXXX)
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$TMP"
+  if [ "${BENCH_KEEP_TMP:-0}" = 1 ]; then echo "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 
@@ -58,6 +66,14 @@ http {
   server { listen 127.0.0.1:$P_ORIGIN; root $TMP/www; }
 }
 EOF
+UPSTREAM="target = \"http://127.0.0.1:$P_ORIGIN/\""
+if [ "$ORIGIN" = https ]; then
+  make_vendor_ca
+  sed -i "s|listen 127.0.0.1:$P_ORIGIN;|listen 127.0.0.1:$P_ORIGIN ssl http2; ssl_protocols TLSv1.3; ssl_certificate $TMP/origin.pem; ssl_certificate_key $TMP/origin.key;|" "$TMP/origin.conf"
+  UPSTREAM="target = \"https://origin.example:$P_ORIGIN/\"
+address = \"127.0.0.1\"
+ca_file = \"$CA\""
+fi
 TOKEN=$(python3 -c 'import secrets,string; a=string.ascii_letters+string.digits; print("".join(secrets.choice(a) for _ in range(800)))')
 AUTH=${AB_AUTH:-"kind = \"static\"
 token = \"$TOKEN\""}
@@ -68,7 +84,7 @@ listen = "127.0.0.1:$1"
 [store]
 $2
 [upstreams.o]
-target = "http://127.0.0.1:$P_ORIGIN/"
+$UPSTREAM
 [upstreams.o.auth]
 $AUTH
 headers = { Organization = "acme" }
@@ -84,7 +100,7 @@ env TOKIO_WORKER_THREADS=1 ${AB_ENV_A:-} "${SRV[@]}" "$A" run --config "$TMP/a.t
 # shellcheck disable=SC2086
 env TOKIO_WORKER_THREADS=1 ${AB_ENV_B:-} "${SRV[@]}" "$B" run --config "$TMP/b.toml" >"$TMP/b.log" 2>&1 & PID_B=$!; PIDS+=($PID_B)
 for port in "$P_ORIGIN" "$P_A" "$P_B"; do
-  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/o$URL_PATH" 2>/dev/null && break; curl -fs -o /dev/null "http://127.0.0.1:$port$URL_PATH" 2>/dev/null && break; sleep 0.05; done
+  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/o$URL_PATH" 2>/dev/null && break; curl -fsk -o /dev/null "$ORIGIN://127.0.0.1:$port$URL_PATH" 2>/dev/null && break; sleep 0.05; done
 done
 curl -fs -o /dev/null "http://127.0.0.1:$P_A/o$URL_PATH" || { cat "$TMP/a.log"; exit 1; }
 curl -fs -o /dev/null "http://127.0.0.1:$P_B/o$URL_PATH" || { cat "$TMP/b.log"; exit 1; }
@@ -109,7 +125,7 @@ PY
 store_line() { [ -z "$1" ] || echo "[store] ${1//$'\n'/; }" | sed 's/encryption_key = "[^"]*"/encryption_key = (redacted)/'; }
 echo "A = $A ${AB_ENV_A:-} $(store_line "${AB_STORE_A:-}")"
 echo "B = $B ${AB_ENV_B:-} $(store_line "${AB_STORE_B:-}")"
-echo "path $URL_PATH, $CONNS connections, $SECONDS_PER_RUN s per run, $ROUNDS rounds, alternating"
+echo "origin $ORIGIN, path $URL_PATH, $CONNS connections, $SECONDS_PER_RUN s per run, $ROUNDS rounds, alternating"
 printf '%-6s %-3s %10s %10s %10s %8s %8s\n' round bin "req/s" "user µs" "sys µs" non2xx "p99 ms"
 : >"$TMP/results"
 for round in $(seq "$ROUNDS"); do
