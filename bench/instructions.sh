@@ -20,7 +20,9 @@
 #
 # Usage: bash bench/instructions.sh [TOKENPROXY_BINARY]   (INSTR_SECONDS=10, INSTR_TOP=25;
 #   BENCH_KEEP_TMP=1 keeps the callgrind outputs; INSTR_FLOOR_OUT=DIR/floor.out reuses a kept
-#   floor run while iterating on tokenproxy)
+#   floor run while iterating on tokenproxy; INSTR_FLOOR_BIN=path measures that floor build, e.g.
+#   one built like tokenproxy with CARGO_PROFILE_RELEASE_DEBUG=line-tables-only, so inlined
+#   functions are named alike in both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,8 +78,10 @@ PORTS=($(python3 "$BENCH/lib.py" ports 6))
 P_ORIGIN=${PORTS[0]} P_ORIGIN_H1=${PORTS[1]} P_A=${PORTS[2]} P_B=${PORTS[3]} P_C=${PORTS[4]}
 CHECK='location = /check { default_type text/plain; return 200 "$http_authorization|$http_organization"; }'
 if [ "$ORIGIN" = http ]; then
-  cargo build --release --quiet --manifest-path bench/floor/Cargo.toml
-  FLOOR=bench/floor/target/release/tokenproxy-bench-floor
+  if [ -n "${INSTR_FLOOR_BIN:-}" ]; then FLOOR=$INSTR_FLOOR_BIN; else
+    cargo build --release --quiet --manifest-path bench/floor/Cargo.toml
+    FLOOR=bench/floor/target/release/tokenproxy-bench-floor
+  fi
   { ngx_common origin; printf '  server { listen 127.0.0.1:%s; root %s/www; %s }\n}\n' "$P_ORIGIN" "$TMP" "$CHECK"; } >"$TMP/origin.conf"
   nginx -c "$TMP/origin.conf" -e "$TMP/origin.err" & PIDS+=($!)
   tp_config "$P_A" "http://127.0.0.1:$P_ORIGIN/" >"$TMP/tokenproxy.toml"

@@ -587,6 +587,7 @@ def library_of(function, file, binary):
     and std as "std"); for C and assembly, the crate whose sources hold it (ring's, with line
     tables), else "libc" for glibc's sources, else the binary."""
     name = re.sub(r"^(<|&|\*|\(|mut |dyn |const )+", "", function)
+    name = re.sub(r"^[A-Za-z_][A-Za-z0-9_]* as <?", "", name)   # <T as core::..>::f: the trait's crate
     if "::" in name:
         crate = re.match(r"[A-Za-z_][A-Za-z0-9_]*", name)
         crate = crate.group(0) if crate else name.split("::")[0]
@@ -602,9 +603,9 @@ def library_of(function, file, binary):
 
 
 def instructions(tmp, origin, top, commit, connections):
-    """bench/instructions.sh: instructions per request of each measured proxy, then (http) the
-    functions that differ most from bench/floor or (https) each one's split by crate or
-    library and tokenproxy's top functions."""
+    """bench/instructions.sh: instructions per request of each measured proxy, each one's split
+    by crate or library, then (http) the functions that differ most from bench/floor or
+    (https) tokenproxy's top functions."""
     requests = {}
     for line in open(os.path.join(tmp, "requests.txt")):
         name, count = line.split()
@@ -620,6 +621,18 @@ def instructions(tmp, origin, top, commit, connections):
     first, last = names[0], names[-1]
     target = "   (target <= 1.20)" if origin == "http" else ""
     print(f"  {first} / {last}  {measured[first][0] / measured[last][0]:.2f}{target}")
+    libraries = {}
+    for name in names:
+        for library, count in measured[name][2].items():
+            libraries.setdefault(library, {})[name] = count
+    # Cleartext: sorted by what tokenproxy spends beyond the floor; HTTPS: by the largest.
+    order = (lambda lib: -(libraries[lib].get(first, 0) - libraries[lib].get(last, 0))) if origin == "http" \
+        else (lambda lib: -max(libraries[lib].values()))
+    print("\nown instructions per request by crate (Rust) or library (C):")
+    table(["crate or library"] + names,
+          [[lib] + [f0(libraries[lib].get(name, 0)) for name in names]
+           for lib in sorted(libraries, key=order)[:top] if max(libraries[lib].values()) >= 0.5],
+          ["<"] + [">"] * len(names))
     if origin == "http":
         tp, floor = measured[first][1], measured[last][1]
         print(f"\nfunctions by difference of own instructions per request ({first} - {last}), top {top}:")
@@ -628,20 +641,10 @@ def instructions(tmp, origin, top, commit, connections):
             print(f"  {tp.get(key, 0) - floor.get(key, 0):>+9,.0f}  {tp.get(key, 0):>8,.0f} {floor.get(key, 0):>8,.0f}"
                   f"  {key[:110]}")
         return
-    libraries = {}
-    for name in names:
-        for library, count in measured[name][2].items():
-            libraries.setdefault(library, {})[name] = count
-    print("\nown instructions per request by crate (Rust) or library (C):")
-    rows = sorted(libraries, key=lambda lib: -max(libraries[lib].values()))[:top]
-    table(["crate or library"] + names,
-          [[lib] + [f0(libraries[lib].get(name, 0)) for name in names] for lib in rows],
-          ["<"] + [">"] * len(names))
     functions = measured[first][1]
     print(f"\n{first}: top {top} functions by own instructions per request:")
     for function in sorted(functions, key=lambda f: -functions[f])[:top]:
         print(f"  {functions[function]:>8,.0f}  {function[:110]}")
-
 
 def main():
     cmd = sys.argv[1]
