@@ -14,7 +14,9 @@
 # AB_STORE_B (the lines of each config's [store] table; default path = "memory"), AB_AUTH
 # (the lines of the upstream's auth table for both; default the static token; see
 # bench/fleet.sh), AB_ORIGIN (http; https: nginx serves TLS 1.3 with h2 and http/1.1 offered,
-# a certificate for origin.example from a test CA, and both configs use ca_file). Both proxies run
+# a certificate for origin.example from a test CA, and both configs use ca_file),
+# AB_ORIGIN_REQUESTS (requests per origin connection before it closes it, 1000000; nginx's own
+# default is 1000, which a vendor behind nginx has). Both proxies run
 # with TOKIO_WORKER_THREADS=1 and, like bench/run.sh, servers on CPU 0 and wrk on CPU 1.
 # Needs nginx, wrk, taskset (bench/run.sh installs them). Loopback only; every run bounded.
 set -euo pipefail
@@ -57,7 +59,7 @@ http {
   sendfile on;
   tcp_nodelay on;
   keepalive_timeout 120s;
-  keepalive_requests 1000000;
+  keepalive_requests ${AB_ORIGIN_REQUESTS:-1000000};
   client_body_temp_path $TMP/ngx/body;
   proxy_temp_path $TMP/ngx/proxy;
   fastcgi_temp_path $TMP/ngx/fastcgi;
@@ -125,7 +127,7 @@ PY
 store_line() { [ -z "$1" ] || echo "[store] ${1//$'\n'/; }" | sed 's/encryption_key = "[^"]*"/encryption_key = (redacted)/'; }
 echo "A = $A ${AB_ENV_A:-} $(store_line "${AB_STORE_A:-}")"
 echo "B = $B ${AB_ENV_B:-} $(store_line "${AB_STORE_B:-}")"
-echo "origin $ORIGIN, path $URL_PATH, $CONNS connections, $SECONDS_PER_RUN s per run, $ROUNDS rounds, alternating"
+echo "origin $ORIGIN (closes a connection after ${AB_ORIGIN_REQUESTS:-1000000} requests), path $URL_PATH, $CONNS connections, $SECONDS_PER_RUN s per run, $ROUNDS rounds, alternating"
 printf '%-6s %-3s %10s %10s %10s %8s %8s\n' round bin "req/s" "user µs" "sys µs" non2xx "p99 ms"
 : >"$TMP/results"
 for round in $(seq "$ROUNDS"); do

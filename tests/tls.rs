@@ -220,3 +220,169 @@ async fn address_reaches_a_vendor_name_on_a_fixed_ip_and_tls_still_checks_the_na
     let _ = std::fs::remove_file(&ca.pem_path);
     let _ = std::fs::remove_file(&other.pem_path);
 }
+
+/// An HTTPS origin that, like nginx (`keepalive_requests`, 1,000 by default, HTTP/2
+/// included), ends each connection with a GOAWAY after `limit` requests. Counts the
+/// connections it accepted. ALPN offers `h2` only when `http2` is set, else `http/1.1`.
+struct ClosingOrigin {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ClosingOrigin {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// On `port`, or any free one with 0.
+async fn closing_origin(ca: &PrivateCa, limit: usize, http2: bool, port: u16) -> ClosingOrigin {
+    use hyper::server::conn::{http1, http2 as h2};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ca.leaf.clone()], ca.key.clone_key())
+    .unwrap();
+    tls.alpn_protocols = if http2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    // A port just given up is free again once the old server's task has been dropped.
+    let mut bound = tokio::net::TcpListener::bind(("127.0.0.1", port)).await;
+    for _ in 0..50 {
+        if bound.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        bound = tokio::net::TcpListener::bind(("127.0.0.1", port)).await;
+    }
+    let listener = bound.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let server = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            connections.spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let served = Arc::new(AtomicUsize::new(0));
+                let limit_reached = Arc::new(tokio::sync::Notify::new());
+                let (count, reached) = (served.clone(), limit_reached.clone());
+                let service = hyper::service::service_fn(move |_request| {
+                    if count.fetch_add(1, Ordering::SeqCst) + 1 == limit {
+                        reached.notify_one();
+                    }
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    }
+                });
+                let io = TokioIo::new(tls);
+                if http2 {
+                    let connection =
+                        h2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => return,
+                        _ = limit_reached.notified() => connection.as_mut().graceful_shutdown(),
+                    }
+                    let _ = connection.await;
+                } else {
+                    let _ = http1::Builder::new().serve_connection(io, service).await;
+                }
+            });
+        }
+    });
+    ClosingOrigin {
+        port,
+        accepted,
+        server,
+    }
+}
+
+fn closing_origin_config(origin: &ClosingOrigin, ca: &PrivateCa) -> String {
+    format!(
+        "[upstreams.vendor]\ntarget = \"https://localhost:{}/\"\nca_file = \"{}\"\n\
+         [upstreams.vendor.auth]\nkind = \"static\"\ntoken = \"tls-token\"\n",
+        origin.port,
+        ca.pem_path.display()
+    )
+}
+
+/// `waves` rounds of `concurrent` requests at once; every answer must be 200.
+async fn waves_of_requests(proxy: &TestProxy, waves: usize, concurrent: usize) {
+    for _ in 0..waves {
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..concurrent {
+            let url = proxy.url("/vendor/x");
+            requests.spawn(async move { get(&url).await.status() });
+        }
+        while let Some(status) = requests.join_next().await {
+            assert_eq!(status.unwrap(), StatusCode::OK);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_vendor_closing_http2_connections_costs_one_new_connection_each_time() {
+    // 16 requests in flight when the vendor sends its GOAWAY used to make 16 TLS handshakes
+    // for the one connection kept (the ALPN pool dials once per waiting request): 129 to 145
+    // connections for these 161 requests.
+    let ca = private_ca("goaway");
+    let origin = closing_origin(&ca, 10, true, 0).await;
+    let proxy = TestProxy::start(&closing_origin_config(&origin, &ca)).await;
+    assert_eq!(get(&proxy.url("/vendor/x")).await.status(), StatusCode::OK);
+    waves_of_requests(&proxy, 10, 16).await;
+    // A GOAWAY after every 10th request (hyper's graceful one lets the streams already on
+    // their way finish, so a connection serves a few more): a new connection for each, one
+    // more when the HTTP/2-only client takes over from the first request's.
+    let accepted = origin.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (3..=20).contains(&accepted),
+        "{accepted} connections for 161 requests"
+    );
+    let _ = std::fs::remove_file(&ca.pem_path);
+}
+
+#[tokio::test]
+async fn a_vendor_that_stops_speaking_http2_is_reached_over_http11_again() {
+    let ca = private_ca("h2-then-h1");
+    let origin = closing_origin(&ca, 1000, true, 0).await;
+    let port = origin.port;
+    let proxy = TestProxy::start(&closing_origin_config(&origin, &ca)).await;
+    for _ in 0..3 {
+        assert_eq!(get(&proxy.url("/vendor/x")).await.status(), StatusCode::OK);
+    }
+    // The same port, now HTTP/1.1 only (the old connection goes with the old server).
+    drop(origin);
+    let _origin = closing_origin(&ca, 1000, false, port).await;
+    // At most one request fails (the HTTP/2-only handshake that finds no h2), then every
+    // request is answered.
+    let mut failed = 0;
+    for _ in 0..5 {
+        if get(&proxy.url("/vendor/x")).await.status() != StatusCode::OK {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed <= 1,
+        "{failed} of 5 requests failed after the switch"
+    );
+    assert_eq!(get(&proxy.url("/vendor/x")).await.status(), StatusCode::OK);
+    let _ = std::fs::remove_file(&ca.pem_path);
+}

@@ -1,9 +1,11 @@
 //! The one HTTP client: a pooled keep-alive hyper-util client over rustls, used both to
 //! forward requests and to call token endpoints. Upstreams share one pool unless they need
 //! different TLS roots (`ca_file`) or connect timeouts. Forwarded requests to cleartext
-//! upstreams use connections that follow the client connection instead (`affinity`).
+//! upstreams use connections that follow the client connection instead (`affinity`), and
+//! to HTTPS origins known to speak HTTP/2 a client that speaks only that (`protocols`).
 
 mod affinity;
+mod protocols;
 mod resolve;
 
 use std::collections::HashMap;
@@ -15,8 +17,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::uri::Scheme;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -29,6 +32,7 @@ pub use resolve::{AddressOverride, Resolve};
 use rustls::RootCertStore;
 
 pub use affinity::Affinity;
+use protocols::{Protocol, Protocols};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -52,7 +56,11 @@ pub enum TransportBuildError {
 /// A pooled client. Cheap to clone; clones share the pool and the idle connections.
 #[derive(Clone)]
 pub struct Transport {
+    /// ALPN chooses HTTP/2 or HTTP/1.1 per connection.
     client: Client<HttpsConnector<Connector>, ProxyBody>,
+    /// HTTP/2 only (ALPN offers only h2): for origins in `protocols` as HTTP/2.
+    http2: Client<HttpsConnector<Connector>, ProxyBody>,
+    protocols: Arc<Protocols>,
     /// Cleartext connections for `affinity`, with the same socket settings as the pool's.
     http: Connector,
     idle: Arc<affinity::IdleConnections>,
@@ -81,15 +89,24 @@ pub fn host_header(authority: &http::uri::Authority) -> http::HeaderValue {
 pin_project_lite::pin_project! {
     /// [`Transport::send`] under way.
     #[project = SendingProjection]
-    pub enum Sending<H> {
+    pub enum Sending<'a, H> {
         /// On the upstream connection the client connection holds.
         Held { #[pin] future: H },
         /// Through the shared pool.
         Pooled { #[pin] future: ResponseFuture },
+        /// To an HTTPS origin: through the HTTP/2-only client when `protocols` has it as
+        /// HTTP/2 (`over_http2`; a failure to connect forgets that), else through the ALPN
+        /// pool, and the protocol of the answer is remembered.
+        Learning {
+            #[pin] future: ResponseFuture,
+            protocols: &'a Protocols,
+            origin: Authority,
+            over_http2: bool,
+        },
     }
 }
 
-impl<H> Future for Sending<H>
+impl<H> Future for Sending<'_, H>
 where
     H: Future<Output = Result<Response<Incoming>, SendError>>,
 {
@@ -98,21 +115,46 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             SendingProjection::Held { future } => future.poll(cx),
-            SendingProjection::Pooled { future } => future.poll(cx).map_err(|error| {
-                if error.is_connect() {
-                    SendError::Connect(error.into())
-                } else {
-                    SendError::Broken(error.into())
+            SendingProjection::Pooled { future } => future.poll(cx).map_err(send_error),
+            SendingProjection::Learning {
+                future,
+                protocols,
+                origin,
+                over_http2,
+            } => {
+                let outcome = std::task::ready!(future.poll(cx));
+                match (&outcome, *over_http2) {
+                    (Ok(response), false) => protocols.learn(
+                        origin,
+                        if response.version() == Version::HTTP_2 {
+                            Protocol::Http2
+                        } else {
+                            Protocol::Http1
+                        },
+                    ),
+                    // A new connection failed: the origin may have stopped offering h2. A
+                    // request cut off on a working connection (a GOAWAY) says nothing of that.
+                    (Err(error), true) if error.is_connect() => protocols.forget(origin),
+                    _ => {}
                 }
-            }),
+                Poll::Ready(outcome.map_err(send_error))
+            }
         }
+    }
+}
+
+fn send_error(error: hyper_util::client::legacy::Error) -> SendError {
+    if error.is_connect() {
+        SendError::Connect(error.into())
+    } else {
+        SendError::Broken(error.into())
     }
 }
 
 impl Transport {
     /// Forwards `request` (absolute-form). From a client connection (`affinity`), a
     /// cleartext request goes over the upstream connection that client connection holds;
-    /// HTTPS and everything else over the shared pool. A cleartext request carries its
+    /// HTTPS and everything else over the shared pools (`protocols`). A cleartext request carries its
     /// `Host` ([`host_header`], set with the rest of its head): the held connections add
     /// none. A plain function returning the future, not an `async` one: one layer less for
     /// the request path to copy through.
@@ -120,11 +162,34 @@ impl Transport {
         &'a self,
         request: Request<ProxyBody>,
         affinity: Option<&'a Affinity>,
-    ) -> Sending<impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a> {
-        match affinity {
-            Some(affinity) if request.uri().scheme() == Some(&Scheme::HTTP) => Sending::Held {
+    ) -> Sending<'a, impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a> {
+        let https = request.uri().scheme() == Some(&Scheme::HTTPS);
+        match (affinity, request.uri().authority()) {
+            (Some(affinity), _) if request.uri().scheme() == Some(&Scheme::HTTP) => Sending::Held {
                 future: affinity::send(&self.http, &self.idle, affinity, request),
             },
+            (_, Some(origin)) if https => {
+                let origin = origin.clone();
+                match self.protocols.of(&origin) {
+                    Some(Protocol::Http1) => Sending::Pooled {
+                        future: self.client.request(request),
+                    },
+                    known => {
+                        let over_http2 = known == Some(Protocol::Http2);
+                        let client = if over_http2 {
+                            &self.http2
+                        } else {
+                            &self.client
+                        };
+                        Sending::Learning {
+                            future: client.request(request),
+                            protocols: &self.protocols,
+                            origin,
+                            over_http2,
+                        }
+                    }
+                }
+            }
             _ => Sending::Pooled {
                 future: self.client.request(request),
             },
@@ -475,11 +540,23 @@ fn build(
     http.set_keepalive(Some(Duration::from_secs(60)));
 
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config(tls.clone())
         .https_or_http()
         .enable_http1()
         .enable_http2()
         .wrap_connector(http.clone());
+    // ALPN offers only h2: an origin that stopped speaking it fails the handshake, and is
+    // forgotten (`protocols`), instead of being sent an HTTP/2 preface it cannot read.
+    let https_http2 = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http2()
+        .wrap_connector(http.clone());
+    let http2 = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .http2_only(true)
+        .build(https_http2);
 
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -492,6 +569,8 @@ fn build(
         .build(https);
     Ok(Transport {
         client,
+        http2,
+        protocols: Arc::default(),
         http,
         idle: Arc::default(),
     })
