@@ -279,9 +279,9 @@ async fn closing_origin(ca: &PrivateCa, limit: usize, http2: bool, port: u16) ->
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let served = Arc::new(AtomicUsize::new(0));
+                let count = AtomicUsize::new(0);
                 let limit_reached = Arc::new(tokio::sync::Notify::new());
-                let (count, reached) = (served.clone(), limit_reached.clone());
+                let reached = limit_reached.clone();
                 let service = hyper::service::service_fn(move |_request| {
                     if count.fetch_add(1, Ordering::SeqCst) + 1 == limit {
                         reached.notify_one();

@@ -154,40 +154,45 @@ fn send_error(error: hyper_util::client::legacy::Error) -> SendError {
 impl Transport {
     /// Forwards `request` (absolute-form). From a client connection (`affinity`), a
     /// cleartext request goes over the upstream connection that client connection holds;
-    /// HTTPS and everything else over the shared pools (`protocols`). A cleartext request carries its
-    /// `Host` ([`host_header`], set with the rest of its head): the held connections add
-    /// none. A plain function returning the future, not an `async` one: one layer less for
+    /// HTTPS and everything else over the shared pools (`pooled`). A cleartext
+    /// request carries its `Host` ([`host_header`], set with the rest of its head): the held
+    /// connections add none. A plain function returning the future, not an `async` one: one layer less for
     /// the request path to copy through.
     pub fn send<'a>(
         &'a self,
         request: Request<ProxyBody>,
         affinity: Option<&'a Affinity>,
     ) -> Sending<'a, impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a> {
-        let https = request.uri().scheme() == Some(&Scheme::HTTPS);
-        match (affinity, request.uri().authority()) {
-            (Some(affinity), _) if request.uri().scheme() == Some(&Scheme::HTTP) => Sending::Held {
+        match affinity {
+            Some(affinity) if request.uri().scheme() == Some(&Scheme::HTTP) => Sending::Held {
                 future: affinity::send(&self.http, &self.idle, affinity, request),
             },
-            (_, Some(origin)) if https => {
+            _ => self.pooled(request),
+        }
+    }
+
+    /// Through a pool: an HTTPS origin known to speak HTTP/2 through the HTTP/2-only client,
+    /// one not known yet through the ALPN pool while its answer is noted, the rest through
+    /// the ALPN pool alone.
+    fn pooled<H>(&self, request: Request<ProxyBody>) -> Sending<'_, H> {
+        let uri = request.uri();
+        let origin = uri
+            .authority()
+            .filter(|_| uri.scheme() == Some(&Scheme::HTTPS));
+        match origin.map(|origin| (origin, self.protocols.of(origin))) {
+            Some((origin, known)) if known != Some(Protocol::Http1) => {
+                let over_http2 = known == Some(Protocol::Http2);
                 let origin = origin.clone();
-                match self.protocols.of(&origin) {
-                    Some(Protocol::Http1) => Sending::Pooled {
-                        future: self.client.request(request),
-                    },
-                    known => {
-                        let over_http2 = known == Some(Protocol::Http2);
-                        let client = if over_http2 {
-                            &self.http2
-                        } else {
-                            &self.client
-                        };
-                        Sending::Learning {
-                            future: client.request(request),
-                            protocols: &self.protocols,
-                            origin,
-                            over_http2,
-                        }
-                    }
+                let client = if over_http2 {
+                    &self.http2
+                } else {
+                    &self.client
+                };
+                Sending::Learning {
+                    future: client.request(request),
+                    protocols: &self.protocols,
+                    origin,
+                    over_http2,
                 }
             }
             _ => Sending::Pooled {
@@ -552,15 +557,15 @@ fn build(
         .https_only()
         .enable_http2()
         .wrap_connector(http.clone());
-    let http2 = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .http2_only(true)
-        .build(https_http2);
-
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
+    let pool = || {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new());
+        builder
+    };
+    let http2 = pool().http2_only(true).build(https_http2);
+    let client = pool()
         // Requests to vendors are mostly a head and a small body: one copy into one write
         // beats a vectored write (bench/ab.sh: +2 % req/s at 16 connections, +3.7 % with
         // 64 KiB answers at 128). Answers to clients keep vectored writes: copying 64 KiB
