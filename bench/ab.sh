@@ -31,7 +31,7 @@ ORIGIN=${AB_ORIGIN:-http}
 case $ORIGIN in http | https) ;; *) echo "AB_ORIGIN must be http or https" >&2; exit 2 ;; esac
 BENCH=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=bench/common.sh
-. "$BENCH/common.sh"   # make_vendor_ca; its cleanup is replaced below
+. "$BENCH/common.sh"   # the token, bodies, origin config and CA; its cleanup is replaced below
 
 TMP=$(mktemp -d /tmp/tokenproxy-ab.XXXXXX)
 PIDS=()
@@ -42,41 +42,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P_ORIGIN=$(free_port); P_A=$(free_port); P_B=$(free_port)
-
-mkdir -p "$TMP/www" "$TMP/ngx"; chmod 1777 "$TMP/ngx"; chmod 755 "$TMP" "$TMP/www"
-python3 -c 'import sys; sys.stdout.write(("tokenproxy-bench " * 8)[:99] + "\n")' >"$TMP/www/small"
-head -c 65536 /dev/zero | tr '\0' 'x' >"$TMP/www/large"
-chmod 644 "$TMP/www/"*
-cat >"$TMP/origin.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $TMP/origin.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nodelay on;
-  keepalive_timeout 120s;
-  keepalive_requests ${AB_ORIGIN_REQUESTS:-1000000};
-  client_body_temp_path $TMP/ngx/body;
-  proxy_temp_path $TMP/ngx/proxy;
-  fastcgi_temp_path $TMP/ngx/fastcgi;
-  uwsgi_temp_path $TMP/ngx/uwsgi;
-  scgi_temp_path $TMP/ngx/scgi;
-  server { listen 127.0.0.1:$P_ORIGIN; root $TMP/www; }
-}
-EOF
-UPSTREAM="target = \"http://127.0.0.1:$P_ORIGIN/\""
+# shellcheck disable=SC2207
+PORTS=($(python3 "$BENCH/lib.py" ports 3))
+P_ORIGIN=${PORTS[0]} P_A=${PORTS[1]} P_B=${PORTS[2]}
+chmod 755 "$TMP"
+make_token
+make_bodies
 if [ "$ORIGIN" = https ]; then
   make_vendor_ca
-  sed -i "s|listen 127.0.0.1:$P_ORIGIN;|listen 127.0.0.1:$P_ORIGIN ssl http2; ssl_protocols TLSv1.3; ssl_certificate $TMP/origin.pem; ssl_certificate_key $TMP/origin.key;|" "$TMP/origin.conf"
+  LISTEN="$P_ORIGIN ssl http2; ssl_protocols TLSv1.3; ssl_certificate $TMP/origin.pem; ssl_certificate_key $TMP/origin.key"
   UPSTREAM="target = \"https://origin.example:$P_ORIGIN/\"
 address = \"127.0.0.1\"
 ca_file = \"$CA\""
+else
+  LISTEN=$P_ORIGIN
+  UPSTREAM="target = \"http://127.0.0.1:$P_ORIGIN/\""
 fi
-TOKEN=$(python3 -c 'import secrets,string; a=string.ascii_letters+string.digits; print("".join(secrets.choice(a) for _ in range(800)))')
+{ ngx_common origin; printf '  server { listen 127.0.0.1:%s; keepalive_requests %s; root %s/www; }\n}\n' \
+  "$LISTEN" "${AB_ORIGIN_REQUESTS:-1000000}" "$TMP"; } >"$TMP/origin.conf"
 AUTH=${AB_AUTH:-"kind = \"static\"
 token = \"$TOKEN\""}
 config() {   # PORT STORE_LINES
