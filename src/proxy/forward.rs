@@ -8,6 +8,7 @@
 //!    brought behind the proxy, HTTP/1.1 whatever the vendor spoke, the sandbox in; or a
 //!    tunnel for a 101.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -38,67 +39,73 @@ struct Prepared {
     client_upgrade: Option<OnUpgrade>,
 }
 
-pub(super) async fn forward(
-    upstream: &Arc<Upstream>,
-    connection: &Connection,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps each argument twice"
+)]
+pub(super) fn forward<'a>(
+    upstream: &'a Arc<Upstream>,
+    connection: &'a Connection,
     mut request: Request<Incoming>,
     target: Uri,
     original_host: Option<HeaderValue>,
-    mount: Option<&str>,
-    facts: &mut Facts,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let Connection {
-        forwarded_for,
-        affinity,
-        response_timer,
-        egress,
-        ..
-    } = connection;
-    // The common case is decided without waiting: a valid token, no body to read. The
-    // waits are boxed, so this future (moved at every await around it) stays small.
-    let credential = match upstream.tokens.valid_now() {
-        Some(credential) => credential,
-        None => {
-            facts.token_refreshed |= facts.enabled;
-            Box::pin(upstream.tokens.credential())
-                .await
-                .map_err(|unavailable| no_token(upstream, unavailable))?
+    mount: Option<&'a str>,
+    facts: &'a mut Facts,
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
+    async move {
+        let Connection {
+            forwarded_for,
+            affinity,
+            response_timer,
+            egress,
+            ..
+        } = connection;
+        // The common case is decided without waiting: a valid token, no body to read. The
+        // waits are boxed, so this future (moved at every await around it) stays small.
+        let credential = match upstream.tokens.valid_now() {
+            Some(credential) => credential,
+            None => {
+                facts.token_refreshed |= facts.enabled;
+                Box::pin(upstream.tokens.credential())
+                    .await
+                    .map_err(|unavailable| no_token(upstream, unavailable))?
+            }
+        };
+        let upgrade = if request.version() == Version::HTTP_11 {
+            headers::upgrade_protocol(request.headers())
+        } else {
+            None
+        };
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+        let (parts, body) = request.into_parts();
+        // A small body is kept so the request can be sent again (a 401 with a stale token, a
+        // connection reset); anything else streams through untouched.
+        let body = if upgrade.is_some() {
+            Replay::Streaming(body.map_err(Into::into).boxed_unsync())
+        } else if http_body::Body::is_end_stream(&body) {
+            Replay::Kept(Bytes::new())
+        } else {
+            Box::pin(replayable(body, upstream.config.retry_body_limit)).await?
+        };
+        // Through the egress listener the client addressed the vendor itself: no hop to tell of.
+        let forwarded = (!egress).then(|| (forwarded_for.clone(), original_host));
+        let head = Head {
+            parts,
+            target,
+            upgrade,
+            forwarded,
+        };
+        let mut prepared = prepare(upstream, head, body, credential, client_upgrade, facts);
+        // An upgraded connection is never reused, so upgrades take a pooled one.
+        let affinity = prepared.client_upgrade.is_none().then_some(&**affinity);
+        let sent = facts.enabled.then(tokio::time::Instant::now);
+        let response = exchange(upstream, &mut prepared, affinity, response_timer, facts).await;
+        if let Some(sent) = sent {
+            facts.upstream_time = Some(sent.elapsed());
         }
-    };
-    let upgrade = if request.version() == Version::HTTP_11 {
-        headers::upgrade_protocol(request.headers())
-    } else {
-        None
-    };
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
-    let (parts, body) = request.into_parts();
-    // A small body is kept so the request can be sent again (a 401 with a stale token, a
-    // connection reset); anything else streams through untouched.
-    let body = if upgrade.is_some() {
-        Replay::Streaming(body.map_err(Into::into).boxed_unsync())
-    } else if http_body::Body::is_end_stream(&body) {
-        Replay::Kept(Bytes::new())
-    } else {
-        Box::pin(replayable(body, upstream.config.retry_body_limit)).await?
-    };
-    // Through the egress listener the client addressed the vendor itself: no hop to tell of.
-    let forwarded = (!egress).then(|| (forwarded_for.clone(), original_host));
-    let head = Head {
-        parts,
-        target,
-        upgrade,
-        forwarded,
-    };
-    let mut prepared = prepare(upstream, head, body, credential, client_upgrade, facts);
-    // An upgraded connection is never reused, so upgrades take a pooled one.
-    let affinity = prepared.client_upgrade.is_none().then_some(&**affinity);
-    let sent = facts.enabled.then(tokio::time::Instant::now);
-    let response = exchange(upstream, &mut prepared, affinity, response_timer, facts).await;
-    if let Some(sent) = sent {
-        facts.upstream_time = Some(sent.elapsed());
+        let response = response?;
+        Ok(finish(upstream, mount, response, prepared.client_upgrade))
     }
-    let response = response?;
-    Ok(finish(upstream, mount, response, prepared.client_upgrade))
 }
 
 fn no_token(upstream: &Upstream, unavailable: TokenUnavailable) -> ProxyError {

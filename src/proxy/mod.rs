@@ -141,20 +141,30 @@ pub fn caller(
 }
 
 /// Handles one request. Never fails: every error becomes a response here.
-pub async fn handle(
+///
+/// This and the functions it awaits are plain functions returning an `async move` block,
+/// not `async fn`s: an `async fn`'s state machine holds each argument twice (as passed and
+/// as the local it is moved into), and these futures are moved whole for every request.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps each argument twice"
+)]
+pub fn handle(
     app: Arc<App>,
     connection: Arc<Connection>,
     mut request: Request<Incoming>,
-) -> Response<ProxyBody> {
-    let Some(log) = &app.access_log else {
-        return serve(&app, &connection, request, &mut Facts::off()).await;
-    };
-    let pending = log.begin(&mut request, connection.client_ip, Via::Listen);
-    let mut facts = Facts::on();
-    let response = serve(&app, &connection, request, &mut facts).await;
-    pending
-        .finish(response, facts)
-        .map(http_body_util::BodyExt::boxed_unsync)
+) -> impl Future<Output = Response<ProxyBody>> {
+    async move {
+        let Some(log) = &app.access_log else {
+            return serve(&app, &connection, request, &mut Facts::off()).await;
+        };
+        let pending = log.begin(&mut request, connection.client_ip, Via::Listen);
+        let mut facts = Facts::on();
+        let response = serve(&app, &connection, request, &mut facts).await;
+        pending
+            .finish(response, facts)
+            .map(http_body_util::BodyExt::boxed_unsync)
+    }
 }
 
 /// Runs `serve` with an access-log line for the request when the log is on; when it is
@@ -204,65 +214,71 @@ pub fn note_caller(app: &App, caller: Caller, facts: &mut Facts) {
     }
 }
 
-async fn serve(
-    app: &App,
-    connection: &Connection,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps each argument twice"
+)]
+fn serve<'a>(
+    app: &'a App,
+    connection: &'a Connection,
     request: Request<Incoming>,
-    facts: &mut Facts,
-) -> Response<ProxyBody> {
-    if let Err(error) = admissible(app, &request, connection.local.map(|local| local.port())) {
-        return failed(facts, error);
+    facts: &'a mut Facts,
+) -> impl Future<Output = Response<ProxyBody>> + 'a {
+    async move {
+        if let Err(error) = admissible(app, &request, connection.local.map(|local| local.port())) {
+            return failed(facts, error);
+        }
+        let host_value = request_host(&request);
+        let host = host_value.as_ref().and_then(|host| host.to_str().ok());
+        if let Err(refusal) = guard::check_host(
+            app,
+            &request,
+            host,
+            connection.local.map(|local| local.ip()),
+        ) {
+            refusal.record(app);
+            return failed(facts, refusal.into_error());
+        }
+        // A clone of the URI shares its bytes; the request itself moves on below.
+        let uri = request.uri().clone();
+        let Some(path) = routes::normalize_path(uri.path()) else {
+            let reason = "the request target must be a path starting with /".into();
+            return failed(facts, ProxyError::BadRequest { reason });
+        };
+        // Before routing: a 404 without the key would tell which routes exist.
+        let caller = match caller(app, || presented_key(request.headers())) {
+            Ok(caller) => caller,
+            // The probes answer anyone.
+            Err(UnknownKey) if matches!(&*path, "/-/health" | "/-/ready") => None,
+            Err(UnknownKey) => return failed(facts, ProxyError::ClientKeyRequired),
+        };
+        note_caller(app, caller, facts);
+        let dedicated = match connection.dedicated.as_deref() {
+            // The upstream owning this listener was removed by a reload.
+            Some(name) => match app.index_of(name) {
+                Some(index) => Some(index),
+                None => {
+                    let path = path.into_owned();
+                    return failed(facts, ProxyError::NoRoute { path });
+                }
+            },
+            None => None,
+        };
+        // What is routed is exactly what is forwarded: the normalized path.
+        let route = app.routes.route(dedicated, host, &path);
+        let routed = Routed {
+            route,
+            path: &path,
+            host_value: host_value.as_ref(),
+            caller,
+        };
+        let in_flight = count_in_flight(app, &routed, &request, facts);
+        let answered = match answer(app, connection, request, routed, facts) {
+            Ok((answering, verdict)) => answering.await.map(|response| (response, verdict)),
+            Err(error) => Err(error),
+        };
+        respond(in_flight, answered, facts)
     }
-    let host_value = request_host(&request);
-    let host = host_value.as_ref().and_then(|host| host.to_str().ok());
-    if let Err(refusal) = guard::check_host(
-        app,
-        &request,
-        host,
-        connection.local.map(|local| local.ip()),
-    ) {
-        refusal.record(app);
-        return failed(facts, refusal.into_error());
-    }
-    // A clone of the URI shares its bytes; the request itself moves on below.
-    let uri = request.uri().clone();
-    let Some(path) = routes::normalize_path(uri.path()) else {
-        let reason = "the request target must be a path starting with /".into();
-        return failed(facts, ProxyError::BadRequest { reason });
-    };
-    // Before routing: a 404 without the key would tell which routes exist.
-    let caller = match caller(app, || presented_key(request.headers())) {
-        Ok(caller) => caller,
-        // The probes answer anyone.
-        Err(UnknownKey) if matches!(&*path, "/-/health" | "/-/ready") => None,
-        Err(UnknownKey) => return failed(facts, ProxyError::ClientKeyRequired),
-    };
-    note_caller(app, caller, facts);
-    let dedicated = match connection.dedicated.as_deref() {
-        // The upstream owning this listener was removed by a reload.
-        Some(name) => match app.index_of(name) {
-            Some(index) => Some(index),
-            None => {
-                let path = path.into_owned();
-                return failed(facts, ProxyError::NoRoute { path });
-            }
-        },
-        None => None,
-    };
-    // What is routed is exactly what is forwarded: the normalized path.
-    let route = app.routes.route(dedicated, host, &path);
-    let routed = Routed {
-        route,
-        path: &path,
-        host_value: host_value.as_ref(),
-        caller,
-    };
-    let in_flight = count_in_flight(app, &routed, &request, facts);
-    let answered = match answer(app, connection, request, routed, facts) {
-        Ok((answering, verdict)) => answering.await.map(|response| (response, verdict)),
-        Err(error) => Err(error),
-    };
-    respond(in_flight, answered, facts)
 }
 
 /// Where a request goes, its normalized path, the host it named and who sent it.

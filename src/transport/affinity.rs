@@ -13,6 +13,7 @@
 //! the shared pool.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -174,50 +175,56 @@ async fn reap(idle: Weak<IdleConnections>) {
 /// Sends `request` (absolute-form, `http`) over the connection `affinity` holds, a free idle
 /// one, or a new one. A request the connection never started to send (it closed while idle)
 /// is sent once more on a new connection, whatever its method.
-pub(super) async fn send(
-    connector: &super::Connector,
-    idle: &Arc<IdleConnections>,
-    affinity: &Affinity,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps each argument twice"
+)]
+pub(super) fn send<'a>(
+    connector: &'a super::Connector,
+    idle: &'a Arc<IdleConnections>,
+    affinity: &'a Affinity,
     mut request: Request<ProxyBody>,
-) -> Result<Response<Incoming>, SendError> {
-    let authority = request
-        .uri()
-        .authority()
-        .cloned()
-        .ok_or_else(|| SendError::Broken("the request has no upstream address".into()))?;
-    let origin_form = request
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *request.uri_mut() = Uri::from(origin_form);
+) -> impl Future<Output = Result<Response<Incoming>, SendError>> + 'a {
+    async move {
+        let authority = request
+            .uri()
+            .authority()
+            .cloned()
+            .ok_or_else(|| SendError::Broken("the request has no upstream address".into()))?;
+        let origin_form = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(origin_form);
 
-    // The common case: the held connection (or a free idle one) is ready, and the request
-    // goes out at once. Everything else is boxed, so this future, which every request's
-    // future holds and moves, stays small.
-    let ready = affinity
-        .take(idle, &authority)
-        .or_else(|| idle.take(&authority));
-    let mut reuse = true;
-    if let Some(mut held) = ready {
-        match send_on(&mut held, request).await {
-            Ok(response) => {
-                affinity.keep(held);
-                return Ok(response);
-            }
-            Err(mut error) => match error.take_message() {
-                Some(unsent) => {
-                    request = unsent;
-                    reuse = false;
+        // The common case: the held connection (or a free idle one) is ready, and the request
+        // goes out at once. Everything else is boxed, so this future, which every request's
+        // future holds and moves, stays small.
+        let ready = affinity
+            .take(idle, &authority)
+            .or_else(|| idle.take(&authority));
+        let mut reuse = true;
+        if let Some(mut held) = ready {
+            match send_on(&mut held, request).await {
+                Ok(response) => {
+                    affinity.keep(held);
+                    return Ok(response);
                 }
-                None => return Err(SendError::Broken(error.into_error().into())),
-            },
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => {
+                        request = unsent;
+                        reuse = false;
+                    }
+                    None => return Err(SendError::Broken(error.into_error().into())),
+                },
+            }
         }
+        let slowly = Box::pin(send_slowly(
+            connector, idle, affinity, &authority, request, reuse,
+        ));
+        slowly.await
     }
-    let slowly = Box::pin(send_slowly(
-        connector, idle, affinity, &authority, request, reuse,
-    ));
-    slowly.await
 }
 
 /// `send` when no ready connection was at hand, or the one at hand closed before the
