@@ -177,7 +177,7 @@ pub async fn logged<Fut>(
     serve: impl FnOnce(Request<Incoming>, Facts) -> Fut,
 ) -> Response<ProxyBody>
 where
-    Fut: std::future::Future<Output = (Response<ProxyBody>, Facts)>,
+    Fut: Future<Output = (Response<ProxyBody>, Facts)>,
 {
     let Some(log) = &app.access_log else {
         return serve(request, Facts::off()).await.0;

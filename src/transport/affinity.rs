@@ -278,8 +278,7 @@ async fn send_slowly(
 fn send_on(
     held: &mut Held,
     request: Request<ProxyBody>,
-) -> impl std::future::Future<Output = Result<Response<Incoming>, TrySendError<Request<ProxyBody>>>> + Send
-{
+) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<ProxyBody>>>> + Send {
     debug_assert!(
         request.headers().contains_key(header::HOST),
         "the caller names the host (see `Transport::send`)"

@@ -154,10 +154,10 @@ fn send_error(error: hyper_util::client::legacy::Error) -> SendError {
 impl Transport {
     /// Forwards `request` (absolute-form). From a client connection (`affinity`), a
     /// cleartext request goes over the upstream connection that client connection holds;
-    /// HTTPS and everything else over the shared pools (`pooled`). A cleartext
-    /// request carries its `Host` ([`host_header`], set with the rest of its head): the held
-    /// connections add none. A plain function returning the future, not an `async` one: one layer less for
-    /// the request path to copy through.
+    /// HTTPS and everything else over the shared pools (`pooled`). A cleartext request
+    /// carries its `Host` ([`host_header`], set with the rest of its head): the held
+    /// connections add none. A plain function returning the future, not an `async` one: one
+    /// layer less for the request path to copy through.
     pub fn send<'a>(
         &'a self,
         request: Request<ProxyBody>,
