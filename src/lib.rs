@@ -32,7 +32,8 @@
 //! - [`status`]: the admin endpoints' JSON as serde types (`/-/status`, the action
 //!   answers), built by `admin`, read by the page and the CLI.
 //! - [`transport`]: the one pooled HTTP client (rustls), for forwarding and token requests;
-//!   cleartext upstream connections that follow the client connection (`affinity`).
+//!   cleartext upstream connections that follow the client connection (`affinity`), and
+//!   one shared connection to each vendor that speaks HTTP/2 (`http2`).
 //! - [`problem`]: the proxy's own errors and their problem+json responses.
 //! - [`metrics`]: per-upstream atomics on the request path, encoded for `/-/metrics` from a
 //!   snapshot the admin endpoint reads.

@@ -2,9 +2,10 @@
 //! forward requests and to call token endpoints. Upstreams share one pool unless they need
 //! different TLS roots (`ca_file`) or connect timeouts. Forwarded requests to cleartext
 //! upstreams use connections that follow the client connection instead (`affinity`), and
-//! to HTTPS origins known to speak HTTP/2 a client that speaks only that (`protocols`).
+//! to HTTPS origins known to speak HTTP/2 (`protocols`) one shared connection (`http2`).
 
 mod affinity;
+mod http2;
 mod protocols;
 mod resolve;
 
@@ -58,8 +59,8 @@ pub enum TransportBuildError {
 pub struct Transport {
     /// ALPN chooses HTTP/2 or HTTP/1.1 per connection.
     client: Client<HttpsConnector<Connector>, ProxyBody>,
-    /// HTTP/2 only (ALPN offers only h2): for origins in `protocols` as HTTP/2.
-    http2: Client<HttpsConnector<Connector>, ProxyBody>,
+    /// One connection per origin in `protocols` as HTTP/2 (ALPN offers only h2).
+    http2: Arc<http2::Http2Connections>,
     protocols: Arc<Protocols>,
     /// Cleartext connections for `affinity`, with the same socket settings as the pool's.
     http: Connector,
@@ -89,26 +90,32 @@ pub fn host_header(authority: &http::uri::Authority) -> http::HeaderValue {
 pin_project_lite::pin_project! {
     /// [`Transport::send`] under way.
     #[project = SendingProjection]
-    pub enum Sending<'a, H> {
+    pub enum Sending<'a, H, D> {
         /// On the upstream connection the client connection holds.
         Held { #[pin] future: H },
         /// Through the shared pool.
         Pooled { #[pin] future: ResponseFuture },
-        /// To an HTTPS origin: through the HTTP/2-only client when `protocols` has it as
-        /// HTTP/2 (`over_http2`; a failure to connect forgets that), else through the ALPN
-        /// pool, and the protocol of the answer is remembered.
+        /// To an HTTPS origin not known to speak HTTP/2: through the ALPN pool, and the
+        /// protocol of the answer is remembered.
         Learning {
             #[pin] future: ResponseFuture,
             protocols: &'a Protocols,
             origin: Authority,
-            over_http2: bool,
+        },
+        /// On the connection of an HTTPS origin known to speak HTTP/2 (`http2`); a failure
+        /// to connect forgets that.
+        Http2 {
+            #[pin] future: D,
+            protocols: &'a Protocols,
+            origin: Authority,
         },
     }
 }
 
-impl<H> Future for Sending<'_, H>
+impl<H, D> Future for Sending<'_, H, D>
 where
     H: Future<Output = Result<Response<Incoming>, SendError>>,
+    D: Future<Output = Result<Response<Incoming>, SendError>>,
 {
     type Output = Result<Response<Incoming>, SendError>;
 
@@ -120,24 +127,32 @@ where
                 future,
                 protocols,
                 origin,
-                over_http2,
             } => {
                 let outcome = std::task::ready!(future.poll(cx));
-                match (&outcome, *over_http2) {
-                    (Ok(response), false) => protocols.learn(
+                if let Ok(response) = &outcome {
+                    protocols.learn(
                         origin,
                         if response.version() == Version::HTTP_2 {
                             Protocol::Http2
                         } else {
                             Protocol::Http1
                         },
-                    ),
-                    // A new connection failed: the origin may have stopped offering h2. A
-                    // request cut off on a working connection (a GOAWAY) says nothing of that.
-                    (Err(error), true) if error.is_connect() => protocols.forget(origin),
-                    _ => {}
+                    );
                 }
                 Poll::Ready(outcome.map_err(send_error))
+            }
+            SendingProjection::Http2 {
+                future,
+                protocols,
+                origin,
+            } => {
+                let outcome = std::task::ready!(future.poll(cx));
+                // A new connection failed: the origin may have stopped offering h2. A
+                // request cut off on a working connection (a GOAWAY) says nothing of that.
+                if let Err(SendError::Connect(_)) = &outcome {
+                    protocols.forget(origin);
+                }
+                Poll::Ready(outcome)
             }
         }
     }
@@ -162,7 +177,11 @@ impl Transport {
         &'a self,
         request: Request<ProxyBody>,
         affinity: Option<&'a Affinity>,
-    ) -> Sending<'a, impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a> {
+    ) -> Sending<
+        'a,
+        impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a,
+        impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a,
+    > {
         match affinity {
             Some(affinity) if request.uri().scheme() == Some(&Scheme::HTTP) => Sending::Held {
                 future: affinity::send(&self.http, &self.idle, affinity, request),
@@ -171,30 +190,29 @@ impl Transport {
         }
     }
 
-    /// Through a pool: an HTTPS origin known to speak HTTP/2 through the HTTP/2-only client,
-    /// one not known yet through the ALPN pool while its answer is noted, the rest through
-    /// the ALPN pool alone.
-    fn pooled<H>(&self, request: Request<ProxyBody>) -> Sending<'_, H> {
+    /// Shared: an HTTPS origin known to speak HTTP/2 on its one connection, one not known
+    /// yet through the ALPN pool while its answer is noted, the rest through the ALPN pool
+    /// alone.
+    fn pooled<H>(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Sending<'_, H, impl Future<Output = Result<Response<Incoming>, SendError>> + Send + '_>
+    {
         let uri = request.uri();
         let origin = uri
             .authority()
             .filter(|_| uri.scheme() == Some(&Scheme::HTTPS));
         match origin.map(|origin| (origin, self.protocols.of(origin))) {
-            Some((origin, known)) if known != Some(Protocol::Http1) => {
-                let over_http2 = known == Some(Protocol::Http2);
-                let origin = origin.clone();
-                let client = if over_http2 {
-                    &self.http2
-                } else {
-                    &self.client
-                };
-                Sending::Learning {
-                    future: client.request(request),
-                    protocols: &self.protocols,
-                    origin,
-                    over_http2,
-                }
-            }
+            Some((origin, Some(Protocol::Http2))) => Sending::Http2 {
+                protocols: &self.protocols,
+                origin: origin.clone(),
+                future: self.http2.send(request),
+            },
+            Some((origin, None)) => Sending::Learning {
+                protocols: &self.protocols,
+                origin: origin.clone(),
+                future: self.client.request(request),
+            },
             _ => Sending::Pooled {
                 future: self.client.request(request),
             },
@@ -557,15 +575,9 @@ fn build(
         .https_only()
         .enable_http2()
         .wrap_connector(http.clone());
-    let pool = || {
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new());
-        builder
-    };
-    let http2 = pool().http2_only(true).build(https_http2);
-    let client = pool()
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
         // Requests to vendors are mostly a head and a small body: one copy into one write
         // beats a vectored write (bench/ab.sh: +2 % req/s at 16 connections, +3.7 % with
         // 64 KiB answers at 128). Answers to clients keep vectored writes: copying 64 KiB
@@ -574,7 +586,7 @@ fn build(
         .build(https);
     Ok(Transport {
         client,
-        http2,
+        http2: Arc::new(http2::Http2Connections::new(https_http2, connect_timeout)),
         protocols: Arc::default(),
         http,
         idle: Arc::default(),
