@@ -99,7 +99,7 @@ impl Http2Connections {
                     Ok(response) => return Ok(response),
                     Err(mut error) => match error.take_message() {
                         Some(unsent) if !retried => {
-                            origin.retire(&Arc::downgrade(&live));
+                            origin.retire(Arc::as_ptr(&live));
                             request = unsent;
                             retried = true;
                         }
@@ -181,7 +181,6 @@ impl Http2Connections {
             })??;
         let live = Arc::new(Live { sender });
         origin.live.store(Some(Arc::clone(&live)));
-        origin.used.store(true, Ordering::Relaxed);
         let idle_check = self.idle_timeout / IDLE_CHECKS;
         let watched = (Arc::clone(origin), Arc::downgrade(&live));
         tokio::spawn(drive(connection, watched, idle_check));
@@ -209,11 +208,11 @@ where
 impl Origin {
     /// Lets `live` go if it is still the origin's connection: requests under way on it
     /// finish, new ones dial.
-    fn retire(&self, live: &Weak<Live>) {
+    fn retire(&self, live: *const Live) {
         let current = self.live.load();
         if current
             .as_ref()
-            .is_some_and(|current| Arc::as_ptr(current) == live.as_ptr())
+            .is_some_and(|current| Arc::as_ptr(current) == live)
         {
             self.live.compare_and_swap(&*current, None);
         }
@@ -244,13 +243,13 @@ where
                 } else {
                     idle_checks += 1;
                     if idle_checks >= IDLE_CHECKS {
-                        origin.retire(&live);
+                        origin.retire(live.as_ptr());
                     }
                 }
             }
         }
     }
-    origin.retire(&live);
+    origin.retire(live.as_ptr());
 }
 
 #[cfg(test)]
