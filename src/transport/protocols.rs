@@ -4,10 +4,10 @@
 //! without a connection, and keeps one of those connections when they turn out to be
 //! HTTP/2: at start, and each time the vendor closes its connection (nginx does after 1,000
 //! requests by default), 16 requests in flight made 16 TLS handshakes for one kept
-//! connection. Requests to an origin that has answered over HTTP/2 therefore go through a
-//! client that speaks only HTTP/2, whose pool dials one connection at a time per origin
-//! and hands it to every waiting request. An origin that answered over HTTP/1.1 stays on
-//! the ALPN pool; one whose HTTP/2 client fails is forgotten and learnt again.
+//! connection. Requests to an origin that has answered over HTTP/2 therefore go over the
+//! one connection `http2` holds for it, dialled by one request at a time. An origin that
+//! answered over HTTP/1.1 stays on the ALPN pool; one whose HTTP/2 connection cannot be
+//! made is forgotten and learnt again.
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
