@@ -646,10 +646,53 @@ def instructions(tmp, origin, top, commit, connections):
     for function in sorted(functions, key=lambda f: -functions[f])[:top]:
         print(f"  {functions[function]:>8,.0f}  {function[:110]}")
 
+def hold(port, n, seconds=3.0):
+    """Opens n keep-alive connections to 127.0.0.1:port, each with one answered GET of
+    /o/small, prints when all are answered, and keeps them open for `seconds`."""
+    held = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"GET /o/small HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                sys.exit("connection closed before an answer")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(body) < length:
+            body += s.recv(65536)
+        held.append(s)
+    print("held", len(held), flush=True)
+    time.sleep(seconds)
+
+
+def dhat_top(path, connections, top):
+    """The heap at DHAT's global peak per connection, and the allocation sites holding the
+    most of it, each named by its first frames outside the allocator."""
+    d = json.load(open(path))
+    frames = d["ftbl"]
+    sites = sorted(d["pps"], key=lambda p: -p.get("gb", 0))
+    total = sum(p.get("gb", 0) for p in sites)
+    print("    heap at its peak: %.1f KiB per connection" % (total / connections / 1024))
+    skip = ("vgpreload", "library/std/src/sys/alloc", "library/std/src/alloc.rs",
+            "library/alloc/src/", "bytes_mut.rs", "bytes-1.", "[root]")
+    for site in sites[:top]:
+        named = [frames[i] for i in site["fs"] if not any(s in frames[i] for s in skip)]
+        where = " <- ".join(f.split(": ", 1)[-1][:90] for f in named[:2])
+        print("    %7.0f B per connection  %s" % (site.get("gb", 0) / connections, where))
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "ports":
         ports(int(sys.argv[2]))
+    elif cmd == "hold":
+        hold(int(sys.argv[2]), int(sys.argv[3]))
+    elif cmd == "dhat-top":
+        dhat_top(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "stream-origin":
         stream_origin(int(sys.argv[2]))
     elif cmd == "startup":
