@@ -146,7 +146,9 @@ impl Prometheus {
             {
                 use http_body_util::BodyExt;
                 let body = response.into_body().collect().await.unwrap().to_bytes();
-                let targets: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                // Until it is ready Prometheus answers 503 in plain text: asked again.
+                let targets: serde_json::Value =
+                    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
                 let target = &targets["data"]["activeTargets"][0];
                 let health = target["health"].as_str().unwrap_or("").to_owned();
                 if health != "unknown" && !health.is_empty() {
