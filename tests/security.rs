@@ -66,6 +66,32 @@ async fn malformed_http1_gets_400_or_431_and_never_reaches_the_upstream() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
 
+/// hyper bounds its read buffer by `max_buf_size`, but a read takes all the room the buffer
+/// has grown to, so a head that arrives whole in one read slips past that bound: the head's
+/// own size is what must be checked.
+#[tokio::test]
+async fn a_head_over_max_header_bytes_gets_431_however_its_bytes_arrive() {
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&format!(
+        "max_header_bytes = 10000\n[store]\npath = \"memory\"\n{}",
+        static_upstream("echo", &upstream.url(), "t", "")
+    ))
+    .await;
+    let head = |size: usize| {
+        format!(
+            "GET /echo/a HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(size)
+        )
+    };
+    for size in [10_500, 12_000, 20_000, 40_000] {
+        let answer = raw(proxy.addr(), head(size).as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{size}: {answer}");
+    }
+    assert_eq!(upstream.request_count(), 0);
+    let answer = raw(proxy.addr(), head(9_000).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 #[tokio::test]
 async fn slow_header_clients_are_disconnected_and_connections_are_limited() {
     let upstream = echo::start().await;

@@ -10,8 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::Notify;
+
+/// A connection that can be told to finish: to answer what it has begun and then close.
+/// (hyper-util's `GracefulConnection` says the same, but is sealed to hyper's own types.)
+pub trait Finish: Future {
+    fn finish(self: Pin<&mut Self>);
+}
 
 /// The connections of one listener (or of its tunnels), drained together.
 #[derive(Clone, Default)]
@@ -43,8 +48,8 @@ impl Drain {
         Self::default()
     }
 
-    /// `connection`, told to finish (`graceful_shutdown`) once `shutdown` is called.
-    pub fn watch<C: GracefulConnection>(&self, connection: C) -> Watched<C> {
+    /// `connection`, told to finish once `shutdown` is called.
+    pub fn watch<C: Finish>(&self, connection: C) -> Watched<C> {
         self.shared.live.fetch_add(1, Ordering::SeqCst);
         Watched {
             connection,
@@ -98,7 +103,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<C: GracefulConnection> Future for Watched<C> {
+impl<C: Finish> Future for Watched<C> {
     type Output = C::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
@@ -115,7 +120,7 @@ impl<C: GracefulConnection> Future for Watched<C> {
         let mut connection = this.connection;
         if !*this.told && this.shared.closing.load(Ordering::SeqCst) {
             *this.told = true;
-            connection.as_mut().graceful_shutdown();
+            connection.as_mut().finish();
         }
         connection.poll(cx)
     }
@@ -128,8 +133,9 @@ mod tests {
     use std::time::Duration;
 
     use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use crate::server::version::Server;
 
     /// A served HTTP/1.1 connection, watched by `drain`, whose answers wait for `answer`.
     fn serve(drain: &Drain, answer: &Arc<Notify>) -> (DuplexStream, tokio::task::JoinHandle<()>) {
@@ -142,8 +148,10 @@ mod tests {
                 Ok::<_, Infallible>(http::Response::new(String::from("done")))
             }
         });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(server), service);
+        // HTTP/2 offered, so a connection that has sent nothing is still being read to
+        // tell its protocol when the drain begins.
+        let server_side = Arc::new(Server::new(64 * 1024, Some(Duration::from_secs(30))));
+        let connection = server_side.serve(server, service);
         let watched = drain.watch(connection);
         (client, tokio::spawn(async move { watched.await.unwrap() }))
     }

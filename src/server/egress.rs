@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::deadline::{Activity, Deadlines};
 use super::drain::Drain;
 use super::{
-    framing, http_builder, next_connection, spawn_admitted, tracked_service, within_drain_time,
+    framing, http_server, next_connection, spawn_admitted, tracked_service, within_drain_time,
     Limits, Listener, SharedApp,
 };
 use crate::access_log::{Facts, Via};
@@ -55,7 +55,7 @@ pub(super) async fn accept_loop(
         tunnels: Drain::new(),
     });
     // Clients speak HTTP/1.1 to a proxy; HTTP/2 begins inside a tunnel.
-    let builder = http_builder(&limits).http1_only();
+    let server = http_server(&limits, false);
     while let Some((stream, client, local)) = next_connection(&listener, &mut shutdown).await {
         let accepted = tokio::time::Instant::now();
         let activity = Activity::new(accepted);
@@ -65,8 +65,7 @@ pub(super) async fn accept_loop(
             on_listener(Arc::clone(&shared_here), Arc::clone(&connection), request)
         });
         let io = Deadlines::new(framing::StrictHttp1::new(stream), activity, limits.timeouts);
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        let connection = connections.watch(connection.into_owned());
+        let connection = connections.watch(server.serve(io, service));
         spawn_admitted(connection, &limits, accepted);
     }
     drop(listener);
@@ -223,10 +222,9 @@ async fn intercept(
         async move { proxy::egress::handle(app, connection, request, Some(&tunnel)).await }
     });
     let io = Deadlines::new(framing::StrictHttp1::new(stream), activity, limits.timeouts);
-    let builder = http_builder(limits);
     let served = shared
         .tunnels
-        .watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+        .watch(http_server(limits, true).serve(io, service));
     if let Err(error) = served.await {
         tracing::debug!(error = %error, "egress tunnel ended with an error");
     }

@@ -8,6 +8,7 @@ mod drain;
 mod egress;
 pub mod framing;
 mod run;
+mod version;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,8 +19,6 @@ use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -460,7 +459,7 @@ async fn accept_loop(
     limits: Limits,
 ) {
     let drain_on_shutdown = Drain::new();
-    let builder = http_builder(&limits);
+    let server = http_server(&limits, true);
     while let Some((stream, client, local)) = next_connection(&listener, &mut shutdown).await {
         // Accepted at once, so the listen backlog never holds a client behind silent ones.
         let accepted = tokio::time::Instant::now();
@@ -471,8 +470,7 @@ async fn accept_loop(
             proxy::handle(app.load_full(), Arc::clone(&connection_info), request)
         });
         let io = Deadlines::new(framing::StrictHttp1::new(stream), activity, limits.timeouts);
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        let connection = drain_on_shutdown.watch(connection.into_owned());
+        let connection = drain_on_shutdown.watch(server.serve(io, service));
         spawn_admitted(connection, &limits, accepted);
     }
     drop(listener);
@@ -539,25 +537,13 @@ async fn within_drain_time(drained: impl std::future::Future, limits: &Limits) {
     }
 }
 
-/// The HTTP/1.1 and HTTP/2 server every connection is served by, with the limits applied.
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        // Slow heads (slowloris) meet `Deadlines`' head clock instead: hyper's own makes and
-        // drops a timer for every request.
-        .header_read_timeout(None)
-        // Header blocks over the limit get 431.
-        .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        // Dead peers are found by pings; idle ones by the idle deadline.
-        .keep_alive_interval(limits.h2_keepalive_interval)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    builder
+/// The server every connection of a listener is served by, with the limits applied:
+/// HTTP/1.1, and HTTP/2 by prior knowledge when `http2`.
+fn http_server(limits: &Limits, http2: bool) -> Arc<version::Server> {
+    Arc::new(version::Server::new(
+        limits.max_header_bytes,
+        http2.then_some(limits.h2_keepalive_interval),
+    ))
 }
 
 /// The next client connection, or `None` once shutdown is signalled.
