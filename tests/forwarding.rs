@@ -436,3 +436,30 @@ async fn connect_is_refused_and_nothing_is_forwarded() {
     assert!(head.contains("application/problem+json"), "{head}");
     assert_eq!(upstream.request_count(), 0);
 }
+
+/// HTTP/1.1 lets a client send its next request before the answer to the first. Both come
+/// in the connection's first read, which tells the protocol apart; hyper reads them from
+/// there, and each goes to the upstream and is answered in order.
+#[tokio::test]
+async fn pipelined_requests_in_one_write_are_answered_in_order() {
+    let upstream = echo::start().await;
+    let proxy = TestProxy::start(&static_upstream("echo", &upstream.url(), "")).await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /echo/first HTTP/1.1\r\nHost: localhost\r\n\r\n\
+              GET /echo/second HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answers = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answers))
+        .await
+        .expect("both answers and the close within 5 s")
+        .unwrap();
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 2, "{answers}");
+    let (first, second) = (answers.find("/first"), answers.find("/second"));
+    assert!(first.is_some() && first < second, "{answers}");
+    let uris: Vec<String> = upstream.requests().into_iter().map(|r| r.uri).collect();
+    assert_eq!(uris, ["/first", "/second"]);
+}
