@@ -7,13 +7,14 @@
 //! with `INSTR_ORIGIN=https`). Here a request loads the live connection and sends on it.
 //! One request at a time dials, and those waiting take its connection; a connection unused
 //! for about [`IDLE_TIMEOUT`] is let go, as the pool let its idle ones go.
+//! Each origin's entry ([`Origin`]) is kept by `protocols`, with what it knows of the origin.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -31,22 +32,18 @@ use super::{Connector, ProxyBody, SendError};
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const IDLE_CHECKS: u32 = 3;
 
-/// As many origins as `protocols` remembers, so never reached: only an origin it knows to
-/// speak HTTP/2 comes here.
-const MAX_ORIGINS: usize = 256;
-
 pub struct Http2Connections {
     /// TLS offering only `h2` by ALPN.
     connector: HttpsConnector<Connector>,
-    origins: ArcSwap<Vec<Arc<Origin>>>,
     /// The upstream's connect timeout, for the whole dial: TCP, TLS and the HTTP/2 handshake.
     /// Requests wait for the dial under way, so one must not hang.
     dial_timeout: Duration,
     idle_timeout: Duration,
 }
 
-struct Origin {
-    authority: Authority,
+/// An origin known to speak HTTP/2, and its connection.
+pub struct Origin {
+    pub authority: Authority,
     live: ArcSwapOption<Live>,
     /// Held while dialing, so that one request dials and the others wait for its connection.
     dialing: tokio::sync::Mutex<()>,
@@ -63,28 +60,25 @@ impl Http2Connections {
     pub fn new(connector: HttpsConnector<Connector>, dial_timeout: Duration) -> Self {
         Http2Connections {
             connector,
-            origins: ArcSwap::default(),
             dial_timeout,
             idle_timeout: IDLE_TIMEOUT,
         }
     }
 
-    /// Sends `request` (absolute-form, `https`) on the origin's connection, dialing one if
-    /// it has none. A request the connection gave back unsent (it was closing: a GOAWAY, a
-    /// connection lost between two requests) is sent once more on a new one.
+    /// Sends `request` (absolute-form, `https`, to `origin`) on the origin's connection,
+    /// dialing one if it has none. A request the connection gave back unsent (it was
+    /// closing: a GOAWAY, a connection lost between two requests) is sent once more on a new
+    /// one.
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn keeps each argument twice"
     )]
     pub fn send(
         &self,
+        origin: Arc<Origin>,
         request: Request<ProxyBody>,
     ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + '_ {
         async move {
-            let Some(authority) = request.uri().authority() else {
-                return Err(SendError::Connect("no host in the request's URI".into()));
-            };
-            let origin = self.origin(authority);
             let mut request = request;
             let mut retried = false;
             loop {
@@ -108,42 +102,6 @@ impl Http2Connections {
                 }
             }
         }
-    }
-
-    /// The origin at `authority`, remembered from now on.
-    fn origin(&self, authority: &Authority) -> Arc<Origin> {
-        if let Some(known) = self.find(authority) {
-            return known;
-        }
-        let fresh = Arc::new(Origin {
-            authority: authority.clone(),
-            live: ArcSwapOption::empty(),
-            dialing: tokio::sync::Mutex::new(()),
-            used: AtomicBool::new(false),
-        });
-        let mut kept = Arc::clone(&fresh);
-        self.origins.rcu(|origins| {
-            // Another request may have added it meanwhile: theirs is kept.
-            if let Some(known) = origins.iter().find(|o| o.authority == fresh.authority) {
-                kept = Arc::clone(known);
-                return Arc::clone(origins);
-            }
-            kept = Arc::clone(&fresh);
-            let mut origins = Vec::clone(origins);
-            if origins.len() < MAX_ORIGINS {
-                origins.push(Arc::clone(&fresh));
-            }
-            Arc::new(origins)
-        });
-        kept
-    }
-
-    fn find(&self, authority: &Authority) -> Option<Arc<Origin>> {
-        self.origins
-            .load()
-            .iter()
-            .find(|origin| origin.authority == *authority)
-            .cloned()
     }
 
     /// A live connection to `origin`: the one another request has just made, or a new one.
@@ -206,6 +164,15 @@ where
 }
 
 impl Origin {
+    pub fn new(authority: Authority) -> Self {
+        Origin {
+            authority,
+            live: ArcSwapOption::empty(),
+            dialing: tokio::sync::Mutex::new(()),
+            used: AtomicBool::new(false),
+        }
+    }
+
     /// Lets `live` go if it is still the origin's connection: requests under way on it
     /// finish, new ones dial.
     fn retire(&self, live: *const Live) {
@@ -343,6 +310,12 @@ mod tests {
         connections
     }
 
+    /// The entry `protocols` would hold for the test origin.
+    fn entry(origin: &TlsOrigin) -> Arc<Origin> {
+        let authority = format!("localhost:{}", origin.port).parse().unwrap();
+        Arc::new(Origin::new(authority))
+    }
+
     fn request(origin: &TlsOrigin) -> Request<ProxyBody> {
         let body = http_body_util::Empty::new()
             .map_err(|never| match never {})
@@ -356,10 +329,15 @@ mod tests {
     async fn requests_at_once_share_one_connection_that_closes_when_idle() {
         let origin = origin(&[b"h2"]).await;
         let connections = Arc::new(connections(&origin, Duration::from_millis(300)));
+        let entry = entry(&origin);
         let mut sends = tokio::task::JoinSet::new();
         for _ in 0..20 {
             let (connections, request) = (Arc::clone(&connections), request(&origin));
-            sends.spawn(async move { connections.send(request).await.map(|a| a.status()) });
+            let entry = Arc::clone(&entry);
+            sends.spawn(async move {
+                let answer = connections.send(entry, request).await;
+                answer.map(|answer| answer.status())
+            });
         }
         while let Some(answer) = sends.join_next().await {
             assert_eq!(answer.unwrap().unwrap(), http::StatusCode::OK);
@@ -378,7 +356,7 @@ mod tests {
             1,
             "idle connection kept"
         );
-        let answer = connections.send(request(&origin)).await.unwrap();
+        let answer = connections.send(entry, request(&origin)).await.unwrap();
         assert_eq!(answer.status(), http::StatusCode::OK);
         assert_eq!(origin.accepted.load(Ordering::SeqCst), 2);
     }
@@ -387,8 +365,10 @@ mod tests {
     async fn a_connection_in_use_is_kept() {
         let origin = origin(&[b"h2"]).await;
         let connections = connections(&origin, Duration::from_millis(300));
+        let entry = entry(&origin);
         for _ in 0..8 {
-            let answer = connections.send(request(&origin)).await.unwrap();
+            let answer = connections.send(Arc::clone(&entry), request(&origin));
+            let answer = answer.await.unwrap();
             assert_eq!(answer.status(), http::StatusCode::OK);
             tokio::time::sleep(Duration::from_millis(75)).await;
         }
@@ -416,7 +396,7 @@ mod tests {
         let mut connections = connections(&origin, IDLE_TIMEOUT);
         connections.dial_timeout = Duration::from_millis(300);
         let started = tokio::time::Instant::now();
-        match connections.send(request(&origin)).await {
+        match connections.send(entry(&origin), request(&origin)).await {
             Err(SendError::Connect(error)) => {
                 assert_eq!(error.to_string(), "no HTTP/2 connection within 300ms");
             }
@@ -432,7 +412,7 @@ mod tests {
         // TLS without ALPN: the client offered only h2, the server chose nothing.
         let origin = origin(&[]).await;
         let connections = connections(&origin, IDLE_TIMEOUT);
-        match connections.send(request(&origin)).await {
+        match connections.send(entry(&origin), request(&origin)).await {
             Err(SendError::Connect(error)) => {
                 assert_eq!(error.to_string(), "the origin did not agree to HTTP/2");
             }

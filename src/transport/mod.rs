@@ -107,7 +107,7 @@ pin_project_lite::pin_project! {
         Http2 {
             #[pin] future: D,
             protocols: &'a Protocols,
-            origin: Authority,
+            origin: Arc<http2::Origin>,
         },
     }
 }
@@ -130,14 +130,7 @@ where
             } => {
                 let outcome = std::task::ready!(future.poll(cx));
                 if let Ok(response) = &outcome {
-                    protocols.learn(
-                        origin,
-                        if response.version() == Version::HTTP_2 {
-                            Protocol::Http2
-                        } else {
-                            Protocol::Http1
-                        },
-                    );
+                    protocols.learn(origin, response.version() == Version::HTTP_2);
                 }
                 Poll::Ready(outcome.map_err(send_error))
             }
@@ -150,7 +143,7 @@ where
                 // A new connection failed: the origin may have stopped offering h2. A
                 // request cut off on a working connection (a GOAWAY) says nothing of that.
                 if let Err(SendError::Connect(_)) = &outcome {
-                    protocols.forget(origin);
+                    protocols.forget(&origin.authority);
                 }
                 Poll::Ready(outcome)
             }
@@ -203,10 +196,10 @@ impl Transport {
             .authority()
             .filter(|_| uri.scheme() == Some(&Scheme::HTTPS));
         match origin.map(|origin| (origin, self.protocols.of(origin))) {
-            Some((origin, Some(Protocol::Http2))) => Sending::Http2 {
+            Some((_, Some(Protocol::Http2(origin)))) => Sending::Http2 {
                 protocols: &self.protocols,
-                origin: origin.clone(),
-                future: self.http2.send(request),
+                future: self.http2.send(Arc::clone(&origin), request),
+                origin,
             },
             Some((origin, None)) => Sending::Learning {
                 protocols: &self.protocols,
