@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::deadline::{Activity, Deadlines};
 use super::drain::Drain;
+use super::version;
 use super::{
     framing, http_server, next_connection, spawn_admitted, tracked_service, within_drain_time,
     Limits, Listener, SharedApp,
@@ -38,6 +39,8 @@ struct Shared {
     /// Tunnels are served after their CONNECT's connection is handed over, so they are
     /// watched for the drain on their own.
     tunnels: Drain,
+    /// Inside a tunnel the client may speak HTTP/2 (its TLS offered it).
+    tunnel_server: Arc<version::Server>,
 }
 
 pub(super) async fn accept_loop(
@@ -53,6 +56,7 @@ pub(super) async fn accept_loop(
         interceptor,
         limits: limits.clone(),
         tunnels: Drain::new(),
+        tunnel_server: http_server(&limits, true),
     });
     // Clients speak HTTP/1.1 to a proxy; HTTP/2 begins inside a tunnel.
     let server = http_server(&limits, false);
@@ -224,7 +228,7 @@ async fn intercept(
     let io = Deadlines::new(framing::StrictHttp1::new(stream), activity, limits.timeouts);
     let served = shared
         .tunnels
-        .watch(http_server(limits, true).serve(io, service));
+        .watch(shared.tunnel_server.serve(io, service));
     if let Err(error) = served.await {
         tracing::debug!(error = %error, "egress tunnel ended with an error");
     }
