@@ -32,7 +32,9 @@ use super::{Connector, ProxyBody, SendError};
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const IDLE_CHECKS: u32 = 3;
 
-pub struct Http2Connections {
+/// Sends on an origin's connection and dials it when it has none; the connections are the
+/// origins' own ([`Origin`]).
+pub struct Http2Client {
     /// TLS offering only `h2` by ALPN.
     connector: HttpsConnector<Connector>,
     /// The upstream's connect timeout, for the whole dial: TCP, TLS and the HTTP/2 handshake.
@@ -56,9 +58,9 @@ struct Live {
     sender: SendRequest<ProxyBody>,
 }
 
-impl Http2Connections {
+impl Http2Client {
     pub fn new(connector: HttpsConnector<Connector>, dial_timeout: Duration) -> Self {
-        Http2Connections {
+        Http2Client {
             connector,
             dial_timeout,
             idle_timeout: IDLE_TIMEOUT,
@@ -290,7 +292,7 @@ mod tests {
         }
     }
 
-    fn connections(origin: &TlsOrigin, idle_timeout: Duration) -> Http2Connections {
+    fn connections(origin: &TlsOrigin, idle_timeout: Duration) -> Http2Client {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -305,7 +307,7 @@ mod tests {
             .https_only()
             .enable_http2()
             .wrap_connector(http);
-        let mut connections = Http2Connections::new(https, Duration::from_secs(5));
+        let mut connections = Http2Client::new(https, Duration::from_secs(5));
         connections.idle_timeout = idle_timeout;
         connections
     }

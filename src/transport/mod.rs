@@ -60,7 +60,7 @@ pub struct Transport {
     /// ALPN chooses HTTP/2 or HTTP/1.1 per connection.
     client: Client<HttpsConnector<Connector>, ProxyBody>,
     /// One connection per origin in `protocols` as HTTP/2 (ALPN offers only h2).
-    http2: Arc<http2::Http2Connections>,
+    http2: Arc<http2::Http2Client>,
     protocols: Arc<Protocols>,
     /// Cleartext connections for `affinity`, with the same socket settings as the pool's.
     http: Connector,
@@ -579,7 +579,7 @@ fn build(
         .build(https);
     Ok(Transport {
         client,
-        http2: Arc::new(http2::Http2Connections::new(https_http2, connect_timeout)),
+        http2: Arc::new(http2::Http2Client::new(https_http2, connect_timeout)),
         protocols: Arc::default(),
         http,
         idle: Arc::default(),
