@@ -161,10 +161,8 @@ where
                         return Poll::Ready(Ok(()));
                     }
                     let (http2, io) = ready!(detecting.as_mut().poll(cx))?;
-                    let (server, service) = (Arc::clone(server), service.take());
-                    let Some(service) = service else {
-                        return Poll::Ready(Ok(()));
-                    };
+                    let server = Arc::clone(server);
+                    let service = service.take().expect("taken once, as the state changes");
                     let io = TokioIo::new(io);
                     let next = match (http2, &server.http2) {
                         (true, Some(builder)) => Served::Http2 {
