@@ -35,7 +35,6 @@ P_ORIGIN=${PORTS[0]} P_PROXY=${PORTS[1]}
 start origin nginx -c "$TMP/origin.conf" -e "$TMP/origin.err"
 tp_config "$P_PROXY" "http://127.0.0.1:$P_ORIGIN/" >"$TMP/proxy.toml"
 
-rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 say "memory per open client connection ($N keep-alive connections, one request each, one worker)"
 for name in tokenproxy floor; do
   bin=$TP; [ "$name" = floor ] && bin=$FLOOR
@@ -44,17 +43,13 @@ for name in tokenproxy floor; do
   FLOOR_AFFINITY=1 TOKIO_WORKER_THREADS=1 RUST_LOG=warn "${prefix[@]}" "$bin" run --config "$TMP/proxy.toml" \
     >"$TMP/$name.log" 2>&1 & pid=$!
   PIDS+=("$pid")
-  for _ in $(seq 300); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$P_PROXY/o/small" 2>/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { cat "$TMP/$name.log" >&2; die "$name exited at start"; }
-    sleep 0.1
-  done
-  before=$(rss "$pid")
+  wait_http "$name" "$pid" "http://127.0.0.1:$P_PROXY/o/small"
+  before=$(rss_kib "$pid")
   python3 "$BENCH/lib.py" hold "$P_PROXY" "$N" >"$TMP/$name.hold" & holder=$!
   # The holder prints once every connection has had its answer, then keeps them 3 s.
   for _ in $(seq 600); do [ -s "$TMP/$name.hold" ] && break; sleep 0.1; done
   [ -s "$TMP/$name.hold" ] || die "$name: the connections were not all answered"
-  during=$(rss "$pid")
+  during=$(rss_kib "$pid")
   wait "$holder"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   printf '  %-10s RSS %6d KiB at rest, %6d KiB with %d connections: %5.1f KiB per connection\n' \
